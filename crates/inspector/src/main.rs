@@ -1,0 +1,2 @@
+//! iommu-inspect.
+fn main() {}

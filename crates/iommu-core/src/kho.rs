@@ -1,0 +1,1 @@
+//! The kexec-handover (KHO) blob and versioned client records.

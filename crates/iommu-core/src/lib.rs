@@ -1,0 +1,30 @@
+//! Shared vocabulary of the IOMMU live-update engine.
+//!
+//! `iommu-core` is `no_std` + `alloc` and is used by every architecture backend, the
+//! emulator and the inspector:
+//!
+//! - [`addr`]: physical addresses, IOVAs, domain IDs, requester IDs, PASIDs, page sizes
+//!   and aligned ranges, all printed in hex;
+//! - [`mem`]: the [`mem::PhysMem`] trait through which tables are read and written;
+//! - [`regs`]: the [`regs::RegisterAccess`] trait through which MMIO registers are reached;
+//! - [`pgtable`]: the page-table [`pgtable::Format`] trait and the one generic, bounded
+//!   walker that turns a table tree into coalesced mapping runs and its set of table pages;
+//! - [`pageset`]: [`pageset::PageSet`], a set of preserved physical pages modelled on
+//!   Linux KHO's radix tree;
+//! - [`kho`]: the kexec-handover blob (a flattened device tree in KHO's layout) and the
+//!   versioned client records it points to.
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod kho;
+pub mod mem;
+pub mod pageset;
+pub mod pgtable;
+pub mod regs;
+
+pub use addr::{AlignedRange, DomainId, Iova, PageSize, Pasid, PhysAddr, RequesterId};
+pub use mem::{MemError, PhysMem};
+pub use regs::RegisterAccess;

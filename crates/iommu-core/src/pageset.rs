@@ -1,0 +1,1 @@
+//! Sets of preserved physical pages, modelled on Linux KHO's radix tree.

@@ -1,0 +1,1 @@
+//! VT-d register map and entry layouts.

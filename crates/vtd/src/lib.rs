@@ -1,0 +1,10 @@
+//! Intel VT-d backend.
+//!
+//! - [`hw`]: the register map and in-memory entry layouts, the single source of truth
+//!   for VT-d bits (the emulator uses this module and nothing else of this crate).
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod hw;
