@@ -1,0 +1,1 @@
+//! VT-d page-table formats.
