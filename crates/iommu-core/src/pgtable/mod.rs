@@ -8,9 +8,25 @@
 //! Levels are numbered as the specifications of the x86 IOMMUs do: level 1 holds the
 //! smallest pages, the root has the highest number. A table entry names the level of
 //! the table it points to, which lets AMD-Vi v1 tables skip levels.
+//!
+//! - [`walk`] / [`walk_with`]: every mapping under a root, coalesced into [`Mapping`]
+//!   runs, and every [`TablePage`], bounded by [`WalkLimits`], strict or lenient;
+//! - [`translate`]: one IOVA, step by step ([`Translation`]).
 
 use crate::addr::{PageSize, PhysAddr};
 use core::fmt;
+
+mod translate;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+pub use translate::{translate, Outcome, Step, Translation};
+pub use walk::{
+    walk, walk_with, Budget, Mapping, TablePage, Walk, WalkError, WalkErrorKind, WalkLimits,
+    WalkMode, WalkSummary, MAX_TABLE_BYTES,
+};
 
 /// Access permissions of a mapping (after combining all levels of the walk).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
