@@ -1,1 +1,736 @@
 //! Sets of preserved physical pages, modelled on Linux KHO's radix tree.
+//!
+//! A [`PageSet`] holds *blocks*: `2^order` contiguous 4 KiB pages starting at a physical
+//! address that is a multiple of the block size (a naturally aligned block, what Linux
+//! calls a folio of that order). It answers the questions the handover asks: is this page
+//! preserved, which pages does a set hold that another does not, is every page a table
+//! walk found preserved.
+//!
+//! # How it mirrors Linux
+//!
+//! Linux (`kernel/liveupdate/kexec_handover.c`, ABI in
+//! `include/linux/kho/abi/kexec_handover.h`, "kho-v2") tracks preserved memory in one
+//! radix tree for all orders (`struct kho_radix_tree`):
+//!
+//! - each block becomes a single 64-bit *key* (`kho_radix_encode_key`): an *order bit* at
+//!   position `52 - order` (`KHO_ORDER_0_LOG2 = 64 - PAGE_SHIFT = 52`) ORed with the
+//!   address shifted right by `12 + order`. The key is unique per (address, order) and
+//!   the order is recovered from the position of the highest set bit
+//!   ([`radix_key`], [`radix_key_decode`]);
+//! - the leaves (`struct kho_radix_leaf`) are one 4 KiB page of bits each, 32768 bits
+//!   (`KHO_BITMAP_SIZE_LOG2 = 15`); bit `key % 32768` of leaf `key / 32768` is set when
+//!   the block is preserved. For order 0 one leaf covers 32768 pages = 128 MiB, for
+//!   order 9 (2 MiB blocks) 64 GiB;
+//! - above the leaves sit five levels of 512-entry tables of physical addresses
+//!   (`struct kho_radix_node`, `KHO_TABLE_SIZE_LOG2 = 9`, `KHO_TREE_MAX_DEPTH = 6`).
+//!
+//! Here the leaves are the same 32768-bit bitmaps with the same key encoding; the five
+//! table levels are replaced in memory by an ordered map from leaf index (`key >> 15`)
+//! to leaf, which is what a sparse radix tree is for. The serialised form, with real
+//! 512-entry table pages in physical memory, is written and read by
+//! [`crate::kho::radix`].
+//!
+//! An older Linux ABI ("kho-v1", `kernel/kexec_handover.c` before the move to
+//! `kernel/liveupdate/`) kept one xarray of bitmaps *per order* (`struct kho_mem_track`
+//! / `struct kho_mem_phys`, 512-byte `struct kho_mem_phys_bits`) and serialised them as
+//! a linked list of `struct khoser_mem_chunk` pages. The single keyed tree of kho-v2 is
+//! what this module follows; the per-order view survives in the iteration order
+//! (each order's keys form one contiguous key range).
+//!
+//! # Rules
+//!
+//! - [`PageSet::insert`] refuses a block whose address is not a multiple of its size
+//!   ([`PageSetError::Misaligned`]), whose order exceeds [`MAX_ORDER`]
+//!   ([`PageSetError::OrderTooLarge`]), or which shares any 4 KiB page with a block
+//!   already in the set, including the very same block ([`PageSetError::Overlap`]). The
+//!   blocks of a set therefore never overlap, and every 4 KiB page is covered by at most
+//!   one block.
+//! - [`PageSet::remove`] removes exactly one block that was inserted with the same
+//!   address and order (as Linux's `kho_unpreserve_folio` requires); anything else is
+//!   [`PageSetError::NotPresent`]. To take away arbitrary pages, use
+//!   [`PageSet::difference`], which splits blocks as needed.
+//! - [`PageSet::union`], [`PageSet::difference`], [`PageSet::intersection`] and
+//!   [`PageSet::is_subset`] work on the pages covered; blocks are split into smaller
+//!   aligned blocks where only part of them survives.
+//! - Equality (`==`) compares blocks; [`PageSet::same_pages`] compares covered pages.
+
+use crate::addr::PhysAddr;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// log2 of the base page size (4 KiB), Linux `PAGE_SHIFT` on x86-64 and 4K-granule arm64.
+pub const PAGE_SHIFT: u32 = 12;
+/// The base page size, 4 KiB.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// Largest block order accepted: order 18 is 1 GiB, the largest page an x86 IOMMU maps.
+///
+/// Linux's key encoding could carry larger orders, and Linux refuses to restore a folio
+/// above `MAX_PAGE_ORDER` (10 by default on x86-64). This model allows up to 1 GiB so a
+/// block can mirror any IOMMU leaf; a serialised tree holding a larger order is refused
+/// when it is read back.
+pub const MAX_ORDER: u32 = 18;
+
+/// Position of the order bit for an order-0 block: Linux `KHO_ORDER_0_LOG2`
+/// (`64 - PAGE_SHIFT`).
+pub const ORDER_0_LOG2: u32 = 64 - PAGE_SHIFT;
+
+/// log2 of the number of bits in a leaf: Linux `KHO_BITMAP_SIZE_LOG2`
+/// (`PAGE_SHIFT + log2(8)`).
+pub const LEAF_BITS_LOG2: u32 = PAGE_SHIFT + 3;
+/// Bits in a leaf bitmap (32768): one 4 KiB page of bits.
+pub const LEAF_BITS: u64 = 1 << LEAF_BITS_LOG2;
+/// 64-bit words in a leaf bitmap (512).
+pub const LEAF_WORDS: usize = (LEAF_BITS / 64) as usize;
+
+/// A leaf bitmap: Linux `struct kho_radix_leaf`, 512 words whose bit `i % 64` of word
+/// `i / 64` is bit `i` of the leaf (the layout of a Linux `DECLARE_BITMAP` on a 64-bit
+/// little-endian machine).
+pub type Leaf = [u64; LEAF_WORDS];
+
+/// The radix key of a block: Linux `kho_radix_encode_key`.
+///
+/// `(1 << (52 - order)) | (addr >> (12 + order))`. Bits of `addr` below the block size
+/// are discarded; `order` must be at most [`MAX_ORDER`] (larger orders are not encoded by
+/// this model and give a meaningless key).
+pub const fn radix_key(addr: PhysAddr, order: u32) -> u64 {
+    (1u64 << (ORDER_0_LOG2 - order)) | (addr.0 >> (PAGE_SHIFT + order))
+}
+
+/// Decodes a radix key into (block address, order): Linux `kho_radix_decode_key`.
+///
+/// Returns `None` for keys that encode no block: zero, or an order bit above bit 52
+/// (which would mean a negative order). Orders above [`MAX_ORDER`] are decoded; callers
+/// check them.
+pub const fn radix_key_decode(key: u64) -> Option<(PhysAddr, u32)> {
+    if key == 0 {
+        return None;
+    }
+    let msb = 63 - key.leading_zeros();
+    if msb > ORDER_0_LOG2 {
+        return None;
+    }
+    let order = ORDER_0_LOG2 - msb;
+    let shifted = key & ((1u64 << msb) - 1);
+    // msb + 12 + order == 64, so the shift never loses a set bit; only for order 52
+    // (msb 0, shifted 0) would it be a 64-bit shift.
+    let addr = match shifted.checked_shl(PAGE_SHIFT + order) {
+        Some(a) => a,
+        None => 0,
+    };
+    Some((PhysAddr(addr), order))
+}
+
+/// Bytes in a block of `order`.
+const fn block_bytes(order: u32) -> u64 {
+    1u64 << (PAGE_SHIFT + order)
+}
+
+/// Why a [`PageSet`] operation was refused. The set is unchanged on error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSetError {
+    /// The order is above [`MAX_ORDER`].
+    OrderTooLarge {
+        /// Address of the refused block.
+        addr: PhysAddr,
+        /// Requested order.
+        order: u32,
+        /// Largest order accepted.
+        max: u32,
+    },
+    /// The address is not a multiple of the block size `4 KiB << order`.
+    Misaligned {
+        /// Address of the refused block.
+        addr: PhysAddr,
+        /// Requested order.
+        order: u32,
+    },
+    /// The block shares a page with a block already in the set (possibly the same one).
+    Overlap {
+        /// Address of the refused block.
+        addr: PhysAddr,
+        /// Order of the refused block.
+        order: u32,
+        /// Address of the block already in the set.
+        existing: PhysAddr,
+        /// Order of the block already in the set.
+        existing_order: u32,
+    },
+    /// No block with exactly this address and order is in the set.
+    NotPresent {
+        /// Address asked for.
+        addr: PhysAddr,
+        /// Order asked for.
+        order: u32,
+    },
+    /// A page range does not start on a 4 KiB boundary or runs past the end of the
+    /// 64-bit address space.
+    BadRange {
+        /// First address of the range.
+        start: PhysAddr,
+        /// Number of 4 KiB pages asked for.
+        pages: u64,
+    },
+}
+
+impl fmt::Display for PageSetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PageSetError::OrderTooLarge { addr, order, max } => write!(
+                f,
+                "block at {addr} has order {order}, above the largest supported order {max}"
+            ),
+            PageSetError::Misaligned { addr, order } => write!(
+                f,
+                "block at {addr} of order {order} is not aligned to its size {:#x}",
+                block_bytes(order)
+            ),
+            PageSetError::Overlap {
+                addr,
+                order,
+                existing,
+                existing_order,
+            } if addr == existing && order == existing_order => {
+                write!(f, "block at {addr} of order {order} is already in the set")
+            }
+            PageSetError::Overlap {
+                addr,
+                order,
+                existing,
+                existing_order,
+            } => write!(
+                f,
+                "block at {addr} of order {order} overlaps the block at {existing} of order \
+                 {existing_order} already in the set"
+            ),
+            PageSetError::NotPresent { addr, order } => {
+                write!(f, "no block at {addr} of order {order} in the set")
+            }
+            PageSetError::BadRange { start, pages } => write!(
+                f,
+                "page range at {start} of {pages:#x} pages is not 4 KiB aligned or overflows"
+            ),
+        }
+    }
+}
+
+/// A set of preserved physical pages, stored as naturally aligned blocks of
+/// `2^order` pages in KHO radix-tree leaves. See the [module documentation](self).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PageSet {
+    /// Leaf index (`key >> 15`) to leaf bitmap. Never holds an all-zero leaf.
+    leaves: BTreeMap<u64, Box<Leaf>>,
+    /// Number of 4 KiB pages covered.
+    pages: u64,
+    /// Number of blocks.
+    blocks: u64,
+}
+
+impl PageSet {
+    /// An empty set.
+    pub const fn new() -> Self {
+        Self {
+            leaves: BTreeMap::new(),
+            pages: 0,
+            blocks: 0,
+        }
+    }
+
+    /// Whether the set holds no page.
+    pub fn is_empty(&self) -> bool {
+        self.blocks == 0
+    }
+
+    /// Number of 4 KiB pages covered.
+    pub fn page_count(&self) -> u64 {
+        self.pages
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Checks order and alignment of a block.
+    fn check_block(addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
+        if order > MAX_ORDER {
+            return Err(PageSetError::OrderTooLarge {
+                addr,
+                order,
+                max: MAX_ORDER,
+            });
+        }
+        if !addr.is_aligned(block_bytes(order)) {
+            return Err(PageSetError::Misaligned { addr, order });
+        }
+        Ok(())
+    }
+
+    fn test_key(&self, key: u64) -> bool {
+        let bit = key % LEAF_BITS;
+        self.leaves
+            .get(&(key >> LEAF_BITS_LOG2))
+            .is_some_and(|leaf| leaf[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    fn set_key(&mut self, key: u64) {
+        let bit = key % LEAF_BITS;
+        let leaf = self
+            .leaves
+            .entry(key >> LEAF_BITS_LOG2)
+            .or_insert_with(|| Box::new([0; LEAF_WORDS]));
+        leaf[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+
+    /// Clears a key; returns whether it was set. Drops the leaf when it becomes empty.
+    fn clear_key(&mut self, key: u64) -> bool {
+        let idx = key >> LEAF_BITS_LOG2;
+        let bit = key % LEAF_BITS;
+        let Some(leaf) = self.leaves.get_mut(&idx) else {
+            return false;
+        };
+        let word = &mut leaf[(bit / 64) as usize];
+        let mask = 1u64 << (bit % 64);
+        if *word & mask == 0 {
+            return false;
+        }
+        *word &= !mask;
+        if leaf.iter().all(|&w| w == 0) {
+            self.leaves.remove(&idx);
+        }
+        true
+    }
+
+    /// Calls `f(leaf_base_key, leaf, first_bit, end_bit)` for each existing leaf that
+    /// intersects the key range `[lo, lo + count)`, in key order; stops when `f` returns
+    /// `false`. `lo + count` never exceeds 2^53 for keys of valid blocks.
+    fn for_key_range(
+        &self,
+        lo: u64,
+        count: u64,
+        mut f: impl FnMut(u64, &Leaf, usize, usize) -> bool,
+    ) {
+        if count == 0 {
+            return;
+        }
+        let hi = lo + count; // exclusive
+        let first_leaf = lo >> LEAF_BITS_LOG2;
+        let last_leaf = (hi - 1) >> LEAF_BITS_LOG2;
+        for (&idx, leaf) in self.leaves.range(first_leaf..=last_leaf) {
+            let base = idx << LEAF_BITS_LOG2;
+            let s = (lo.max(base) - base) as usize;
+            let e = (hi.min(base + LEAF_BITS) - base) as usize;
+            if !f(base, leaf, s, e) {
+                return;
+            }
+        }
+    }
+
+    /// Number of set keys in `[lo, lo + count)`.
+    fn count_keys(&self, lo: u64, count: u64) -> u64 {
+        let mut n = 0u64;
+        self.for_key_range(lo, count, |_, leaf, s, e| {
+            n += count_bits(leaf, s, e);
+            true
+        });
+        n
+    }
+
+    /// First set key in `[lo, lo + count)`.
+    fn first_key(&self, lo: u64, count: u64) -> Option<u64> {
+        let mut found = None;
+        self.for_key_range(lo, count, |base, leaf, s, e| match first_bit(leaf, s, e) {
+            Some(b) => {
+                found = Some(base + b as u64);
+                false
+            }
+            None => true,
+        });
+        found
+    }
+
+    /// The block of the set that covers the 4 KiB page containing `addr`, if any.
+    pub fn containing_block(&self, addr: PhysAddr) -> Option<(PhysAddr, u32)> {
+        (0..=MAX_ORDER).find_map(|order| {
+            let base = addr.align_down(block_bytes(order));
+            self.test_key(radix_key(base, order))
+                .then_some((base, order))
+        })
+    }
+
+    /// Whether the 4 KiB page containing `addr` is covered by some block.
+    pub fn contains(&self, addr: PhysAddr) -> bool {
+        self.containing_block(addr).is_some()
+    }
+
+    /// Whether exactly this block (same address and order) is in the set.
+    pub fn contains_block(&self, addr: PhysAddr, order: u32) -> bool {
+        Self::check_block(addr, order).is_ok() && self.test_key(radix_key(addr, order))
+    }
+
+    /// Some block of the set sharing a page with the (valid) block `addr`/`order`.
+    fn overlapping_block(&self, addr: PhysAddr, order: u32) -> Option<(PhysAddr, u32)> {
+        // A block of the same or a larger order that contains the new block...
+        for o in order..=MAX_ORDER {
+            let base = addr.align_down(block_bytes(o));
+            if self.test_key(radix_key(base, o)) {
+                return Some((base, o));
+            }
+        }
+        // ...or a smaller block inside it: the keys of order-o blocks inside the new
+        // block form the contiguous range starting at the key of its first page.
+        for o in 0..order {
+            if let Some(k) = self.first_key(radix_key(addr, o), 1 << (order - o)) {
+                return radix_key_decode(k);
+            }
+        }
+        None
+    }
+
+    /// Number of 4 KiB pages of the (valid) block `addr`/`order` that the set covers.
+    fn covered_pages(&self, addr: PhysAddr, order: u32) -> u64 {
+        for o in order..=MAX_ORDER {
+            if self.test_key(radix_key(addr.align_down(block_bytes(o)), o)) {
+                return 1 << order;
+            }
+        }
+        (0..order)
+            .map(|o| self.count_keys(radix_key(addr, o), 1 << (order - o)) << o)
+            .sum()
+    }
+
+    /// Inserts a block of `2^order` pages at `addr`.
+    ///
+    /// Refused, leaving the set unchanged, when `order > MAX_ORDER`, when `addr` is not
+    /// a multiple of `4 KiB << order`, or when any page of the block is already covered
+    /// (the error names one block it overlaps).
+    pub fn insert(&mut self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
+        Self::check_block(addr, order)?;
+        if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
+            return Err(PageSetError::Overlap {
+                addr,
+                order,
+                existing,
+                existing_order,
+            });
+        }
+        self.insert_unchecked(addr, order);
+        Ok(())
+    }
+
+    /// Inserts `pages` contiguous 4 KiB pages starting at `start`, split into the largest
+    /// naturally aligned blocks (the split Linux's `kho_preserve_pages` makes, capped at
+    /// [`MAX_ORDER`]).
+    ///
+    /// All or nothing: if any page is already covered, nothing is inserted and the error
+    /// names the first overlap. `pages == 0` inserts nothing.
+    pub fn insert_range(&mut self, start: PhysAddr, pages: u64) -> Result<(), PageSetError> {
+        let blocks = range_blocks(start, pages)?;
+        for &(addr, order) in &blocks {
+            if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
+                return Err(PageSetError::Overlap {
+                    addr,
+                    order,
+                    existing,
+                    existing_order,
+                });
+            }
+        }
+        for (addr, order) in blocks {
+            self.insert_unchecked(addr, order);
+        }
+        Ok(())
+    }
+
+    /// Removes the block inserted with exactly this address and order.
+    pub fn remove(&mut self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
+        Self::check_block(addr, order)?;
+        if !self.clear_key(radix_key(addr, order)) {
+            return Err(PageSetError::NotPresent { addr, order });
+        }
+        self.pages -= 1 << order;
+        self.blocks -= 1;
+        Ok(())
+    }
+
+    /// Inserts a block known to be valid and disjoint from the set.
+    fn insert_unchecked(&mut self, addr: PhysAddr, order: u32) {
+        self.set_key(radix_key(addr, order));
+        self.pages += 1 << order;
+        self.blocks += 1;
+    }
+
+    /// Appends to `out` the parts of block `addr`/`order` that `self` covers
+    /// (`covered == true`) or does not cover (`covered == false`), as the largest aligned
+    /// blocks: a block is split in halves only where `self` covers part of it. Parts come
+    /// out in address order.
+    fn split_by(&self, addr: PhysAddr, order: u32, covered: bool, out: &mut Vec<(PhysAddr, u32)>) {
+        let mut stack: Vec<(PhysAddr, u32)> = Vec::new();
+        stack.push((addr, order));
+        while let Some((a, o)) = stack.pop() {
+            let n = self.covered_pages(a, o);
+            if n == 0 {
+                if !covered {
+                    out.push((a, o));
+                }
+            } else if n == 1 << o {
+                if covered {
+                    out.push((a, o));
+                }
+            } else {
+                // Partly covered, so o >= 1. Upper half first: the lower one pops first.
+                let half = block_bytes(o - 1);
+                stack.push((PhysAddr(a.0 + half), o - 1));
+                stack.push((a, o - 1));
+            }
+        }
+    }
+
+    /// Every page in `self` or in `other`. Blocks of `self` are kept as they are; blocks
+    /// of `other` are split where `self` already covers part of them.
+    pub fn union(&self, other: &PageSet) -> PageSet {
+        let mut out = self.clone();
+        let mut parts = Vec::new();
+        for (addr, order) in other.iter() {
+            parts.clear();
+            // The parts are inside this block of `other`, and the blocks of `other` are
+            // disjoint, so parts added for earlier blocks never touch this one.
+            out.split_by(addr, order, false, &mut parts);
+            for &(a, o) in &parts {
+                out.insert_unchecked(a, o);
+            }
+        }
+        out
+    }
+
+    /// Every page in `self` that is not in `other`; blocks of `self` partly covered by
+    /// `other` are split into the largest aligned blocks of what remains.
+    pub fn difference(&self, other: &PageSet) -> PageSet {
+        let mut out = PageSet::new();
+        let mut parts = Vec::new();
+        for (addr, order) in self.iter() {
+            other.split_by(addr, order, false, &mut parts);
+        }
+        for (a, o) in parts {
+            out.insert_unchecked(a, o);
+        }
+        out
+    }
+
+    /// Every page in both `self` and `other`, split along `self`'s blocks.
+    pub fn intersection(&self, other: &PageSet) -> PageSet {
+        let mut out = PageSet::new();
+        let mut parts = Vec::new();
+        for (addr, order) in self.iter() {
+            other.split_by(addr, order, true, &mut parts);
+        }
+        for (a, o) in parts {
+            out.insert_unchecked(a, o);
+        }
+        out
+    }
+
+    /// Whether every page of `self` is in `other`.
+    pub fn is_subset(&self, other: &PageSet) -> bool {
+        self.pages <= other.pages
+            && self
+                .iter()
+                .all(|(addr, order)| other.covered_pages(addr, order) == 1 << order)
+    }
+
+    /// Whether the two sets cover the same pages, however they are split into blocks.
+    pub fn same_pages(&self, other: &PageSet) -> bool {
+        self.pages == other.pages && self.is_subset(other)
+    }
+
+    /// The blocks as `(address, order)`, in increasing address order.
+    pub fn iter(&self) -> Iter<'_> {
+        let cursors = (0..=MAX_ORDER)
+            .map(|order| {
+                let lo = 1u64 << (ORDER_0_LOG2 - order);
+                let hi = lo << 1;
+                let mut c = OrderCursor {
+                    leaves: self
+                        .leaves
+                        .range(lo >> LEAF_BITS_LOG2..hi >> LEAF_BITS_LOG2),
+                    leaf: None,
+                    word: 0,
+                    bits: 0,
+                };
+                let head = c.next_key().and_then(radix_key_decode);
+                (c, head)
+            })
+            .collect();
+        Iter {
+            cursors,
+            remaining: self.blocks,
+        }
+    }
+
+    /// The address of every 4 KiB page covered, in increasing order.
+    pub fn pages(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        self.iter().flat_map(|(addr, order)| {
+            (0..1u64 << order).map(move |i| PhysAddr(addr.0 + (i << PAGE_SHIFT)))
+        })
+    }
+
+    /// The leaf bitmaps as `(leaf index, bitmap)` in increasing leaf index, where the
+    /// leaf index is `key >> 15` and bit `b` of the bitmap stands for key
+    /// `leaf index << 15 | b` (see [`radix_key`]). This is what the serialised radix tree
+    /// stores in its `struct kho_radix_leaf` pages.
+    pub fn leaves(&self) -> impl Iterator<Item = (u64, &Leaf)> + '_ {
+        self.leaves.iter().map(|(&idx, leaf)| (idx, &**leaf))
+    }
+}
+
+/// Splits `pages` pages at `start` into the largest naturally aligned blocks (order at
+/// most [`MAX_ORDER`]), in address order.
+pub fn range_blocks(start: PhysAddr, pages: u64) -> Result<Vec<(PhysAddr, u32)>, PageSetError> {
+    let bad = PageSetError::BadRange { start, pages };
+    if !start.is_aligned(PAGE_SIZE) {
+        return Err(bad);
+    }
+    if pages == 0 {
+        return Ok(Vec::new());
+    }
+    let last_pfn = start
+        .pfn()
+        .checked_add(pages - 1)
+        .filter(|&p| p <= u64::MAX >> PAGE_SHIFT)
+        .ok_or(bad)?;
+    let mut out = Vec::new();
+    let mut pfn = start.pfn();
+    loop {
+        let remaining = last_pfn - pfn + 1;
+        let order = pfn
+            .trailing_zeros()
+            .min(63 - remaining.leading_zeros())
+            .min(MAX_ORDER);
+        out.push((PhysAddr(pfn << PAGE_SHIFT), order));
+        let step = 1u64 << order;
+        if remaining == step {
+            return Ok(out);
+        }
+        pfn += step;
+    }
+}
+
+/// Number of set bits of `leaf` in `[s, e)`.
+fn count_bits(leaf: &Leaf, s: usize, e: usize) -> u64 {
+    let mut n = 0u64;
+    let mut b = s;
+    while b < e {
+        let w = b / 64;
+        let lo = b % 64;
+        let hi = (e - w * 64).min(64);
+        n += u64::from((leaf[w] & bit_mask(lo, hi)).count_ones());
+        b = (w + 1) * 64;
+    }
+    n
+}
+
+/// First set bit of `leaf` in `[s, e)`.
+fn first_bit(leaf: &Leaf, s: usize, e: usize) -> Option<usize> {
+    let mut b = s;
+    while b < e {
+        let w = b / 64;
+        let lo = b % 64;
+        let hi = (e - w * 64).min(64);
+        let m = leaf[w] & bit_mask(lo, hi);
+        if m != 0 {
+            return Some(w * 64 + m.trailing_zeros() as usize);
+        }
+        b = (w + 1) * 64;
+    }
+    None
+}
+
+/// Mask of bits `[lo, hi)` of a word, `lo < hi <= 64`.
+fn bit_mask(lo: usize, hi: usize) -> u64 {
+    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & !((1u64 << lo) - 1)
+}
+
+impl fmt::Debug for PageSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct B(PhysAddr, u32);
+        impl fmt::Debug for B {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.0, self.1)
+            }
+        }
+        f.debug_set()
+            .entries(self.iter().map(|(a, o)| B(a, o)))
+            .finish()
+    }
+}
+
+/// Walks the keys of one order in increasing order.
+struct OrderCursor<'a> {
+    leaves: alloc::collections::btree_map::Range<'a, u64, Box<Leaf>>,
+    leaf: Option<(u64, &'a Leaf)>,
+    word: usize,
+    bits: u64,
+}
+
+impl OrderCursor<'_> {
+    fn next_key(&mut self) -> Option<u64> {
+        loop {
+            if let Some((idx, leaf)) = self.leaf {
+                if self.bits != 0 {
+                    let b = self.bits.trailing_zeros() as u64;
+                    self.bits &= self.bits - 1;
+                    return Some((idx << LEAF_BITS_LOG2) | (self.word as u64 * 64 + b));
+                }
+                self.word += 1;
+                if self.word < LEAF_WORDS {
+                    self.bits = leaf[self.word];
+                    continue;
+                }
+            }
+            let (&idx, leaf) = self.leaves.next()?;
+            self.leaf = Some((idx, &**leaf));
+            self.word = 0;
+            self.bits = leaf[0];
+        }
+    }
+}
+
+/// Iterator over the blocks of a [`PageSet`] in address order: a merge of the
+/// per-order key streams (within one order, key order is address order).
+pub struct Iter<'a> {
+    cursors: Vec<(OrderCursor<'a>, Option<(PhysAddr, u32)>)>,
+    remaining: u64,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = (PhysAddr, u32);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (cursor, head) = self
+            .cursors
+            .iter_mut()
+            .filter(|(_, head)| head.is_some())
+            .min_by_key(|(_, head)| head.map(|(a, _)| a))?;
+        let item = head.take();
+        *head = cursor.next_key().and_then(radix_key_decode);
+        self.remaining = self.remaining.saturating_sub(1);
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
+}
+
+impl<'a> IntoIterator for &'a PageSet {
+    type Item = (PhysAddr, u32);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
