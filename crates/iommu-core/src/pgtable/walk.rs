@@ -129,8 +129,8 @@ pub enum WalkMode {
 pub struct WalkLimits {
     /// Highest root level accepted (default 6, AMD-Vi v1's deepest).
     pub max_levels: u8,
-    /// Most tables read, the root included (default 2^20: 4 GiB of 4 KiB tables,
-    /// enough for 2 TiB mapped with 4 KiB pages).
+    /// Most table reads attempted, the root included, failed reads included (default
+    /// 2^20: 4 GiB of 4 KiB tables, enough for 2 TiB mapped with 4 KiB pages).
     pub max_tables: usize,
     /// Most mapping runs produced (default 2^24).
     pub max_mappings: u64,
@@ -454,6 +454,7 @@ where
         stack: Vec::new(),
         bufs: Vec::new(),
         pending: None,
+        reads: 0,
         tables_stopped: false,
         mappings_stopped: false,
     };
@@ -612,6 +613,8 @@ struct Walker<'a, F: ?Sized, M: ?Sized, V> {
     /// One table buffer per depth, reused.
     bufs: Vec<Vec<u64>>,
     pending: Option<Mapping>,
+    /// Table reads attempted (successful or not), checked against `max_tables`.
+    reads: usize,
     tables_stopped: bool,
     mappings_stopped: bool,
 }
@@ -694,11 +697,12 @@ where
                 });
             }
         }
-        if self.summary.tables.len() >= self.limits.max_tables {
+        if self.reads >= self.limits.max_tables {
             return Err(WalkErrorKind::BudgetExhausted(Budget::Tables(
                 self.limits.max_tables,
             )));
         }
+        self.reads += 1;
         let depth = self.stack.len();
         if self.bufs.len() <= depth {
             self.bufs.resize_with(depth + 1, Vec::new);
