@@ -58,6 +58,12 @@ impl Perms {
         write: true,
         exec: false,
     };
+    /// Read and execute, no write.
+    pub const RX: Self = Self {
+        read: true,
+        write: false,
+        exec: true,
+    };
     /// Everything.
     pub const RWX: Self = Self {
         read: true,
