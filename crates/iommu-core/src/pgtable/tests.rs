@@ -633,3 +633,91 @@ fn translate_steps() {
         assert_eq!(t.pa(), w.lookup(iova).map(|(pa, _)| pa), "{iova}");
     }
 }
+
+/// ARM VMSAv8-64 64 KiB-granule geometry, 48-bit input: the start table resolves bits
+/// 47:42 (64 entries, 512 bytes), the others hold 8192 entries (64 KiB); leaves of
+/// 64 KiB at level 1 and 512 MiB blocks at level 2. Entry encoding as in [`Tiny`].
+struct Granule64K;
+
+impl Format for Granule64K {
+    fn name(&self) -> &'static str {
+        "granule-64k"
+    }
+    fn root_level(&self) -> u8 {
+        3
+    }
+    fn table_bytes(&self, level: u8) -> u64 {
+        if level == 3 {
+            512
+        } else {
+            1 << 16
+        }
+    }
+    fn entry_shift(&self, level: u8) -> u32 {
+        16 + 13 * (level as u32).saturating_sub(1)
+    }
+    fn ia_bits(&self) -> u32 {
+        48
+    }
+    fn decode(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        Tiny::new(3).decode(level, raw).map(|e| match e {
+            Entry::Leaf { base, perms, .. } => Entry::Leaf {
+                base,
+                size: PageSize::from_shift(self.entry_shift(level)).unwrap_or(PageSize::SIZE_64K),
+                perms,
+            },
+            other => other,
+        })
+    }
+}
+
+#[test]
+fn sixty_four_k_granule_with_small_root() {
+    let (root, l2, l1) = (0x4_0200u64, 0x10_0000u64, 0x20_0000u64);
+    let mut mem = Mem::default();
+    mem.table(root, 512, &[(1, tbl(l2, 2, R | W))]);
+    mem.table(
+        l2,
+        1 << 16,
+        &[(3, leaf(0x6000_0000, 0, R)), (8191, tbl(l1, 1, R | W))],
+    );
+    mem.table(
+        l1,
+        1 << 16,
+        &[
+            (0, leaf(0x7_0000, 0, R | W)),
+            (8191, leaf(0x8_0000, 0, R | W)),
+        ],
+    );
+    let w = walk(&Granule64K, &mem, PhysAddr(root), &WalkLimits::default()).unwrap();
+    let base = 1u64 << 42;
+    let block = 1u64 << 29;
+    assert_eq!(
+        w.mappings,
+        vec![
+            m(base + 3 * block, 0x6000_0000, block, Perms::R, block),
+            m(base + 8191 * block, 0x7_0000, 0x1_0000, Perms::RW, 0x1_0000),
+            m(
+                base + 8191 * block + 8191 * 0x1_0000,
+                0x8_0000,
+                0x1_0000,
+                Perms::RW,
+                0x1_0000
+            ),
+        ]
+    );
+    let sizes: Vec<u64> = w.tables.iter().map(|t| t.bytes).collect();
+    assert_eq!(sizes, vec![512, 1 << 16, 1 << 16]);
+    assert_eq!(mem.reads.get(), 3);
+    // A 64 KiB table must be 64 KiB aligned.
+    mem.write_u64(PhysAddr(root + 2 * 8), tbl(0x30_1000, 2, R))
+        .unwrap();
+    let e = walk(&Granule64K, &mem, PhysAddr(root), &WalkLimits::default()).unwrap_err();
+    assert_eq!(
+        e.kind,
+        WalkErrorKind::MisalignedTable {
+            next: PhysAddr(0x30_1000),
+            align: 1 << 16
+        }
+    );
+}

@@ -429,8 +429,11 @@ where
 ///
 /// In strict mode the first problem is returned as the error (runs already passed to
 /// `visit` stay passed). In lenient mode problems are recorded in the summary and the
-/// walk goes on past the offending entry (not into the table it points to); only a
-/// root level outside `1..=max_levels` or impossible root geometry is still an error.
+/// walk goes on past the offending entry (not into the table it points to: a cycle or
+/// alias is not followed a second time); once the table budget is exhausted no further
+/// table is read and once the mapping budget is exhausted no further run is produced,
+/// each recorded as one problem. Only a root level outside `1..=max_levels` or
+/// impossible root geometry is an error in lenient mode.
 pub fn walk_with<F, M, V>(
     format: &F,
     mem: &M,
