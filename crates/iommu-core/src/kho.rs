@@ -1,1 +1,0 @@
-//! The kexec-handover (KHO) blob and versioned client records.
