@@ -428,7 +428,7 @@ impl PageSet {
     /// names the first overlap. `pages == 0` inserts nothing.
     pub fn insert_range(&mut self, start: PhysAddr, pages: u64) -> Result<(), PageSetError> {
         let blocks = range_blocks(start, pages)?;
-        for &(addr, order) in &blocks {
+        for (addr, order) in blocks.clone() {
             if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
                 return Err(PageSetError::Overlap {
                     addr,
@@ -586,34 +586,57 @@ impl PageSet {
 }
 
 /// Splits `pages` pages at `start` into the largest naturally aligned blocks (order at
-/// most [`MAX_ORDER`]), in address order.
-pub fn range_blocks(start: PhysAddr, pages: u64) -> Result<Vec<(PhysAddr, u32)>, PageSetError> {
+/// most [`MAX_ORDER`]), in address order. Refused if `start` is not 4 KiB aligned or
+/// the range runs past the end of the address space. The blocks are produced lazily, so
+/// a huge range costs no memory.
+pub fn range_blocks(start: PhysAddr, pages: u64) -> Result<RangeBlocks, PageSetError> {
     let bad = PageSetError::BadRange { start, pages };
     if !start.is_aligned(PAGE_SIZE) {
         return Err(bad);
     }
     if pages == 0 {
-        return Ok(Vec::new());
+        return Ok(RangeBlocks {
+            next: None,
+            last: 0,
+        });
     }
-    let last_pfn = start
+    let last = start
         .pfn()
         .checked_add(pages - 1)
         .filter(|&p| p <= u64::MAX >> PAGE_SHIFT)
         .ok_or(bad)?;
-    let mut out = Vec::new();
-    let mut pfn = start.pfn();
-    loop {
-        let remaining = last_pfn - pfn + 1;
+    Ok(RangeBlocks {
+        next: Some(start.pfn()),
+        last,
+    })
+}
+
+/// The blocks of a page range, from [`range_blocks`].
+#[derive(Clone, Debug)]
+pub struct RangeBlocks {
+    /// Next page frame number, `None` when done.
+    next: Option<u64>,
+    /// Last page frame number of the range (inclusive).
+    last: u64,
+}
+
+impl Iterator for RangeBlocks {
+    type Item = (PhysAddr, u32);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pfn = self.next?;
+        let remaining = self.last - pfn + 1;
         let order = pfn
             .trailing_zeros()
             .min(63 - remaining.leading_zeros())
             .min(MAX_ORDER);
-        out.push((PhysAddr(pfn << PAGE_SHIFT), order));
         let step = 1u64 << order;
-        if remaining == step {
-            return Ok(out);
-        }
-        pfn += step;
+        self.next = if remaining == step {
+            None
+        } else {
+            Some(pfn + step)
+        };
+        Some((PhysAddr(pfn << PAGE_SHIFT), order))
     }
 }
 

@@ -219,7 +219,7 @@ fn remove_exact_block_only() {
 fn insert_range_splits_like_kho_preserve_pages() {
     // pfn 1..=10: pfn 1 (order 0), 2-3 (1), 4-7 (2), 8-9 (1), 10 (0).
     assert_eq!(
-        range_blocks(pa(0x1000), 10).unwrap(),
+        range_blocks(pa(0x1000), 10).unwrap().collect::<Vec<_>>(),
         vec![
             (pa(0x1000), 0),
             (pa(0x2000), 1),
@@ -230,25 +230,42 @@ fn insert_range_splits_like_kho_preserve_pages() {
     );
     // Capped at MAX_ORDER: 3 GiB at 0 is three 1 GiB blocks.
     assert_eq!(
-        range_blocks(pa(0), 3 << 18).unwrap(),
+        range_blocks(pa(0), 3 << 18).unwrap().collect::<Vec<_>>(),
         vec![(pa(0), 18), (pa(1 << 30), 18), (pa(2 << 30), 18)]
     );
-    assert_eq!(range_blocks(pa(0x1000), 0).unwrap(), vec![]);
+    assert_eq!(range_blocks(pa(0x1000), 0).unwrap().count(), 0);
     assert_eq!(
-        range_blocks(pa(0x1001), 1),
-        Err(PageSetError::BadRange {
+        range_blocks(pa(0x1001), 1).err(),
+        Some(PageSetError::BadRange {
             start: pa(0x1001),
             pages: 1
         })
     );
     assert_eq!(
-        range_blocks(pa(0xffff_ffff_ffff_f000), 2),
-        Err(PageSetError::BadRange {
+        range_blocks(pa(0xffff_ffff_ffff_f000), 2).err(),
+        Some(PageSetError::BadRange {
             start: pa(0xffff_ffff_ffff_f000),
             pages: 2
         })
     );
-    assert_eq!(range_blocks(pa(0xffff_ffff_ffff_f000), 1).unwrap().len(), 1);
+    assert_eq!(
+        range_blocks(pa(0xffff_ffff_ffff_f000), 1).unwrap().count(),
+        1
+    );
+    // The whole 64-bit space (2^34 blocks of 1 GiB) is produced lazily.
+    let mut all = range_blocks(pa(0), 1 << 52).unwrap();
+    assert_eq!(all.next(), Some((pa(0), 18)));
+    // The last 2 GiB of the address space.
+    let top: Vec<_> = range_blocks(pa(0xffff_ffff_8000_0000), 0x8_0000)
+        .unwrap()
+        .collect();
+    assert_eq!(
+        top,
+        vec![
+            (pa(0xffff_ffff_8000_0000), 18),
+            (pa(0xffff_ffff_c000_0000), 18)
+        ]
+    );
 
     let mut s = PageSet::new();
     s.insert(pa(0x9000), 0).unwrap();
