@@ -319,6 +319,10 @@ pub struct TreeRead {
 }
 
 /// Reads the tree whose root is at `root`, visiting at most `max_nodes` node pages.
+///
+/// The work is bounded by the budget: at most `max_nodes` page reads and, for each leaf,
+/// one [`PageSet::insert`] per set bit (32768 per leaf). A legitimate map with many
+/// order-0 pages costs that much too; the budget is what limits a hostile one.
 pub fn read<M: PhysMem + ?Sized>(
     mem: &M,
     root: PhysAddr,
