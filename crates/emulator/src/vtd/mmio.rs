@@ -33,8 +33,6 @@ pub(crate) enum Reg64 {
     Pqh,
     Pqt,
     Pqa,
-    Mtrrcap,
-    Mtrrdef,
     Iva,
     Iotlb,
     /// Fault record `index`, qword `half` (0 = bits 63:0).
@@ -59,8 +57,6 @@ impl VtdUnit {
             regs::PQH => Some(Reg64::Pqh),
             regs::PQT => Some(Reg64::Pqt),
             regs::PQA => Some(Reg64::Pqa),
-            regs::MTRRCAP => Some(Reg64::Mtrrcap),
-            regs::MTRRDEF => Some(Reg64::Mtrrdef),
             _ => None,
         };
         if fixed.is_some() {
@@ -130,9 +126,7 @@ impl VtdUnit {
             | Reg64::Phmlimit
             | Reg64::Pqh
             | Reg64::Pqt
-            | Reg64::Pqa
-            | Reg64::Mtrrcap
-            | Reg64::Mtrrdef => 0,
+            | Reg64::Pqa => 0,
         }
     }
 

@@ -302,8 +302,9 @@ impl fmt::Display for VtdConfigError {
 
 impl std::error::Error for VtdConfigError {}
 
-/// End of the fixed architectural registers (MTRRDEF + 8).
-const FIXED_REGS_END: u64 = 0x110;
+/// End of the fixed registers the model implements (PEUADDR + 4); the MTRR registers
+/// at 0x100 exist only with ECAP.MTS, which the model does not report.
+const FIXED_REGS_END: u64 = 0xF0;
 
 fn check_registers(_ver: u32, cap: u64, ecap: u64) -> Result<(), VtdConfigError> {
     let mgaw = CAP::MGAW.read(cap) + 1;
