@@ -31,6 +31,7 @@ use crate::memory::{
     MemoryConfigError, PageValidity, PageView, SparseMemory, PAGE_SIZE, VALID_WORDS,
 };
 use crate::model::{IommuModel, RegisterValue, UnitKind};
+use crate::vtd::{VtdRestoreError, VtdUnit};
 use iommu_core::{Pasid, PhysAddr, RequesterId};
 use object::elf;
 use object::{pod, LittleEndian as LE, U16, U32, U64};
@@ -466,7 +467,9 @@ fn io_error(path: &Path, op: &'static str, e: &io::Error) -> SnapshotError {
 pub enum RestoreError {
     /// There is no model of this kind of unit.
     Unsupported,
-    /// The model refused the register values.
+    /// The VT-d model refused the register values.
+    Vtd(VtdRestoreError),
+    /// Another model refused the register values.
     Invalid(String),
 }
 
@@ -474,6 +477,7 @@ impl fmt::Display for RestoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RestoreError::Unsupported => f.write_str("the emulator has no model of this kind"),
+            RestoreError::Vtd(e) => write!(f, "{e}"),
             RestoreError::Invalid(why) => f.write_str(why),
         }
     }
@@ -504,8 +508,8 @@ where
     }
 }
 
-/// The emulator's own models: VT-d units are rebuilt with
-/// `crate::vtd::VtdUnit::restore`; AMD-Vi and SMMUv3 have no model yet.
+/// The emulator's own models: VT-d units are rebuilt with [`VtdUnit::restore`]; AMD-Vi
+/// and SMMUv3 have no model yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BuiltinModels;
 
@@ -513,11 +517,15 @@ impl UnitRestorer for BuiltinModels {
     fn restore(
         &self,
         kind: UnitKind,
-        _mmio_base: PhysAddr,
-        _regs: &[RegisterValue],
+        mmio_base: PhysAddr,
+        regs: &[RegisterValue],
     ) -> Result<Box<dyn IommuModel>, RestoreError> {
         match kind {
-            UnitKind::Vtd | UnitKind::AmdVi | UnitKind::Smmuv3 => Err(RestoreError::Unsupported),
+            UnitKind::Vtd => match VtdUnit::restore(mmio_base, regs) {
+                Ok(unit) => Ok(Box::new(unit)),
+                Err(e) => Err(RestoreError::Vtd(e)),
+            },
+            UnitKind::AmdVi | UnitKind::Smmuv3 => Err(RestoreError::Unsupported),
         }
     }
 }

@@ -514,3 +514,64 @@ fn devices_with_pasids_and_segments_survive() {
     let l = load(&snapshot::to_bytes(&m)).unwrap();
     assert_eq!(l.devices(), &devs);
 }
+
+/// A real VT-d unit goes through a snapshot with its translation state: after loading,
+/// the unit still translates (here: faults every request at the empty root table with
+/// the same fault reason), and the register set is identical.
+#[test]
+fn a_vtd_unit_survives_a_snapshot_with_translation_on() {
+    use emulator::vtd::{VtdConfig, VtdUnit};
+    use iommu_core::RegisterAccess;
+    // Linux drivers/iommu/intel/iommu.h: DMAR_GCMD_REG 0x18, DMAR_GSTS_REG 0x1c,
+    // DMAR_RTADDR_REG 0x20, DMA_GCMD_TE / DMA_GSTS_TES = 1 << 31,
+    // DMA_GCMD_SRTP / DMA_GSTS_RTPS = 1 << 30.
+    const GCMD: u64 = 0x18;
+    const GSTS: u64 = 0x1c;
+    const RTADDR: u64 = 0x20;
+    const TE: u32 = 1 << 31;
+    const SRTP: u32 = 1 << 30;
+    // Linux drivers/iommu/intel/dmar.c dma_remap_fault_reasons[1]: "Present bit in root
+    // entry is clear".
+    const ROOT_NOT_PRESENT: u32 = 0x1;
+
+    let mut m = Machine::with_ram(&RAM).unwrap();
+    let unit = VtdUnit::new(VtdConfig::legacy(UNIT_A)).expect("legacy VT-d unit");
+    m.add_unit(Box::new(unit)).unwrap();
+    let a = m
+        .add_device(Device {
+            rid: DEV_A,
+            pasid: None,
+            unit: UNIT_A,
+        })
+        .unwrap();
+    let root = PhysAddr(0x40_0000);
+    m.mem_mut().write(root, &[0u8; 4096]).unwrap();
+    {
+        let mut regs = m.unit_regs(UNIT_A).unwrap();
+        regs.write64(RTADDR, root.0);
+        regs.write32(GCMD, SRTP);
+        assert_eq!(regs.read32(GSTS) & SRTP, SRTP, "root pointer latched");
+        regs.write32(GCMD, TE);
+        assert_eq!(regs.read32(GSTS) & TE, TE, "translation enabled");
+    }
+    let fault_code = |m: &mut Machine| match m.dma_read(&a, Iova(0x1000), &mut [0u8; 8]) {
+        Err(emulator::dma::TransferError::Dma {
+            error: emulator::model::DmaError::Fault(f),
+            ..
+        }) => f.code,
+        other => panic!("expected a fault, got {other:?}"),
+    };
+    assert_eq!(fault_code(&mut m), ROOT_NOT_PRESENT);
+
+    let bytes = snapshot::to_bytes(&m);
+    let mut l = snapshot::from_bytes(&bytes).expect("VT-d snapshot loads");
+    assert_eq!(snapshot::to_bytes(&l), bytes);
+    let regs = |m: &Machine| -> Vec<_> { m.units().map(|u| u.save_registers()).collect() };
+    assert_eq!(regs(&l), regs(&m));
+    {
+        let mut r = l.unit_regs(UNIT_A).unwrap();
+        assert_eq!(r.read64(RTADDR), root.0);
+        assert_eq!(r.read32(GSTS) & (TE | SRTP), TE | SRTP);
+    }
+    assert_eq!(fault_code(&mut l), ROOT_NOT_PRESENT);
+}
