@@ -9,7 +9,7 @@ use iommu_core::{PageSize, PhysAddr, RequesterId};
 use tests::vtd_prog::{write_qwords, Platform, ProgError, VtdDriver, VtdRig};
 use vtd::hw::fault::{FaultRecord, FaultRequestType};
 use vtd::hw::pasid::{Flpm, PasidEntry, Pgtt};
-use vtd::hw::pte::{FlPte, SlPte, FL_A, FL_D};
+use vtd::hw::pte::{FlPte, SlPte, FL_A, FL_D, SL_A, SL_D};
 use vtd::hw::qi::{Descriptor, PasidCacheGranularity, PasidIotlbGranularity, QiDescriptor};
 use vtd::hw::regs::{
     self, field_mask32 as m32, ContextGranularity, IotlbGranularity, Ttm, FECTL, FSTS, GCMD, GSTS,
@@ -1457,4 +1457,109 @@ fn scalable_unit_save_restore_keeps_translation() {
         PhysAddr(0x9008)
     );
     ok(rig2.qi_sync(&[]));
+}
+
+#[test]
+fn page_selective_invalidation_covers_its_address_mask() {
+    let (mut rig, _root, sl) = legacy_rig(VtdConfig::legacy(BASE));
+    let mut leaves = Vec::new();
+    for i in 0..6u64 {
+        leaves.push(
+            rig.map_sl(
+                sl,
+                4,
+                0x10_0000 + i * 0x1000,
+                0x50_0000 + i * 0x1000,
+                PageSize::SIZE_4K,
+                true,
+                true,
+            )
+            .unwrap(),
+        );
+    }
+    for i in 0..6u64 {
+        rig.dma(DEV, 0x10_0000 + i * 0x1000, Access::Read).unwrap();
+    }
+    for (i, leaf) in leaves.iter().enumerate() {
+        write_qwords(
+            &mut rig,
+            *leaf,
+            &[SlPte::page(0x90_0000 + i as u64 * 0x1000, true, true).raw()],
+        )
+        .unwrap();
+    }
+    // AM = 2: four pages, the address aligned down to 16 KiB (0x10_0000..0x10_4000).
+    assert_eq!(
+        rig.iotlb_invalidate(IotlbGranularity::Page, DID, 0x10_2000, 2)
+            .unwrap(),
+        3
+    );
+    let got: Vec<u64> = (0..6u64)
+        .map(|i| {
+            rig.dma(DEV, 0x10_0000 + i * 0x1000, Access::Read)
+                .unwrap()
+                .pa
+                .0
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![0x90_0000, 0x90_1000, 0x90_2000, 0x90_3000, 0x50_4000, 0x50_5000]
+    );
+    // AM above CAP.MAMV is refused: IAIG 0 and nothing invalidated.
+    assert_eq!(
+        rig.iotlb_invalidate(IotlbGranularity::Page, DID, 0, 40)
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        rig.dma(DEV, 0x10_4000, Access::Read).unwrap().pa.0,
+        0x50_4000
+    );
+}
+
+#[test]
+fn invalid_tail_pointer_sets_iqe() {
+    let (mut rig, _root, _sl) = legacy_rig(VtdConfig::legacy(BASE));
+    ok(rig.enable_qi(0, false));
+    // A 4 KiB queue holds offsets below 0x1000.
+    rig.write64(regs::IQT, 0x2000);
+    assert!(rig.iqe());
+    assert_eq!(rig.iqei(), 1);
+    assert_eq!(rig.read64(regs::IQH), 0);
+}
+
+#[test]
+fn second_stage_accessed_and_dirty_flags_with_ssade() {
+    let mut s = scalable_rig(VtdConfig::scalable(BASE));
+    let sl2 = s.rig.alloc_table(1).unwrap();
+    let mut pe = PasidEntry::second_stage(sl2, AddressWidth::Bits48, 0x30);
+    pe.set_ssade(true);
+    s.rig.set_pasid_entry(s.dir, 20, pe).unwrap();
+    let leaf = s
+        .rig
+        .map_sl(sl2, 4, 0x1000, 0x7000, PageSize::SIZE_4K, true, true)
+        .unwrap();
+    s.rig
+        .request(DEV, Some(20), false, 0x1000, Access::Read)
+        .unwrap();
+    let v = s.rig.mem.read_u64(PhysAddr(leaf)).unwrap();
+    assert_eq!(v & (SL_A | SL_D), SL_A);
+    assert_ne!(s.rig.mem.read_u64(PhysAddr(sl2)).unwrap() & SL_A, 0);
+    // A write after a cached read walks again to set the dirty flag.
+    s.rig
+        .request(DEV, Some(20), false, 0x1008, Access::Write)
+        .unwrap();
+    let v = s.rig.mem.read_u64(PhysAddr(leaf)).unwrap();
+    assert_eq!(v & (SL_A | SL_D), SL_A | SL_D);
+    // Without SSADE the second-stage entries are left alone.
+    let untouched = s
+        .rig
+        .map_sl(s.sl, 4, 0x9000, 0x7000, PageSize::SIZE_4K, true, true)
+        .unwrap();
+    s.rig.dma(DEV, 0x9000, Access::Write).unwrap();
+    assert_eq!(
+        s.rig.mem.read_u64(PhysAddr(untouched)).unwrap() & (SL_A | SL_D),
+        0
+    );
 }
