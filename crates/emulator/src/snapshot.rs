@@ -1018,100 +1018,110 @@ struct Load {
     file_offset: u64,
 }
 
-/// Loads a machine from snapshot bytes, rebuilding units with `restorer`.
-pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machine, SnapshotError> {
-    let file = File { data };
+/// Checks the ELF header; returns `e_machine`, `e_phoff` and the number of program
+/// headers.
+fn check_header(file: &File<'_>) -> Result<(u16, u64, u64), SnapshotError> {
     let eh: &elf::FileHeader64<LE> = file.get(0, "ELF file header")?;
     let id = &eh.e_ident;
-    let header = |offset, what, found: u64| SnapshotError::BadHeader {
-        offset,
-        what,
-        found,
-    };
-    if id.magic != elf::ELFMAG {
-        return Err(header(
+    let e_machine = eh.e_machine.get(LE).0;
+    let checks: [(u64, &'static str, u64, bool); 10] = [
+        (
             0,
             "magic must be 7f 45 4c 46",
             u64::from(u32::from_be_bytes(id.magic)),
-        ));
-    }
-    if id.class != elf::ELFCLASS64 {
-        return Err(header(
+            id.magic == elf::ELFMAG,
+        ),
+        (
             4,
             "class must be ELFCLASS64 (2)",
             u64::from(id.class.0),
-        ));
-    }
-    if id.data != elf::ELFDATA2LSB {
-        return Err(header(
+            id.class == elf::ELFCLASS64,
+        ),
+        (
             5,
             "data encoding must be little-endian (1)",
             u64::from(id.data.0),
-        ));
-    }
-    if id.version != elf::EV_CURRENT {
-        return Err(header(
+            id.data == elf::ELFDATA2LSB,
+        ),
+        (
             6,
             "ident version must be 1",
             u64::from(id.version.0),
-        ));
-    }
-    if eh.e_type.get(LE) != elf::ET_CORE {
-        return Err(header(
+            id.version == elf::EV_CURRENT,
+        ),
+        (
             16,
             "e_type must be ET_CORE (4)",
             u64::from(eh.e_type.get(LE).0),
-        ));
-    }
-    let e_machine = eh.e_machine.get(LE).0;
-    if e_machine != elf::EM_X86_64.0 && e_machine != elf::EM_AARCH64.0 {
-        return Err(header(
+            eh.e_type.get(LE) == elf::ET_CORE,
+        ),
+        (
             18,
             "e_machine must be EM_X86_64 (62) or EM_AARCH64 (183)",
             u64::from(e_machine),
-        ));
-    }
-    if eh.e_version.get(LE) != 1 {
-        return Err(header(
+            e_machine == elf::EM_X86_64.0 || e_machine == elf::EM_AARCH64.0,
+        ),
+        (
             20,
             "e_version must be 1",
             u64::from(eh.e_version.get(LE)),
-        ));
-    }
-    if u64::from(eh.e_ehsize.get(LE)) != EHDR_SIZE {
-        return Err(header(
+            eh.e_version.get(LE) == 1,
+        ),
+        (
             52,
             "e_ehsize must be 64",
             u64::from(eh.e_ehsize.get(LE)),
-        ));
-    }
-    if u64::from(eh.e_phentsize.get(LE)) != PHDR_SIZE {
-        return Err(header(
+            u64::from(eh.e_ehsize.get(LE)) == EHDR_SIZE,
+        ),
+        (
             54,
             "e_phentsize must be 56",
             u64::from(eh.e_phentsize.get(LE)),
-        ));
+            u64::from(eh.e_phentsize.get(LE)) == PHDR_SIZE,
+        ),
+        (
+            56,
+            "e_phnum must not be 0 (there is always a PT_NOTE)",
+            0,
+            eh.e_phnum.get(LE) != 0,
+        ),
+    ];
+    for (offset, what, found, ok) in checks {
+        if !ok {
+            return Err(SnapshotError::BadHeader {
+                offset,
+                what,
+                found,
+            });
+        }
     }
     let phoff = eh.e_phoff.get(LE);
     let mut phnum = u64::from(eh.e_phnum.get(LE));
     if phnum == u64::from(elf::PN_XNUM) {
+        // The real count is in sh_info of section header 0.
         let shoff = eh.e_shoff.get(LE);
-        if shoff == 0 {
-            return Err(header(40, "e_phnum is PN_XNUM but e_shoff is 0", 0));
-        }
-        if u64::from(eh.e_shentsize.get(LE)) != SHDR_SIZE {
-            return Err(header(
-                58,
-                "e_phnum is PN_XNUM: e_shentsize must be 64",
-                u64::from(eh.e_shentsize.get(LE)),
-            ));
+        let shentsize = u64::from(eh.e_shentsize.get(LE));
+        if shoff == 0 || shentsize != SHDR_SIZE {
+            return Err(SnapshotError::BadHeader {
+                offset: if shoff == 0 { 40 } else { 58 },
+                what: "e_phnum is PN_XNUM: section header 0 (e_shoff, e_shentsize 64) must hold the count",
+                found: if shoff == 0 { 0 } else { shentsize },
+            });
         }
         let sh: &elf::SectionHeader64<LE> = file.get(shoff, "section header 0 (PN_XNUM count)")?;
         phnum = u64::from(sh.sh_info.get(LE));
     }
-    let table_len = phnum * PHDR_SIZE;
-    file.bytes(phoff, table_len, "program header table")?;
+    file.bytes(phoff, phnum * PHDR_SIZE, "program header table")?;
+    Ok((e_machine, phoff, phnum))
+}
 
+/// Reads the program headers: the one PT_NOTE segment `(offset, size)` and the
+/// PT_LOADs sorted by physical address, checked for overlap.
+fn read_segments(
+    file: &File<'_>,
+    phoff: u64,
+    phnum: u64,
+) -> Result<((u64, u64), Vec<Load>), SnapshotError> {
     let mut note_seg = Vec::new();
     let mut loads = Vec::new();
     for index in 0..phnum as usize {
@@ -1164,7 +1174,7 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
             ));
         }
     }
-    let (note_start, note_size) = match note_seg.as_slice() {
+    let note = match note_seg.as_slice() {
         [one] => *one,
         _ => {
             return Err(SnapshotError::NoteSegmentCount {
@@ -1183,42 +1193,58 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
             });
         }
     }
+    Ok((note, loads))
+}
 
-    let notes = parse_notes(&file, note_start, note_size)?;
-    let mut machine_notes = Vec::new();
-    let mut unit_notes = Vec::new();
-    let mut device_notes = Vec::new();
-    let mut poison_notes = Vec::new();
+/// The notes of this format, by type.
+struct Notes<'a> {
+    machine: Note<'a>,
+    units: Vec<Note<'a>>,
+    devices: Note<'a>,
+    poison: Note<'a>,
+}
+
+fn sort_notes(notes: Vec<Note<'_>>) -> Result<Notes<'_>, SnapshotError> {
+    let (mut machine, mut units, mut devices, mut poison) = (vec![], vec![], vec![], vec![]);
     for n in notes {
         match n.note_type {
-            NT_IOMMU_MACHINE => machine_notes.push(n),
-            NT_IOMMU_UNIT => unit_notes.push(n),
-            NT_IOMMU_DEVICES => device_notes.push(n),
-            NT_IOMMU_POISON => poison_notes.push(n),
-            t => {
+            NT_IOMMU_MACHINE => machine.push(n),
+            NT_IOMMU_UNIT => units.push(n),
+            NT_IOMMU_DEVICES => devices.push(n),
+            NT_IOMMU_POISON => poison.push(n),
+            note_type => {
                 return Err(SnapshotError::UnknownNoteType {
                     offset: n.offset,
-                    note_type: t,
+                    note_type,
                 })
             }
         }
     }
-    let one = |v: &mut Vec<Note<'_>>, what| {
-        if v.len() == 1 {
-            Ok(())
-        } else {
-            Err(SnapshotError::NoteCount {
+    fn one<'a>(mut v: Vec<Note<'a>>, what: &'static str) -> Result<Note<'a>, SnapshotError> {
+        match (v.pop(), v.is_empty()) {
+            (Some(n), true) => Ok(n),
+            _ => Err(SnapshotError::NoteCount {
                 what,
-                found: v.len(),
-            })
+                found: v.len() + 1,
+            }),
         }
-    };
-    one(&mut machine_notes, "machine note (NT_IOMMU_MACHINE)")?;
-    one(&mut device_notes, "device note (NT_IOMMU_DEVICES)")?;
-    one(&mut poison_notes, "poison note (NT_IOMMU_POISON)")?;
+    }
+    Ok(Notes {
+        machine: one(machine, "machine note (NT_IOMMU_MACHINE)")?,
+        units,
+        devices: one(devices, "device note (NT_IOMMU_DEVICES)")?,
+        poison: one(poison, "poison note (NT_IOMMU_POISON)")?,
+    })
+}
 
-    // Machine note: version and RAM layout.
-    let m = &mut machine_notes[0];
+/// The machine note's counts, with the offsets of the count fields.
+struct Counts {
+    units: (u64, u64),
+    devices: (u64, u64),
+}
+
+/// Reads the machine note: checks the version, builds the memory from the RAM layout.
+fn read_machine_note(m: &mut Note<'_>) -> Result<(SparseMemory, Counts), SnapshotError> {
     m.expect_at_least(MACHINE_FIXED)?;
     let version_offset = m.desc.offset();
     let version = m.desc.u32()?;
@@ -1230,10 +1256,8 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
         });
     }
     let nranges = u64::from(m.desc.u32()?);
-    let units_offset = m.desc.offset();
-    let nunits = u64::from(m.desc.u32()?);
-    let devices_offset = m.desc.offset();
-    let ndevices = u64::from(m.desc.u32()?);
+    let units = (m.desc.offset(), u64::from(m.desc.u32()?));
+    let devices = (m.desc.offset(), u64::from(m.desc.u32()?));
     m.expect_size(MACHINE_FIXED + nranges * RAM_ENTRY)?;
     let mut ram = Vec::new();
     for _ in 0..nranges {
@@ -1241,21 +1265,36 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
         let size = m.desc.u64()?;
         ram.push((PhysAddr(base), size));
     }
-    let mut mem = SparseMemory::new(&ram).map_err(|error| SnapshotError::BadRamLayout {
+    let mem = SparseMemory::new(&ram).map_err(|error| SnapshotError::BadRamLayout {
         offset: m.offset,
         error,
     })?;
-    if unit_notes.len() as u64 != nunits {
-        return Err(SnapshotError::CountMismatch {
-            offset: units_offset,
-            what: "units",
-            declared: nunits,
-            found: unit_notes.len() as u64,
+    Ok((mem, Counts { units, devices }))
+}
+
+/// Reads the fixed head of a list note (count, reserved) and checks its size.
+fn list_head(n: &mut Note<'_>, entry: u64, what: &'static str) -> Result<u64, SnapshotError> {
+    n.expect_at_least(LIST_FIXED)?;
+    let count = u64::from(n.desc.u32()?);
+    let reserved_offset = n.desc.offset();
+    if n.desc.u32()? != 0 {
+        return Err(SnapshotError::BadNote {
+            offset: reserved_offset,
+            what,
         });
     }
+    n.expect_size(LIST_FIXED + count * entry)?;
+    Ok(count)
+}
 
-    // Memory.
-    for l in &loads {
+/// Fills `mem` from the PT_LOADs, with the validity bitmaps of the poison note.
+fn restore_memory(
+    file: &File<'_>,
+    mem: &mut SparseMemory,
+    loads: &[Load],
+    p: &mut Note<'_>,
+) -> Result<(), SnapshotError> {
+    for l in loads {
         if let Err(e) = mem.check_backed(PhysAddr(l.paddr), l.size) {
             return Err(SnapshotError::SegmentOutsideRam {
                 offset: l.ph_offset,
@@ -1263,20 +1302,13 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
             });
         }
     }
-    let p = &mut poison_notes[0];
-    p.expect_at_least(LIST_FIXED)?;
-    let npoison = u64::from(p.desc.u32()?);
-    let reserved_offset = p.desc.offset();
-    if p.desc.u32()? != 0 {
-        return Err(SnapshotError::BadNote {
-            offset: reserved_offset,
-            what: "reserved field of the poison note is not zero",
-        });
-    }
-    p.expect_size(LIST_FIXED + npoison * POISON_ENTRY)?;
+    let count = list_head(
+        p,
+        POISON_ENTRY,
+        "reserved field of the poison note is not zero",
+    )?;
     let mut poison = Vec::new();
-    let mut prev: Option<u64> = None;
-    for _ in 0..npoison {
+    for _ in 0..count {
         let offset = p.desc.offset();
         let page = p.desc.u64()?;
         let mut bits = [0u64; VALID_WORDS];
@@ -1291,36 +1323,31 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
         if page % PAGE_SIZE != 0 {
             return Err(bad("page address is not 4 KiB aligned"));
         }
-        if prev.is_some_and(|q| q >= page) {
+        if poison.last().is_some_and(|&(q, _)| q >= page) {
             return Err(bad("entries are not in increasing page order"));
         }
-        prev = Some(page);
         let i = loads.partition_point(|l| l.paddr + (l.size - 1) < page);
         if loads.get(i).map_or(true, |l| l.paddr > page) {
             return Err(bad("page is not inside a PT_LOAD segment"));
         }
         poison.push((page, bits));
     }
-    let mut poison_iter = poison.iter().peekable();
-    for l in &loads {
+    let mut poison = poison.iter().peekable();
+    for l in loads {
         for k in 0..l.size / PAGE_SIZE {
             let pa = l.paddr + k * PAGE_SIZE;
             let off = l.file_offset + k * PAGE_SIZE;
-            let bytes = file.bytes(off, PAGE_SIZE, "PT_LOAD page")?;
-            let data: &[u8; PAGE_SIZE as usize] =
-                bytes.try_into().map_err(|_| SnapshotError::Truncated {
-                    offset: off,
-                    needed: PAGE_SIZE,
-                    file_len: file.len(),
-                    what: "PT_LOAD page",
-                })?;
-            let valid = match poison_iter.peek() {
-                Some((q, bits)) if *q == pa => {
-                    poison_iter.next();
-                    Some(bits)
-                }
-                _ => None,
+            let truncated = SnapshotError::Truncated {
+                offset: off,
+                needed: PAGE_SIZE,
+                file_len: file.len(),
+                what: "PT_LOAD page",
             };
+            let data: &[u8; PAGE_SIZE as usize] = file
+                .bytes(off, PAGE_SIZE, "PT_LOAD page")?
+                .try_into()
+                .map_err(|_| truncated)?;
+            let valid = poison.next_if(|(q, _)| *q == pa).map(|(_, bits)| bits);
             mem.restore_page(PhysAddr(pa), data, valid).map_err(|e| {
                 SnapshotError::SegmentOutsideRam {
                     offset: l.ph_offset,
@@ -1329,93 +1356,90 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
             })?;
         }
     }
-    let mut machine = Machine::new(mem);
+    Ok(())
+}
 
-    // Units.
-    for u in &mut unit_notes {
-        u.expect_at_least(UNIT_FIXED)?;
-        let kind_offset = u.desc.offset();
-        let code = u.desc.u32()?;
-        let kind = unit_kind_of(code).ok_or(SnapshotError::UnknownUnitKind {
-            offset: kind_offset,
-            code,
-        })?;
-        let nregs = u64::from(u.desc.u32()?);
-        let base = PhysAddr(u.desc.u64()?);
-        let size = u.desc.u64()?;
-        u.expect_size(UNIT_FIXED + nregs * REG_ENTRY)?;
-        let mut regs = Vec::new();
-        for _ in 0..nregs {
-            let offset = u.desc.offset();
-            let reg_offset = u.desc.u64()?;
-            let width = u.desc.u32()?;
-            let reserved = u.desc.u32()?;
-            let value = u.desc.u64()?;
-            let bad = |what| SnapshotError::BadRegister { offset, what };
-            let width = match width {
-                4 => 4u8,
-                8 => 8u8,
-                _ => return Err(bad("width is not 4 or 8")),
-            };
-            if reserved != 0 {
-                return Err(bad("reserved field is not zero"));
-            }
-            if width == 4 && value > u64::from(u32::MAX) {
-                return Err(bad("value of a 4-byte register does not fit in 32 bits"));
-            }
-            if reg_offset >= size || size - reg_offset < u64::from(width) {
-                return Err(bad("register lies outside the unit's MMIO window"));
-            }
-            regs.push(RegisterValue {
-                offset: reg_offset,
-                width,
-                value,
-            });
+/// Rebuilds one unit from its note.
+fn read_unit(
+    u: &mut Note<'_>,
+    restorer: &dyn UnitRestorer,
+) -> Result<Box<dyn IommuModel>, SnapshotError> {
+    u.expect_at_least(UNIT_FIXED)?;
+    let kind_offset = u.desc.offset();
+    let code = u.desc.u32()?;
+    let kind = unit_kind_of(code).ok_or(SnapshotError::UnknownUnitKind {
+        offset: kind_offset,
+        code,
+    })?;
+    let nregs = u64::from(u.desc.u32()?);
+    let base = PhysAddr(u.desc.u64()?);
+    let size = u.desc.u64()?;
+    u.expect_size(UNIT_FIXED + nregs * REG_ENTRY)?;
+    let mut regs = Vec::new();
+    for _ in 0..nregs {
+        let offset = u.desc.offset();
+        let reg_offset = u.desc.u64()?;
+        let width = u.desc.u32()?;
+        let reserved = u.desc.u32()?;
+        let value = u.desc.u64()?;
+        let bad = |what| SnapshotError::BadRegister { offset, what };
+        let width = match width {
+            4 => 4u8,
+            8 => 8u8,
+            _ => return Err(bad("width is not 4 or 8")),
+        };
+        if reserved != 0 {
+            return Err(bad("reserved field is not zero"));
         }
-        let unit =
-            restorer
-                .restore(kind, base, &regs)
-                .map_err(|error| SnapshotError::UnitRestore {
-                    offset: u.offset,
-                    kind,
-                    base,
-                    error,
-                })?;
-        if unit.mmio_base() != base || unit.mmio_size() != size {
-            return Err(SnapshotError::UnitWindowMismatch {
-                offset: u.offset,
-                note: (base, size),
-                unit: (unit.mmio_base(), unit.mmio_size()),
-            });
+        if width == 4 && value > u64::from(u32::MAX) {
+            return Err(bad("value of a 4-byte register does not fit in 32 bits"));
         }
-        machine
-            .add_unit(unit)
-            .map_err(|error| SnapshotError::Machine {
-                offset: u.offset,
-                error,
-            })?;
-    }
-
-    // Devices.
-    let d = &mut device_notes[0];
-    d.expect_at_least(LIST_FIXED)?;
-    let count = u64::from(d.desc.u32()?);
-    let reserved_offset = d.desc.offset();
-    if d.desc.u32()? != 0 {
-        return Err(SnapshotError::BadNote {
-            offset: reserved_offset,
-            what: "reserved field of the device note is not zero",
+        if reg_offset >= size || size - reg_offset < u64::from(width) {
+            return Err(bad("register lies outside the unit's MMIO window"));
+        }
+        regs.push(RegisterValue {
+            offset: reg_offset,
+            width,
+            value,
         });
     }
-    if count != ndevices {
+    let unit = restorer
+        .restore(kind, base, &regs)
+        .map_err(|error| SnapshotError::UnitRestore {
+            offset: u.offset,
+            kind,
+            base,
+            error,
+        })?;
+    if unit.mmio_base() != base || unit.mmio_size() != size {
+        return Err(SnapshotError::UnitWindowMismatch {
+            offset: u.offset,
+            note: (base, size),
+            unit: (unit.mmio_base(), unit.mmio_size()),
+        });
+    }
+    Ok(unit)
+}
+
+/// Reads the device note: each device with the file offset of its entry.
+fn read_devices(
+    d: &mut Note<'_>,
+    declared: (u64, u64),
+) -> Result<Vec<(u64, Device)>, SnapshotError> {
+    let count = list_head(
+        d,
+        DEVICE_ENTRY,
+        "reserved field of the device note is not zero",
+    )?;
+    if count != declared.1 {
         return Err(SnapshotError::CountMismatch {
-            offset: devices_offset,
+            offset: declared.0,
             what: "devices",
-            declared: ndevices,
+            declared: declared.1,
             found: count,
         });
     }
-    d.expect_size(LIST_FIXED + count * DEVICE_ENTRY)?;
+    let mut devices = Vec::new();
     for _ in 0..count {
         let offset = d.desc.offset();
         let segment = d.desc.u16()?;
@@ -1437,25 +1461,52 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
                 return Err(bad("PASID is wider than 20 bits"));
             }
             Some(Pasid(pasid))
+        } else if pasid != 0 {
+            return Err(bad("PASID field is not zero for a device without PASID"));
         } else {
-            if pasid != 0 {
-                return Err(bad("PASID field is not zero for a device without PASID"));
-            }
             None
         };
+        let rid = RequesterId {
+            segment,
+            bus,
+            devfn,
+        };
+        devices.push((offset, Device { rid, pasid, unit }));
+    }
+    Ok(devices)
+}
+
+/// Loads a machine from snapshot bytes, rebuilding units with `restorer`.
+pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machine, SnapshotError> {
+    let file = File { data };
+    let (e_machine, phoff, phnum) = check_header(&file)?;
+    let ((note_start, note_size), loads) = read_segments(&file, phoff, phnum)?;
+    let mut notes = sort_notes(parse_notes(&file, note_start, note_size)?)?;
+    let (mut mem, counts) = read_machine_note(&mut notes.machine)?;
+    if notes.units.len() as u64 != counts.units.1 {
+        return Err(SnapshotError::CountMismatch {
+            offset: counts.units.0,
+            what: "units",
+            declared: counts.units.1,
+            found: notes.units.len() as u64,
+        });
+    }
+    restore_memory(&file, &mut mem, &loads, &mut notes.poison)?;
+    let mut machine = Machine::new(mem);
+    for u in &mut notes.units {
+        let unit = read_unit(u, restorer)?;
         machine
-            .add_device(Device {
-                rid: RequesterId {
-                    segment,
-                    bus,
-                    devfn,
-                },
-                pasid,
-                unit,
-            })
+            .add_unit(unit)
+            .map_err(|error| SnapshotError::Machine {
+                offset: u.offset,
+                error,
+            })?;
+    }
+    for (offset, device) in read_devices(&mut notes.devices, counts.devices)? {
+        machine
+            .add_device(device)
             .map_err(|error| SnapshotError::Machine { offset, error })?;
     }
-
     let expected = elf_machine(machine.units().map(|u| u.kind()));
     if expected != e_machine {
         return Err(SnapshotError::MachineTypeMismatch {
