@@ -7,8 +7,12 @@
 //! - [`VtdDriver`]: driver operations for any platform (GCMD handshake, root pointer,
 //!   translation enable, register and queued invalidation, fault handling) and table
 //!   builders (legacy root/context, scalable root/context, PASID directory and table,
-//!   second- and first-stage mappings).
+//!   second- and first-stage mappings);
+//! - [`MachineRig`]: a [`Platform`] over an emulator [`Machine`], reaching the unit
+//!   through the machine's MMIO bus.
 
+use emulator::bus::BusError;
+use emulator::machine::Machine;
 use emulator::memory::SparseMemory;
 use emulator::model::{Access, DmaError, DmaRequest, IommuModel, Translated};
 use emulator::vtd::{VtdConfig, VtdConfigError, VtdUnit};
@@ -679,5 +683,74 @@ impl Platform for VtdRig {
     }
     fn write64(&mut self, offset: u64, value: u64) {
         self.unit.mmio_write(&mut self.mem, offset, 8, value)
+    }
+}
+
+/// A [`Platform`] over a [`Machine`]: registers through the machine's MMIO bus at the
+/// unit's base, tables in the machine's memory.
+pub struct MachineRig {
+    /// The machine.
+    pub machine: Machine,
+    /// MMIO base of the unit programmed.
+    pub base: PhysAddr,
+    /// The table page pool.
+    pub alloc: PageAlloc,
+    /// Register accesses the bus refused (a read of one returned all ones).
+    pub bus_errors: Vec<BusError>,
+}
+
+impl MachineRig {
+    /// Programs the unit at `base` of `machine`, taking table pages from
+    /// `[pool_start, pool_start + pool_size)`.
+    pub fn new(machine: Machine, base: PhysAddr, pool_start: u64, pool_size: u64) -> Self {
+        Self {
+            machine,
+            base,
+            alloc: PageAlloc::new(pool_start, pool_size),
+            bus_errors: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, offset: u64, width: u8) -> u64 {
+        match self
+            .machine
+            .mmio_read(PhysAddr(self.base.0 + offset), width)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.bus_errors.push(e);
+                u64::MAX
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, width: u8, value: u64) {
+        if let Err(e) = self
+            .machine
+            .mmio_write(PhysAddr(self.base.0 + offset), width, value)
+        {
+            self.bus_errors.push(e);
+        }
+    }
+}
+
+impl Platform for MachineRig {
+    fn mem(&mut self) -> &mut dyn PhysMem {
+        self.machine.mem_mut()
+    }
+    fn pages(&mut self) -> &mut PageAlloc {
+        &mut self.alloc
+    }
+    fn read32(&mut self, offset: u64) -> u32 {
+        self.read(offset, 4) as u32
+    }
+    fn write32(&mut self, offset: u64, value: u32) {
+        self.write(offset, 4, value as u64)
+    }
+    fn read64(&mut self, offset: u64) -> u64 {
+        self.read(offset, 8)
+    }
+    fn write64(&mut self, offset: u64, value: u64) {
+        self.write(offset, 8, value)
     }
 }

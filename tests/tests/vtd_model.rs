@@ -2,11 +2,12 @@
 //! would: tables written to memory, registers programmed, DMA requests translated,
 //! faults read back from the fault recording registers.
 
+use emulator::machine::{Device, Machine};
 use emulator::model::{Access, DmaError, IommuModel, RegisterValue};
 use emulator::vtd::{InterruptKind, VtdConfig, VtdRestoreError, VtdUnit};
 use iommu_core::mem::PhysMem;
 use iommu_core::{PageSize, PhysAddr, RequesterId};
-use tests::vtd_prog::{write_qwords, Platform, ProgError, VtdDriver, VtdRig};
+use tests::vtd_prog::{write_qwords, MachineRig, Platform, ProgError, VtdDriver, VtdRig};
 use vtd::hw::fault::{FaultRecord, FaultRequestType};
 use vtd::hw::pasid::{Flpm, PasidEntry, Pgtt};
 use vtd::hw::pte::{FlPte, SlPte, FL_A, FL_D, SL_A, SL_D};
@@ -1562,4 +1563,47 @@ fn second_stage_accessed_and_dirty_flags_with_ssade() {
         s.rig.mem.read_u64(PhysAddr(untouched)).unwrap() & (SL_A | SL_D),
         0
     );
+}
+
+#[test]
+fn dma_through_the_machine_lands_at_the_translated_address() {
+    let machine = Machine::with_ram(&[(PhysAddr(0), 1 << 30)]).unwrap();
+    let mut m = MachineRig::new(machine, BASE, 16 << 20, 16 << 20);
+    let unit = VtdUnit::new(VtdConfig::legacy(BASE)).unwrap();
+    m.machine.add_unit(Box::new(unit)).unwrap();
+    let agent = m
+        .machine
+        .add_device(Device {
+            rid: DEV,
+            pasid: None,
+            unit: BASE,
+        })
+        .unwrap();
+    let root = m.alloc_root_table().unwrap();
+    let sl = m.alloc_table(1).unwrap();
+    m.set_legacy_context(
+        root,
+        DEV,
+        ContextEntry::new(sl, AddressWidth::Bits48, DID, TranslationType::Untranslated),
+    )
+    .unwrap();
+    ok(m.map_sl(sl, 4, 0x4000, 0x20_0000, PageSize::SIZE_4K, true, true));
+    ok(m.set_root_table(root, Ttm::Legacy));
+    ok(m.enable_translation());
+    m.machine
+        .dma_write(&agent, iommu_core::Iova(0x4010), b"remapped")
+        .unwrap();
+    let mut buf = [0u8; 8];
+    m.machine.mem().read(PhysAddr(0x20_0010), &mut buf).unwrap();
+    assert_eq!(&buf, b"remapped");
+    // An unmapped IOVA faults, is recorded in the unit's registers and the machine's log.
+    assert!(m
+        .machine
+        .dma_write(&agent, iommu_core::Iova(0x8000), b"x")
+        .is_err());
+    assert_eq!(m.machine.fault_log().len(), 1);
+    let recs = m.handle_faults();
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0].reason(), recs[0].fault_info()), (0x5, 0x8000));
+    assert!(m.bus_errors.is_empty());
 }
