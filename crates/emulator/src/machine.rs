@@ -15,13 +15,12 @@
 
 use crate::bus::{BusError, MmioBus, UnitIndex};
 use crate::dma::{self, DmaAgent, TransferError};
-use crate::memory::{MemoryConfigError, RetainStats, SparseMemory};
+use crate::memory::{FastMap, MemoryConfigError, RetainStats, SparseMemory};
 use crate::model::{DmaError, FaultEvent, IommuModel};
 use iommu_core::kho::{read_preserved, KhoError};
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::{Iova, Pasid, PhysAddr, RegisterAccess, RequesterId};
 use std::cell::{Ref, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 
 /// A device on the machine: a requester, the PASID it uses (if any), and the unit its
@@ -156,7 +155,7 @@ pub struct Machine {
     mem: RefCell<SparseMemory>,
     bus: MmioBus,
     devices: Vec<Device>,
-    routes: HashMap<RequesterId, UnitIndex>,
+    routes: FastMap<RequesterId, UnitIndex>,
     faults: Vec<FaultEvent>,
     errors: Vec<DmaError>,
     bus_errors: RefCell<Vec<BusError>>,
@@ -181,7 +180,7 @@ impl Machine {
             mem: RefCell::new(mem),
             bus: MmioBus::new(),
             devices: Vec::new(),
-            routes: HashMap::new(),
+            routes: FastMap::default(),
             faults: Vec::new(),
             errors: Vec::new(),
             bus_errors: RefCell::new(Vec::new()),

@@ -166,12 +166,12 @@ fn set_bits(bits: &mut [u64], lo: usize, hi: usize, value: bool) {
     }
 }
 
-/// A fast hasher for page frame numbers (splitmix64 finaliser), so strided frame numbers
-/// (e.g. one page every 2 MiB) spread over the table.
+/// A fast hasher for integer keys (splitmix64 finaliser), so strided keys (e.g. one page
+/// frame every 2 MiB) spread over the table.
 #[derive(Default)]
-struct PfnHasher(u64);
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for PfnHasher {
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -188,7 +188,10 @@ impl Hasher for PfnHasher {
     }
 }
 
-type PageMap = HashMap<u64, Page, BuildHasherDefault<PfnHasher>>;
+/// A hash map with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+type PageMap = FastMap<u64, Page>;
 
 /// Why a memory layout was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
