@@ -133,12 +133,17 @@ impl fmt::Display for TransferError {
 
 impl std::error::Error for TransferError {}
 
-/// Calls `f(iova, offset, len)` for each piece of `[iova, iova + len)` split at
-/// [`DMA_PAGE`] boundaries; stops at the first error.
-fn pieces(
+/// Moves `len` bytes at `iova` for `agent` through `unit`: one request per piece of the
+/// range split at [`DMA_PAGE`] boundaries, each translated and then handed to
+/// `access_memory(mem, pa, offset, len)`. Stops at the first piece that fails.
+fn transfer(
+    unit: &mut dyn IommuModel,
+    mem: &mut dyn PhysMem,
+    agent: &DmaAgent,
     iova: Iova,
     len: usize,
-    mut f: impl FnMut(Iova, usize, usize) -> Result<(), TransferError>,
+    access: Access,
+    mut access_memory: impl FnMut(&mut dyn PhysMem, PhysAddr, usize, usize) -> Result<(), MemError>,
 ) -> Result<(), TransferError> {
     if len > 0 && iova.0.checked_add(len as u64 - 1).is_none() {
         return Err(TransferError::IovaOverflow {
@@ -150,7 +155,15 @@ fn pieces(
     while off < len {
         let cur = Iova(iova.0 + off as u64);
         let n = ((DMA_PAGE - cur.0 % DMA_PAGE) as usize).min(len - off);
-        f(cur, off, n)?;
+        let request = agent.request(cur, access);
+        let done = off as u64;
+        let t = unit
+            .translate(mem, &request)
+            .map_err(|error| TransferError::Dma { done, error })?;
+        access_memory(mem, t.pa, off, n).map_err(|error| TransferError::Dma {
+            done,
+            error: DmaError::Data { request, error },
+        })?;
         off += n;
     }
     Ok(())
@@ -164,18 +177,16 @@ pub fn dma_read(
     iova: Iova,
     buf: &mut [u8],
 ) -> Result<(), TransferError> {
-    pieces(iova, buf.len(), |cur, off, n| {
-        let request = agent.request(cur, Access::Read);
-        let done = off as u64;
-        let t = unit
-            .translate(mem, &request)
-            .map_err(|error| TransferError::Dma { done, error })?;
-        mem.read(t.pa, &mut buf[off..off + n])
-            .map_err(|error| TransferError::Dma {
-                done,
-                error: DmaError::Data { request, error },
-            })
-    })
+    let len = buf.len();
+    transfer(
+        unit,
+        mem,
+        agent,
+        iova,
+        len,
+        Access::Read,
+        |mem, pa, off, n| mem.read(pa, &mut buf[off..off + n]),
+    )
 }
 
 /// Writes `data` at `iova` for `agent` through `unit`.
@@ -186,18 +197,15 @@ pub fn dma_write(
     iova: Iova,
     data: &[u8],
 ) -> Result<(), TransferError> {
-    pieces(iova, data.len(), |cur, off, n| {
-        let request = agent.request(cur, Access::Write);
-        let done = off as u64;
-        let t = unit
-            .translate(mem, &request)
-            .map_err(|error| TransferError::Dma { done, error })?;
-        mem.write(t.pa, &data[off..off + n])
-            .map_err(|error| TransferError::Dma {
-                done,
-                error: DmaError::Data { request, error },
-            })
-    })
+    transfer(
+        unit,
+        mem,
+        agent,
+        iova,
+        data.len(),
+        Access::Write,
+        |mem, pa, off, n| mem.write(pa, &data[off..off + n]),
+    )
 }
 
 /// How a transfer is expected to fail.

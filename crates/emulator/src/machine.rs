@@ -309,6 +309,20 @@ impl Machine {
         self.bus.write(self.mem.get_mut(), addr, width, value)
     }
 
+    /// The unit `rid` is routed to, and the memory.
+    fn route(
+        &mut self,
+        rid: RequesterId,
+    ) -> Result<(&mut dyn IommuModel, &mut SparseMemory), TransferError> {
+        let unit = self
+            .routes
+            .get(&rid)
+            .and_then(|&i| self.bus.unit_mut(i))
+            .ok_or(TransferError::UnknownDevice { rid })?;
+        Ok((unit, self.mem.get_mut()))
+    }
+
+    /// Records a failed transfer in the fault or error log.
     fn log(&mut self, result: Result<(), TransferError>) -> Result<(), TransferError> {
         if let Err(TransferError::Dma { error, .. }) = &result {
             match error {
@@ -326,15 +340,8 @@ impl Machine {
         iova: Iova,
         buf: &mut [u8],
     ) -> Result<(), TransferError> {
-        let i = *self
-            .routes
-            .get(&agent.rid)
-            .ok_or(TransferError::UnknownDevice { rid: agent.rid })?;
-        let unit = self
-            .bus
-            .unit_mut(i)
-            .ok_or(TransferError::UnknownDevice { rid: agent.rid })?;
-        let r = dma::dma_read(unit, self.mem.get_mut(), agent, iova, buf);
+        let (unit, mem) = self.route(agent.rid)?;
+        let r = dma::dma_read(unit, mem, agent, iova, buf);
         self.log(r)
     }
 
@@ -345,15 +352,8 @@ impl Machine {
         iova: Iova,
         data: &[u8],
     ) -> Result<(), TransferError> {
-        let i = *self
-            .routes
-            .get(&agent.rid)
-            .ok_or(TransferError::UnknownDevice { rid: agent.rid })?;
-        let unit = self
-            .bus
-            .unit_mut(i)
-            .ok_or(TransferError::UnknownDevice { rid: agent.rid })?;
-        let r = dma::dma_write(unit, self.mem.get_mut(), agent, iova, data);
+        let (unit, mem) = self.route(agent.rid)?;
+        let r = dma::dma_write(unit, mem, agent, iova, data);
         self.log(r)
     }
 

@@ -562,6 +562,11 @@ fn push_note(out: &mut Vec<u8>, note_type: u32, desc: &[u8]) {
     out.resize(align_up(out.len() as u64, 4) as usize, 0);
 }
 
+/// The addresses of the pages of a run of pages.
+fn pages_of(r: iommu_core::AlignedRange) -> impl Iterator<Item = u64> {
+    (0..r.size() / PAGE_SIZE).map(move |k| r.start() + k * PAGE_SIZE)
+}
+
 /// The notes of a machine, in file order.
 fn build_notes(
     machine: &Machine,
@@ -621,24 +626,17 @@ fn build_notes(
 
     let mut entries = Vec::new();
     let mut count = 0u32;
-    for r in runs {
-        let mut pa = r.start();
-        loop {
-            if let Some(PageView {
-                validity: PageValidity::Partial(bits),
-                ..
-            }) = mem.page(PhysAddr(pa))
-            {
-                put_u64(&mut entries, pa);
-                for w in bits {
-                    put_u64(&mut entries, *w);
-                }
-                count += 1;
+    for pa in runs.iter().flat_map(|&r| pages_of(r)) {
+        if let Some(PageView {
+            validity: PageValidity::Partial(bits),
+            ..
+        }) = mem.page(PhysAddr(pa))
+        {
+            put_u64(&mut entries, pa);
+            for w in bits {
+                put_u64(&mut entries, *w);
             }
-            if pa >= r.last() - (PAGE_SIZE - 1) {
-                break;
-            }
-            pa += PAGE_SIZE;
+            count += 1;
         }
     }
     let mut d = Vec::new();
@@ -780,17 +778,10 @@ fn write_machine(machine: &Machine, out: &mut dyn Write, xnum_threshold: u64) ->
     let pad = (l.data_off - l.note_off) as usize - notes.len();
     out.write_all(&vec![0u8; pad])?;
     let mut page = [0u8; PAGE_SIZE as usize];
-    for r in &runs {
-        let mut pa = r.start();
-        loop {
-            mem.read_raw(PhysAddr(pa), &mut page)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            out.write_all(&page)?;
-            if pa >= r.last() - (PAGE_SIZE - 1) {
-                break;
-            }
-            pa += PAGE_SIZE;
-        }
+    for pa in runs.iter().flat_map(|&r| pages_of(r)) {
+        mem.read_raw(PhysAddr(pa), &mut page)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        out.write_all(&page)?;
     }
     Ok(off)
 }
