@@ -160,6 +160,9 @@ impl IotlbEntry {
 #[derive(Default)]
 pub(crate) struct Iotlb {
     map: FastMap<IotlbKey, IotlbEntry>,
+    /// PASID tags seen per domain since the last clear (lets a page-selective
+    /// invalidation remove entries by key instead of scanning the whole cache).
+    pasids: FastMap<u16, Vec<u32>>,
 }
 
 impl Iotlb {
@@ -179,7 +182,11 @@ impl Iotlb {
 
     pub fn insert(&mut self, iova: u64, e: IotlbEntry) {
         if self.map.len() >= CACHE_CAPACITY {
-            self.map.clear();
+            self.clear();
+        }
+        let tags = self.pasids.entry(e.did).or_default();
+        if !tags.contains(&e.pasid) {
+            tags.push(e.pasid);
         }
         self.map
             .insert(IotlbKey::new(e.did, e.pasid, e.level, iova), e);
@@ -187,6 +194,51 @@ impl Iotlb {
 
     pub fn clear(&mut self) {
         self.map.clear();
+        self.pasids.clear();
+    }
+
+    /// Removes the entries of `stage` tagged `did` (and `pasid`, when given) that
+    /// overlap the page-selective range at `addr` with address mask `am`.
+    pub fn invalidate_pages(
+        &mut self,
+        did: u16,
+        pasid: Option<u32>,
+        stage: Stage,
+        addr: u64,
+        am: u32,
+    ) {
+        let am = am.min(52);
+        let len = 1u64 << (12 + am);
+        let base = addr & !(len - 1);
+        let tags: Vec<u32> = match (pasid, self.pasids.get(&did)) {
+            (_, None) => return,
+            (Some(p), Some(t)) => t.iter().copied().filter(|x| *x == p).collect(),
+            (None, Some(t)) => t.clone(),
+        };
+        let keys_to_try = (tags.len() as u64)
+            .saturating_mul(3)
+            .saturating_mul(1u64 << am);
+        if keys_to_try > self.map.len() as u64 {
+            self.retain_not(|e, start, size| {
+                e.did == did
+                    && e.stage == stage
+                    && pasid.map_or(true, |p| e.pasid == p)
+                    && overlaps_psi(start, size, addr, am)
+            });
+            return;
+        }
+        let last = base.saturating_add(len - 1);
+        for &p in &tags {
+            for level in 1..=3u32 {
+                let shift = 12 + 9 * (level - 1);
+                for vpn in (base >> shift)..=(last >> shift) {
+                    let key = IotlbKey::new(did, p, level, vpn << shift);
+                    if self.map.get(&key).is_some_and(|e| e.stage == stage) {
+                        self.map.remove(&key);
+                    }
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -234,5 +286,53 @@ mod tests {
         assert_ne!(a, c);
         assert_ne!(a, d);
         assert_eq!(b.vpn, 1);
+    }
+
+    fn entry(did: u16, pasid: u32, level: u32, stage: Stage) -> IotlbEntry {
+        IotlbEntry {
+            did,
+            pasid,
+            level,
+            pa: 0,
+            perms: Perms::RW,
+            stage,
+            user: true,
+            dirty_done: true,
+        }
+    }
+
+    fn filled() -> Iotlb {
+        let mut t = Iotlb::default();
+        for i in 0..64u64 {
+            t.insert(i << 12, entry(1, 5, 1, Stage::Second));
+            t.insert(i << 12, entry(1, 6, 1, Stage::First));
+            t.insert(i << 12, entry(2, 5, 1, Stage::Second));
+        }
+        t.insert(0x20_0000, entry(1, 5, 2, Stage::Second));
+        t
+    }
+
+    #[test]
+    fn page_invalidation_by_key_and_by_scan_agree() {
+        // Key path: few pages to try compared with the cache size.
+        let mut a = filled();
+        a.invalidate_pages(1, None, Stage::Second, 0x2000, 1);
+        assert_eq!(a.len(), 64 * 3 + 1 - 2);
+        assert!(a.lookup(1, 5, 0x2000).is_none());
+        assert!(a.lookup(1, 5, 0x3000).is_none());
+        assert!(a.lookup(1, 5, 0x4000).is_some());
+        assert!(a.lookup(1, 6, 0x2000).is_some(), "first-stage entries stay");
+        assert!(a.lookup(2, 5, 0x2000).is_some(), "other domains stay");
+        // Scan path: a mask wider than the cache; the 2 MiB entry overlaps it.
+        let mut b = filled();
+        b.invalidate_pages(1, Some(5), Stage::Second, 0, 21);
+        assert!(b.lookup(1, 5, 0x20_1000).is_none());
+        assert!(b.lookup(1, 5, 0x1000).is_none());
+        assert_eq!(b.len(), 128);
+        // A 4 KiB invalidation inside a 2 MiB entry removes it by key as well.
+        let mut c = filled();
+        c.invalidate_pages(1, Some(5), Stage::Second, 0x21_5000, 0);
+        assert!(c.lookup(1, 5, 0x20_0000).is_none());
+        assert_eq!(c.len(), 64 * 3);
     }
 }

@@ -1,7 +1,7 @@
 //! Cache invalidation: the operations shared by the register interface and the
 //! invalidation queue, and the queue itself.
 
-use super::cache::{overlaps_psi, ContextCacheEntry, Stage};
+use super::cache::{ContextCacheEntry, Stage};
 use super::VtdUnit;
 use iommu_core::mem::PhysMem;
 use iommu_core::PhysAddr;
@@ -68,9 +68,10 @@ impl VtdUnit {
             IotlbGranularity::Domain => self
                 .iotlb
                 .retain_not(|e, _, _| e.did == did && e.stage == Stage::Second),
-            IotlbGranularity::Page => self.iotlb.retain_not(|e, start, size| {
-                e.did == did && e.stage == Stage::Second && overlaps_psi(start, size, addr, am)
-            }),
+            IotlbGranularity::Page => {
+                self.iotlb
+                    .invalidate_pages(did, None, Stage::Second, addr, am)
+            }
         }
     }
 
@@ -82,15 +83,15 @@ impl VtdUnit {
         addr: u64,
         am: u32,
     ) {
-        self.iotlb.retain_not(|e, start, size| {
-            e.did == did
-                && e.pasid == pasid
-                && e.stage == Stage::First
-                && match g {
-                    PasidIotlbGranularity::Pasid => true,
-                    PasidIotlbGranularity::Page => overlaps_psi(start, size, addr, am),
-                }
-        });
+        match g {
+            PasidIotlbGranularity::Pasid => self
+                .iotlb
+                .retain_not(|e, _, _| e.did == did && e.pasid == pasid && e.stage == Stage::First),
+            PasidIotlbGranularity::Page => {
+                self.iotlb
+                    .invalidate_pages(did, Some(pasid), Stage::First, addr, am)
+            }
+        }
     }
 
     fn invalidate_pasid_cache(&mut self, g: PasidCacheGranularity, did: u16, pasid: u32) {
