@@ -1607,3 +1607,54 @@ fn dma_through_the_machine_lands_at_the_translated_address() {
     assert_eq!((recs[0].reason(), recs[0].fault_info()), (0x5, 0x8000));
     assert!(m.bus_errors.is_empty());
 }
+
+#[test]
+fn superpages_follow_cap_sllps() {
+    let mut cfg = VtdConfig::legacy(BASE);
+    cfg.sllps = 0b01;
+    let (mut rig, _root, sl) = legacy_rig(cfg);
+    assert_eq!(rig.sllps(), 1);
+    ok(rig.map_sl(sl, 4, 0x20_0000, 0x40_0000, PageSize::SIZE_2M, true, true));
+    ok(rig.map_sl(
+        sl,
+        4,
+        0x80_0000_0000,
+        0x4000_0000,
+        PageSize::SIZE_1G,
+        true,
+        true,
+    ));
+    assert_eq!(
+        rig.dma(DEV, 0x20_0010, Access::Read).unwrap().pa,
+        PhysAddr(0x40_0010)
+    );
+    // PS in a PDPE is reserved without 1 GiB support.
+    assert_eq!(
+        fault_code(rig.dma(DEV, 0x80_0000_0000, Access::Read)).0,
+        0xC
+    );
+    let mut cfg = VtdConfig::legacy(BASE);
+    cfg.sllps = 0;
+    let (mut rig, _root, sl) = legacy_rig(cfg);
+    ok(rig.map_sl(sl, 4, 0x20_0000, 0x40_0000, PageSize::SIZE_2M, true, true));
+    assert_eq!(fault_code(rig.dma(DEV, 0x20_0010, Access::Read)).0, 0xC);
+}
+
+#[test]
+fn reserved_or_unsupported_ttm_is_flagged_and_faults() {
+    let mut rig = VtdRig::new(VtdConfig::legacy(BASE)).unwrap();
+    let root = rig.alloc_root_table().unwrap();
+    // Scalable mode on a unit without ECAP.SMTS.
+    ok(rig.set_root_table(root, Ttm::Scalable));
+    assert!(rig
+        .unit
+        .diagnostics()
+        .iter()
+        .any(|d| d.contains("unsupported")));
+    ok(rig.enable_translation());
+    assert_eq!(fault_code(rig.dma(DEV, 0, Access::Read)).0, 0x31);
+    let n = rig.unit.diagnostics().len();
+    ok(rig.set_root_table(root, Ttm::Reserved));
+    assert_eq!(rig.unit.diagnostics().len(), n + 1);
+    assert_eq!(fault_code(rig.dma(DEV, 0, Access::Read)).0, 0x31);
+}
