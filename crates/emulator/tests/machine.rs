@@ -321,3 +321,15 @@ impl<M: PhysMem> ReadU8 for M {
         self.read(addr, &mut b).map(|()| b[0])
     }
 }
+
+/// A machine (units included) can move to another thread, e.g. a scenario runner's
+/// worker.
+#[test]
+fn a_machine_is_send() {
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    let m = send(two_unit_machine());
+    let handle = std::thread::spawn(move || m.devices().len());
+    assert_eq!(handle.join().unwrap(), 2);
+}
