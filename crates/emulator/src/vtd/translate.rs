@@ -317,6 +317,10 @@ impl VtdUnit {
         write: bool,
     ) -> Step<Leaf> {
         let caps = self.pte_caps_sl();
+        // Scalable mode reports a missing permission with the generic SGN codes 0x86/0x85
+        // (Linux: "No read/write permission for Read/AtomicOp request"), as QEMU does for
+        // writes (VTD_FR_SM_WRITE); 0x79 (SSL.2) is left to nested walks, which the model
+        // does not implement.
         let (not_read, not_write, reserved) = if scalable {
             (FR::SmNoRead, FR::SmNoWrite, FR::SmSlEntryReserved)
         } else {

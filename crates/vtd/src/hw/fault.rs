@@ -199,6 +199,8 @@ fault_reasons! {
     SmFlEntryNotPresent = 0x71, "SM: Present bit in first-level paging entry is clear";
     /// 0x72: reserved field set in a first-stage paging entry.
     SmFlEntryReserved = 0x72, "SM: Non-zero reserved field set in first-level paging entry";
+    // 0x73: Linux names it "Error attempting to access FL-PML4 entry"; QEMU uses 0x73
+    // for an invalid first-stage table pointer in the PASID entry. Not used here.
     /// 0x78: error accessing a second-stage paging entry.
     SmSlEntryAccess = 0x78, "SM: Error attempting to access second-level paging entry";
     /// 0x79: read/write permission error in a second-stage paging entry.

@@ -40,6 +40,10 @@ pub const SL_D: u64 = 1 << 9;
 /// Second-stage entry bit: snoop (ECAP.SC).
 pub const SL_SNP: u64 = 1 << 11;
 /// Second-stage entry bit: transient mapping (device-TLB).
+///
+/// QEMU and the older EDK2 header define TM at bit 62; VirtualBox's 2021 layout marks
+/// bit 62 reserved in non-leaf entries. Here it is accepted only in leaves of units with
+/// ECAP.DT, as QEMU does.
 pub const SL_TM: u64 = 1 << 62;
 
 /// First-stage entry bit: present.

@@ -183,6 +183,8 @@ mod fields {
             IQE OFFSET(4) NUMBITS(1) [],
             ICE OFFSET(5) NUMBITS(1) [],
             ITE OFFSET(6) NUMBITS(1) [],
+            // Sources disagree on bit 7: Linux defines PRO (page-request overflow), the
+            // 2021 specification layout in VirtualBox marks it deprecated/reserved.
             PRO OFFSET(7) NUMBITS(1) [],
             FRI OFFSET(8) NUMBITS(8) []
         ],
@@ -229,6 +231,8 @@ mod fields {
             FL1GP OFFSET(56) NUMBITS(1) [],
             PI OFFSET(59) NUMBITS(1) [],
             FL5LP OFFSET(60) NUMBITS(1) [],
+            // ECMDS: Linux and Asterinas define bit 61; VirtualBox and EDK2 (older
+            // specification revisions) show it reserved.
             ECMDS OFFSET(61) NUMBITS(1) [],
             ESIRTPS OFFSET(62) NUMBITS(1) [],
             ESRTPS OFFSET(63) NUMBITS(1) []

@@ -431,8 +431,8 @@ mod tests {
 
     #[test]
     fn scalable_context_entry_matches_linux_and_qemu() {
-        // Linux: context_set_sm_pre/… PASIDE bit 3 (CONTEXT_PASIDE BIT_ULL(3)), PDTS 11:9
-        // (context_pdts(pds) = (pds & 7) << 9), PASID directory pointer 63:12;
+        // Linux iommu.h: CONTEXT_PASIDE BIT_ULL(3); pasid.h: is_pasid_enabled(e) =
+        // (e->lo >> 3) & 1, get_pasid_dir_size(e) = 1 << (((e->lo >> 9) & 7) + 7);
         // QEMU: VTD_SM_CONTEXT_ENTRY_RID2PASID_MASK 0xfffff (qword 1),
         // VTD_SM_CONTEXT_ENTRY_RSVD_VAL0(aw) 0x1e0 | ~HAW_MASK,
         // VTD_SM_CONTEXT_ENTRY_RSVD_VAL1 0xffffffffffe00000.
