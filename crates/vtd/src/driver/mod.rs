@@ -1,0 +1,1 @@
+//! VT-d driver: bring-up, domains, map/unmap, attach, invalidation.
