@@ -1,1 +1,10 @@
-//! Named, seeded emulator scenarios.
+//! Named, seeded emulator scenarios and their runner.
+//!
+//! A scenario builds an emulated machine (RAM, one VT-d unit, devices), brings the unit up
+//! with the VT-d driver, maps memory into domains, keeps DMA agents reading and writing
+//! through every phase of a live update (prepare, freeze, kexec, adopt, finish), and
+//! checks every byte. The report says what happened in each phase; a scenario that saw a
+//! fault, a wrong byte or an error fails.
+#![warn(missing_docs)]
+
+pub mod config;
