@@ -1,0 +1,126 @@
+//! Errors of the inspector: every one names the file offset or physical address and
+//! what was wrong, and prints as one line.
+
+use iommu_core::kho::KhoError;
+use iommu_core::mem::MemError;
+use iommu_core::PhysAddr;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why an image could not be opened or understood, or a command could not run.
+#[derive(Debug)]
+pub enum InspectError {
+    /// The file could not be opened, mapped or read.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        err: std::io::Error,
+    },
+    /// The ELF file header or a program header is malformed.
+    Elf {
+        /// File offset of the malformed structure.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A structure or segment runs past the end of the file.
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// File offset where it starts.
+        offset: u64,
+        /// Bytes it needs.
+        need: u64,
+        /// Size of the file.
+        file_size: u64,
+    },
+    /// An `IOMMU` note of an emulator snapshot is malformed.
+    Note {
+        /// File offset of the note descriptor (or of the field at fault).
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// Two load segments claim overlapping physical memory.
+    OverlappingSegments {
+        /// File offset of the first program header.
+        first: u64,
+        /// File offset of the second program header.
+        second: u64,
+        /// First physical address both claim.
+        addr: PhysAddr,
+    },
+    /// The image has no IOMMU unit and none was described on the command line.
+    NoUnits {
+        /// What the user can do about it.
+        hint: &'static str,
+    },
+    /// A command-line value is invalid.
+    Usage(String),
+    /// Reading physical memory failed where the command cannot go on.
+    Memory {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        err: MemError,
+    },
+    /// The KHO blob or the handover record could not be read.
+    Kho {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        err: KhoError,
+    },
+    /// No KHO blob was found, or several were.
+    KhoBlob(String),
+    /// An output stream failed (e.g. a closed pipe).
+    Output(std::io::Error),
+}
+
+impl fmt::Display for InspectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InspectError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            InspectError::Elf { offset, what } => {
+                write!(f, "ELF structure at file offset {offset:#x}: {what}")
+            }
+            InspectError::Truncated {
+                what,
+                offset,
+                need,
+                file_size,
+            } => write!(
+                f,
+                "{what} at file offset {offset:#x} needs {need:#x} bytes but the file ends at \
+                 {file_size:#x} (truncated image?)"
+            ),
+            InspectError::Note { offset, what } => {
+                write!(f, "IOMMU note at file offset {offset:#x}: {what}")
+            }
+            InspectError::OverlappingSegments {
+                first,
+                second,
+                addr,
+            } => write!(
+                f,
+                "load segments with program headers at file offsets {first:#x} and {second:#x} \
+                 both claim physical address {addr}"
+            ),
+            InspectError::NoUnits { hint } => write!(f, "no IOMMU unit in the image: {hint}"),
+            InspectError::Usage(s) => f.write_str(s),
+            InspectError::Memory { what, err } => write!(f, "{what}: {err}"),
+            InspectError::Kho { what, err } => write!(f, "{what}: {err}"),
+            InspectError::KhoBlob(s) => f.write_str(s),
+            InspectError::Output(e) => write!(f, "writing output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InspectError {}
+
+impl From<std::io::Error> for InspectError {
+    fn from(e: std::io::Error) -> Self {
+        InspectError::Output(e)
+    }
+}

@@ -1,0 +1,22 @@
+//! `iommu-inspect`: dump, diff and verify IOMMU state from emulator snapshots, ELF
+//! memory cores and raw memory images.
+//!
+//! - [`image`]: the image, memory-mapped and read as physical memory (poison and
+//!   unbacked addresses are errors, never zeros);
+//! - [`vtd`]: VT-d units, their registers decoded by field, the root/context/PASID
+//!   structures and one translation step by step;
+//! - [`model`]: an image's devices and their mappings, the common ground of the
+//!   commands;
+//! - [`dump`], [`diff`], [`verify`]: the commands, each with human, JSON and (dump) Linux
+//!   debugfs output;
+//! - [`json`]: the small streaming JSON writer the outputs use.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod image;
+pub mod json;
+pub mod model;
+pub mod tree;
+pub mod vtd;
+
+pub use error::InspectError;

@@ -1,0 +1,558 @@
+//! One translation, step by step: RTADDR, root entry, context entry, PASID directory and
+//! table entries, every page-table level, and the result or the fault a request would
+//! get (with its VT-d fault reason code).
+
+use super::scan::{self, Translation};
+use super::{Stage, Unit};
+use iommu_core::mem::PhysMem;
+use iommu_core::pgtable::{translate, Entry, Outcome, WalkErrorKind};
+use iommu_core::{Iova, PageSize, PhysAddr, RequesterId};
+use vtd::hw::fault::FaultReason as FR;
+use vtd::hw::pasid::{pasid_dir_index, pasid_table_index, PasidDirEntry, PasidEntry};
+use vtd::hw::regs::{Ttm, ECAP};
+use vtd::hw::root::{ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry};
+
+/// Access type of the request being translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Access {
+    /// A read.
+    #[default]
+    Read,
+    /// A write.
+    Write,
+}
+
+/// One structure read on the way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalkStep {
+    /// What was read: `root entry`, `context entry`, `PASID directory entry`,
+    /// `PASID entry`, `level 4 entry`...
+    pub what: String,
+    /// Its address.
+    pub addr: PhysAddr,
+    /// Its raw qwords.
+    pub raw: Vec<u64>,
+    /// What it says.
+    pub meaning: String,
+}
+
+/// How the translation ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalkResult {
+    /// Translation is disabled (GSTS.TES clear): the address goes out untranslated.
+    Untranslated {
+        /// The physical address (= the IOVA).
+        pa: PhysAddr,
+    },
+    /// The request translates.
+    Mapped {
+        /// Physical address.
+        pa: PhysAddr,
+        /// Effective permissions.
+        perms: iommu_core::pgtable::Perms,
+        /// Page size.
+        page_size: PageSize,
+        /// Domain ID, when there is one.
+        did: Option<u16>,
+    },
+    /// The request faults.
+    Fault {
+        /// The fault reason.
+        reason: FR,
+        /// Why.
+        detail: String,
+        /// Fault processing disabled: the fault is not recorded, the request is blocked.
+        fpd: bool,
+    },
+}
+
+/// A translation walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walkthrough {
+    /// The requester.
+    pub rid: RequesterId,
+    /// The PASID of the request, if any.
+    pub pasid: Option<u32>,
+    /// The address.
+    pub iova: Iova,
+    /// Read or write.
+    pub access: Access,
+    /// The structures read, in order.
+    pub steps: Vec<WalkStep>,
+    /// The result.
+    pub result: WalkResult,
+}
+
+fn read_n<const N: usize>(mem: &dyn PhysMem, at: u64) -> Result<[u64; N], iommu_core::MemError> {
+    let mut b = [0u8; 64];
+    mem.read(PhysAddr(at), &mut b[..N * 8])?;
+    let mut q = [0u64; N];
+    for (i, v) in q.iter_mut().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        *v = u64::from_le_bytes(w);
+    }
+    Ok(q)
+}
+
+struct W<'a> {
+    unit: &'a Unit,
+    mem: &'a dyn PhysMem,
+    t: Walkthrough,
+}
+
+type Stop = (FR, String, bool);
+
+impl W<'_> {
+    fn step(&mut self, what: impl Into<String>, addr: u64, raw: &[u64], meaning: String) {
+        self.t.steps.push(WalkStep {
+            what: what.into(),
+            addr: PhysAddr(addr),
+            raw: raw.to_vec(),
+            meaning,
+        });
+    }
+
+    fn legacy(&mut self) -> Result<WalkResult, Stop> {
+        let rid = self.t.rid;
+        if self.t.pasid.is_some() {
+            return Err((
+                FR::SmTtmForPasidRequest,
+                "request with PASID on a unit in legacy mode".into(),
+                false,
+            ));
+        }
+        let rt = self.unit.root_table().0;
+        let at = rt + rid.bus as u64 * 16;
+        let q = read_n::<2>(self.mem, at)
+            .map_err(|e| (FR::RootTableAccess, format!("root table: {e}"), false))?;
+        let re = RootEntry::from_qwords(q);
+        self.step(
+            format!("root entry (bus {:#04x})", rid.bus),
+            at,
+            &q,
+            if re.present() {
+                format!("present, context table {:#x}", re.context_table())
+            } else {
+                "not present".into()
+            },
+        );
+        if !re.present() {
+            return Err((
+                FR::RootEntryNotPresent,
+                "root entry not present".into(),
+                false,
+            ));
+        }
+        let rsvd = re.reserved_bits(self.unit.haw);
+        if rsvd != [0, 0] {
+            return Err((
+                FR::RootEntryReserved,
+                format!(
+                    "reserved bits {:#x}:{:#x} set in the root entry",
+                    rsvd[1], rsvd[0]
+                ),
+                false,
+            ));
+        }
+        let cat = re.context_table() + rid.devfn as u64 * 16;
+        let q = read_n::<2>(self.mem, cat)
+            .map_err(|e| (FR::ContextTableAccess, format!("context table: {e}"), false))?;
+        let ce = ContextEntry::from_qwords(q);
+        let tr = ce.present().then(|| scan::legacy_context(self.unit, &ce));
+        let meaning = match &tr {
+            None => format!("not present (FPD={})", ce.fpd() as u8),
+            Some(t) => format!(
+                "present, DID {:#06x}, TT {:?}, AW {}, {}",
+                ce.did(),
+                ce.tt(),
+                ce.aw(),
+                describe(t)
+            ),
+        };
+        self.step(
+            format!("context entry (devfn {:#04x})", rid.devfn),
+            cat,
+            &q,
+            meaning,
+        );
+        let Some(tr) = tr else {
+            return Err((
+                FR::ContextEntryNotPresent,
+                "context entry not present".into(),
+                ce.fpd(),
+            ));
+        };
+        self.finish(tr, Some(ce.did()), ce.fpd(), false)
+    }
+
+    fn scalable(&mut self) -> Result<WalkResult, Stop> {
+        let rid = self.t.rid;
+        let ecap = self.unit.ecap();
+        let rt = self.unit.root_table().0;
+        let at = rt + rid.bus as u64 * 16;
+        let q = read_n::<2>(self.mem, at)
+            .map_err(|e| (FR::SmRootEntryAccess, format!("root table: {e}"), false))?;
+        let re = ScalableRootEntry::from_qwords(q);
+        let (present, table) = re.half_for(rid.devfn);
+        let half = if rid.devfn & 0x80 != 0 {
+            "upper"
+        } else {
+            "lower"
+        };
+        self.step(
+            format!("root entry (bus {:#04x})", rid.bus),
+            at,
+            &q,
+            if present {
+                format!("{half} half present, context table {table:#x}")
+            } else {
+                format!("{half} half not present")
+            },
+        );
+        let rsvd = re.reserved_bits_for(rid.devfn, self.unit.haw);
+        if rsvd != 0 {
+            return Err((
+                FR::SmRootEntryReserved,
+                format!("reserved bits {rsvd:#x} set in the root entry's {half} half"),
+                false,
+            ));
+        }
+        if !present {
+            return Err((
+                FR::SmRootEntryNotPresent,
+                format!("root entry {half} half not present"),
+                false,
+            ));
+        }
+        let cat = table + (rid.devfn & 0x7f) as u64 * 32;
+        let q = read_n::<4>(self.mem, cat).map_err(|e| {
+            (
+                FR::SmContextEntryAccess,
+                format!("context table: {e}"),
+                false,
+            )
+        })?;
+        let ce = ScalableContextEntry::from_qwords(q);
+        self.step(
+            format!("context entry (devfn {:#04x})", rid.devfn),
+            cat,
+            &q,
+            if ce.present() {
+                format!(
+                    "present, PASID directory {:#x} ({} entries), PASIDE={}, RID_PASID {:#x}",
+                    ce.pasid_dir(),
+                    ce.pasid_dir_entries(),
+                    ce.paside() as u8,
+                    ce.rid_pasid()
+                )
+            } else {
+                "not present".into()
+            },
+        );
+        if !ce.present() {
+            return Err((
+                FR::SmContextEntryNotPresent,
+                "context entry not present".into(),
+                ce.fpd(),
+            ));
+        }
+        scan::scalable_context(self.unit, &ce).map_err(|b| (b.reason, b.why, false))?;
+        let mut fpd = ce.fpd();
+        let pasid = match self.t.pasid {
+            Some(p) => {
+                if !ce.paside() || !ECAP::PASID.is_set(ecap) {
+                    return Err((
+                        FR::SmPasidDisabled,
+                        "request with PASID, PASIDE clear (or no ECAP.PASID)".into(),
+                        fpd,
+                    ));
+                }
+                p
+            }
+            None => scan::rid_pasid(self.unit, &ce),
+        };
+        let pss_bits = ECAP::PSS.read(ecap) as u32 + 1;
+        if pasid_dir_index(pasid) >= ce.pasid_dir_entries()
+            || (pss_bits < 32 && pasid >> pss_bits != 0)
+        {
+            return Err((
+                FR::SmPasidTooLarge,
+                format!(
+                    "PASID {pasid:#x} beyond the {}-entry directory or ECAP.PSS",
+                    ce.pasid_dir_entries()
+                ),
+                fpd,
+            ));
+        }
+        let dat = ce.pasid_dir() + pasid_dir_index(pasid) * 8;
+        let q = read_n::<1>(self.mem, dat)
+            .map_err(|e| (FR::SmPasidDirAccess, format!("PASID directory: {e}"), fpd))?;
+        let de = PasidDirEntry::from_qwords(q);
+        self.step(
+            format!("PASID directory entry {:#x}", pasid_dir_index(pasid)),
+            dat,
+            &q,
+            if de.present() {
+                format!("present, PASID table {:#x}", de.table())
+            } else {
+                "not present".into()
+            },
+        );
+        if !de.present() {
+            return Err((
+                FR::SmPasidDirNotPresent,
+                "PASID directory entry not present".into(),
+                fpd || de.fpd(),
+            ));
+        }
+        let rsvd = de.reserved_bits(self.unit.haw);
+        if rsvd != 0 {
+            return Err((
+                FR::SmPasidDirReserved,
+                format!("reserved bits {rsvd:#x} set in the PASID directory entry"),
+                fpd,
+            ));
+        }
+        fpd |= de.fpd();
+        let pat = de.table() + pasid_table_index(pasid) * 64;
+        let q = read_n::<8>(self.mem, pat)
+            .map_err(|e| (FR::SmPasidEntryAccess, format!("PASID table: {e}"), fpd))?;
+        let pe = PasidEntry::from_qwords(q);
+        let tr = pe.present().then(|| scan::pasid_entry(self.unit, &pe));
+        let meaning = match &tr {
+            None => "not present".into(),
+            Some(t) => format!(
+                "present, DID {:#06x}, PGTT {}, {}",
+                pe.did(),
+                pe.pgtt_bits(),
+                describe(t)
+            ),
+        };
+        self.step(format!("PASID entry (PASID {pasid:#x})"), pat, &q, meaning);
+        let Some(tr) = tr else {
+            return Err((
+                FR::SmPasidEntryNotPresent,
+                "PASID entry not present".into(),
+                fpd || pe.fpd(),
+            ));
+        };
+        fpd |= pe.fpd();
+        self.finish(tr, Some(pe.did()), fpd, true)
+    }
+
+    fn finish(
+        &mut self,
+        tr: Translation,
+        did: Option<u16>,
+        fpd: bool,
+        scalable: bool,
+    ) -> Result<WalkResult, Stop> {
+        let iova = self.t.iova;
+        let write = self.t.access == Access::Write;
+        let pt = match tr {
+            Translation::Blocked(b) => return Err((b.reason, b.why, fpd)),
+            Translation::PassThrough => {
+                return Ok(WalkResult::Mapped {
+                    pa: PhysAddr(iova.0),
+                    perms: iommu_core::pgtable::Perms::RW,
+                    page_size: PageSize::SIZE_4K,
+                    did,
+                })
+            }
+            Translation::Tables(pt) => pt,
+        };
+        let (beyond, access_err, reserved, np_read, np_write) = match (scalable, pt.stage) {
+            (false, _) => (
+                FR::AddressBeyondMgaw,
+                FR::PagingEntryAccess,
+                FR::PagingEntryReserved,
+                FR::ReadNotAllowed,
+                FR::WriteNotAllowed,
+            ),
+            (true, Stage::Second) => (
+                FR::SmAddressBeyondMax,
+                FR::SmSlEntryAccess,
+                FR::SmSlEntryReserved,
+                FR::SmNoRead,
+                FR::SmNoWrite,
+            ),
+            (true, Stage::First) => (
+                FR::SmAddressBeyondMax,
+                FR::SmFlEntryAccess,
+                FR::SmFlEntryReserved,
+                FR::SmFlEntryNotPresent,
+                FR::SmFlEntryNotPresent,
+            ),
+        };
+        if pt.stage == Stage::Second && pt.width < 64 && iova.0 >> pt.width != 0 {
+            return Err((
+                beyond,
+                format!("IOVA beyond the {}-bit input width", pt.width),
+                fpd,
+            ));
+        }
+        let format = pt
+            .format(self.unit)
+            .map_err(|e| (reserved, format!("page-table format: {e}"), fpd))?;
+        let t = match translate(&format, self.mem, pt.root, iova) {
+            Ok(t) => t,
+            Err(e) => {
+                // Steps up to the failing entry.
+                let reason = match e.kind {
+                    WalkErrorKind::Memory(_) => access_err,
+                    _ => reserved,
+                };
+                let what = if e.is_root() {
+                    format!("page-table root {}", e.table)
+                } else {
+                    format!(
+                        "level {} entry {:#x} of table {} ({:#018x})",
+                        e.level, e.index, e.table, e.entry
+                    )
+                };
+                return Err((reason, format!("{what}: {}", e.kind), fpd));
+            }
+        };
+        for s in &t.steps {
+            let meaning = match s.entry {
+                Entry::Invalid => "not present".into(),
+                Entry::Table { next, level, perms } => {
+                    format!("table, level {level} table at {next} ({perms})")
+                }
+                Entry::Leaf { base, size, perms } => {
+                    format!("leaf, {size} page at {base} ({perms})")
+                }
+            };
+            self.step(
+                format!("{} level {} entry {:#x}", pt.stage.name(), s.level, s.index),
+                s.table.0 + s.index as u64 * 8,
+                &[s.raw],
+                meaning,
+            );
+        }
+        match t.outcome {
+            Outcome::Mapped {
+                pa,
+                perms,
+                page_size,
+            } => {
+                let allowed = if write { perms.write } else { perms.read };
+                if !allowed {
+                    let reason = match (scalable, write) {
+                        (false, false) => FR::ReadNotAllowed,
+                        (false, true) => FR::WriteNotAllowed,
+                        (true, false) => FR::SmNoRead,
+                        (true, true) => FR::SmNoWrite,
+                    };
+                    return Err((
+                        reason,
+                        format!(
+                            "{} not allowed: the mapping is {perms}",
+                            if write { "write" } else { "read" }
+                        ),
+                        fpd,
+                    ));
+                }
+                Ok(WalkResult::Mapped {
+                    pa,
+                    perms,
+                    page_size,
+                    did,
+                })
+            }
+            Outcome::NotPresent { level } => Err((
+                if write { np_write } else { np_read },
+                format!("no mapping: level {level} entry not present"),
+                fpd,
+            )),
+            Outcome::BeyondInputWidth { ia_bits } => Err((
+                beyond,
+                format!("IOVA beyond the {ia_bits}-bit input width of the table"),
+                fpd,
+            )),
+            Outcome::SkippedBitsSet { level } => Err((
+                reserved,
+                format!("address bits skipped at level {level} are not zero"),
+                fpd,
+            )),
+        }
+    }
+}
+
+fn describe(t: &Translation) -> String {
+    match t {
+        Translation::Tables(p) => {
+            format!("{} {}-level table at {}", p.stage.name(), p.levels, p.root)
+        }
+        Translation::PassThrough => "pass-through".into(),
+        Translation::Blocked(b) => format!("blocked: {} (fault {:#04x})", b.why, b.reason.code()),
+    }
+}
+
+/// Translates `iova` for requester `rid` (with `pasid`, if any) on `unit`, step by step.
+pub fn walk(
+    unit: &Unit,
+    mem: &dyn PhysMem,
+    rid: RequesterId,
+    pasid: Option<u32>,
+    iova: Iova,
+    access: Access,
+) -> Walkthrough {
+    let mut w = W {
+        unit,
+        mem,
+        t: Walkthrough {
+            rid,
+            pasid,
+            iova,
+            access,
+            steps: Vec::new(),
+            result: WalkResult::Untranslated {
+                pa: PhysAddr(iova.0),
+            },
+        },
+    };
+    let rtaddr = unit.rtaddr();
+    w.step(
+        "RTADDR register",
+        unit.base.0 + vtd::hw::regs::RTADDR,
+        &[rtaddr],
+        format!(
+            "root table {}, {} mode; translation {}",
+            unit.root_table(),
+            super::mode_name(unit.mode()),
+            if unit.enabled() {
+                "enabled"
+            } else {
+                "disabled"
+            }
+        ),
+    );
+    if !unit.enabled() {
+        return w.t;
+    }
+    let r = match unit.mode() {
+        Ttm::Legacy => w.legacy(),
+        Ttm::Scalable if ECAP::SMTS.is_set(unit.ecap()) => w.scalable(),
+        Ttm::AbortDma if ECAP::ADMS.is_set(unit.ecap()) => Err((
+            FR::RootTableAccess,
+            "abort-DMA mode blocks every request".into(),
+            true,
+        )),
+        m => Err((
+            FR::SmTtmForPasidRequest,
+            format!("translation table mode {} not usable", super::mode_name(m)),
+            false,
+        )),
+    };
+    w.t.result = match r {
+        Ok(r) => r,
+        Err((reason, detail, fpd)) => WalkResult::Fault {
+            reason,
+            detail,
+            fpd,
+        },
+    };
+    w.t
+}
