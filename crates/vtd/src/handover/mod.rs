@@ -1,1 +1,8 @@
-//! VT-d live-update handover: prepare/freeze in the old kernel, adopt/finish in the new.
+//! Live-update handover (placeholder while the driver compiles).
+
+/// Old-kernel handover state of a unit.
+#[derive(Debug)]
+pub(crate) struct Outgoing;
+/// New-kernel handover state of a unit.
+#[derive(Debug)]
+pub(crate) struct Incoming;
