@@ -38,7 +38,9 @@ impl Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| ConfigError::new("mode", s, "expected legacy, scalable-ss or scalable-fs"))
+            .ok_or_else(|| {
+                ConfigError::new("mode", s, "expected legacy, scalable-ss or scalable-fs")
+            })
     }
 }
 
@@ -95,7 +97,7 @@ pub struct Scenario {
     pub devices: Vec<RequesterId>,
     /// Number of domains.
     pub domains: usize,
-    /// Bytes mapped per domain, split over the page sizes.
+    /// Bytes mapped per domain and page size (rounded up to a whole page).
     pub map_bytes: u64,
     /// Page sizes used for the mappings of every domain.
     pub page_sizes: Vec<PageSize>,
@@ -120,7 +122,7 @@ impl Scenario {
                 RequesterId::new(0, 0x3b, 0x00, 1),
             ],
             domains: 2,
-            map_bytes: (1 << 30) + (4 << 20) + (64 << 10),
+            map_bytes: 8 << 20,
             page_sizes: vec![PageSize::SIZE_4K, PageSize::SIZE_2M, PageSize::SIZE_1G],
             dma_steps: 8,
         }
@@ -164,7 +166,11 @@ impl Scenario {
             return Err(ConfigError::new("mode", "", "at least one mode is needed"));
         }
         if self.devices.is_empty() {
-            return Err(ConfigError::new("device", "", "at least one device is needed"));
+            return Err(ConfigError::new(
+                "device",
+                "",
+                "at least one device is needed",
+            ));
         }
         for (i, d) in self.devices.iter().enumerate() {
             if self.devices[..i].contains(d) {
@@ -189,7 +195,11 @@ impl Scenario {
             ));
         }
         if self.page_sizes.is_empty() {
-            return Err(ConfigError::new("page-sizes", "", "at least one page size is needed"));
+            return Err(ConfigError::new(
+                "page-sizes",
+                "",
+                "at least one page size is needed",
+            ));
         }
         for p in &self.page_sizes {
             if ![PageSize::SIZE_4K, PageSize::SIZE_2M, PageSize::SIZE_1G].contains(p) {
@@ -209,7 +219,11 @@ impl Scenario {
             ));
         }
         if base.0.checked_add(size).is_none() {
-            return Err(ConfigError::new("ram", format!("{base}+{size:#x}"), "overflows"));
+            return Err(ConfigError::new(
+                "ram",
+                format!("{base}+{size:#x}"),
+                "overflows",
+            ));
         }
         if self.map_bytes == 0 || self.map_bytes % 4096 != 0 {
             return Err(ConfigError::new(
@@ -228,7 +242,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if t.starts_with("0x") || t.starts_with("0X") {
         return parse_u64(t);
     }
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
@@ -290,7 +307,10 @@ mod tests {
         assert!(parse_size("3Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
-        assert_eq!(parse_ram("0x1_0000_0000:1G"), Ok((PhysAddr(1 << 32), 1 << 30)));
+        assert_eq!(
+            parse_ram("0x1_0000_0000:1G"),
+            Ok((PhysAddr(1 << 32), 1 << 30))
+        );
         assert!(parse_ram("12").is_err());
         assert_eq!(
             parse_page_sizes("4K,2M"),

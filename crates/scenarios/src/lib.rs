@@ -8,3 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod report;
+pub mod runner;
+
+pub use config::{Mode, Scenario};
+pub use report::Report;
+pub use runner::{run, RunError, RunOptions};
