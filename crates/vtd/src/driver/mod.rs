@@ -28,7 +28,7 @@
 
 mod alloc;
 mod error;
-mod inval;
+pub(crate) mod inval;
 mod pgtable;
 
 pub use self::alloc::{PageAllocator, PagePool};

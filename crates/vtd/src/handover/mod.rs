@@ -1,8 +1,455 @@
-//! Live-update handover (placeholder while the driver compiles).
+//! The live-update handover of a VT-d unit.
+//!
+//! Old kernel ([`Unit::prepare`](crate::driver::Unit::prepare),
+//! [`Unit::freeze`](crate::driver::Unit::freeze), [`Unit::cancel`](crate::driver::Unit::cancel)):
+//! the caller names the domains and devices to preserve; `prepare` walks the live
+//! registers and tables, pins every table page, checks that the pages reachable from
+//! the live root for the preserved devices are exactly the pinned ones (closure check),
+//! and adds the versioned record to a [`KhoOut`]; preserved domains become immutable.
+//! [`KhoOut::finalize`] writes the KHO blob. `freeze` removes everything not
+//! preserved from the hardware's view and invalidates globally; translation stays on.
+//!
+//! New kernel ([`Unit::adopt`](crate::driver::Unit::adopt),
+//! [`Unit::verify`](crate::driver::Unit::verify),
+//! [`Unit::finish`](crate::driver::Unit::finish)): from memory, registers and the blob's
+//! physical address only. `adopt` does O(units + domains + devices) work (the blackout
+//! path); `verify` walks every table (optional, outside the blackout); `finish` makes
+//! the domains mutable again and frees what is no longer referenced.
+//!
+//! Failure policy: a device whose state cannot be trusted is blocked (its context
+//! entry, or the root entry of its bus when the context table itself is bad, made
+//! non-present and invalidated); when the unit as a whole cannot be trusted (no valid
+//! record, registers that disagree with it) every device is blocked by pointing the
+//! unit at an empty root table. Translation is never disabled and nothing falls back
+//! to pass-through.
 
-/// Old-kernel handover state of a unit.
+mod adopt;
+mod prepare;
+pub mod record;
+
+pub use adopt::{AdoptFailure, AdoptReport, BlockedDevice, FinishReport, VerifyReport};
+pub use prepare::{FreezeReport, PrepareReport};
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use iommu_core::kho::{write_handover, Client, FrameAllocator, KhoError, Written};
+use iommu_core::mem::{MemError, PhysMem};
+use iommu_core::pageset::{PageSet, PageSetError};
+use iommu_core::pgtable::WalkError;
+use iommu_core::{DomainId, PhysAddr, RequesterId};
+
+use crate::driver::{ErrorKind, Mode};
+use record::{Malformed, Record};
+
+/// The KHO client name of the unit at `base`: `iommu-vtd-<base in hex>`.
+pub fn client_name(base: PhysAddr) -> String {
+    alloc::format!("iommu-vtd-{:x}", base.0)
+}
+
+/// What the caller preserves: domains, and devices attached to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Domains to preserve.
+    pub domains: Vec<DomainId>,
+    /// Devices to preserve (each attached to one of `domains`).
+    pub devices: Vec<RequesterId>,
+}
+
+/// A handover step failed on the unit at `unit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandoverError {
+    /// MMIO base of the unit.
+    pub unit: PhysAddr,
+    /// What went wrong.
+    pub kind: HandoverErrorKind,
+}
+
+/// What went wrong in a handover step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandoverErrorKind {
+    /// A driver operation failed.
+    Driver(ErrorKind),
+    /// The KHO blob could not be read or written, or the record's header, checksum,
+    /// family or version is wrong (a record of another version is
+    /// [`KhoError::Record`] with `RecordError::Version { found, supported }`).
+    Kho(KhoError),
+    /// The record payload is malformed.
+    Malformed {
+        /// Physical address of the record.
+        record: PhysAddr,
+        /// What is wrong where.
+        err: Malformed,
+    },
+    /// The record describes another unit.
+    WrongUnit {
+        /// MMIO base in the record.
+        record: PhysAddr,
+    },
+    /// A live register disagrees with the record.
+    Register {
+        /// Register name.
+        register: &'static str,
+        /// Live value.
+        live: u64,
+        /// Value in the record.
+        record: u64,
+    },
+    /// Translation is not enabled (GSTS.TES clear): DMA would bypass the tables.
+    TranslationDisabled {
+        /// GSTS.
+        gsts: u32,
+    },
+    /// A table page is not in the preserved set read back from the KHO blob (or not in
+    /// the record's page runs).
+    NotPreserved {
+        /// What the page holds.
+        what: &'static str,
+        /// The page.
+        page: PhysAddr,
+        /// Device concerned, if any.
+        device: Option<RequesterId>,
+        /// Domain concerned, if any.
+        did: Option<DomainId>,
+    },
+    /// An entry has reserved bits set.
+    ReservedBits {
+        /// What the entry is.
+        what: &'static str,
+        /// Its address.
+        addr: PhysAddr,
+        /// Device concerned.
+        device: Option<RequesterId>,
+        /// The offending bits (per qword, the first non-zero).
+        bits: u64,
+    },
+    /// An entry is not present where the record says a device is bound.
+    NotPresent {
+        /// What the entry is.
+        what: &'static str,
+        /// Its address.
+        addr: PhysAddr,
+        /// Device.
+        device: RequesterId,
+    },
+    /// An entry disagrees with the record (or, in `prepare`, with the driver).
+    Mismatch {
+        /// Which field.
+        what: &'static str,
+        /// Entry address.
+        addr: PhysAddr,
+        /// Device.
+        device: Option<RequesterId>,
+        /// Domain.
+        did: Option<DomainId>,
+        /// Value found.
+        found: u64,
+        /// Value expected.
+        expected: u64,
+    },
+    /// A recorded domain ID is out of range, reserved or duplicated.
+    DomainId {
+        /// The ID.
+        did: DomainId,
+        /// Why.
+        why: &'static str,
+    },
+    /// A domain's format cannot be used on this unit.
+    Format {
+        /// The domain.
+        did: DomainId,
+        /// Why.
+        why: &'static str,
+    },
+    /// The walk of a domain's tables failed.
+    Walk {
+        /// The domain.
+        did: DomainId,
+        /// Where and why.
+        err: WalkError,
+    },
+    /// Closure check: a page reachable from the live root is not pinned.
+    ClosureMissing {
+        /// The first such page.
+        page: PhysAddr,
+        /// How many.
+        count: u64,
+    },
+    /// Closure check: a pinned page is not reachable from the live root.
+    ClosureExtra {
+        /// The first such page.
+        page: PhysAddr,
+        /// How many.
+        count: u64,
+    },
+    /// The selection is inconsistent.
+    Selection {
+        /// Why.
+        why: &'static str,
+        /// Device concerned.
+        device: Option<RequesterId>,
+        /// Domain concerned.
+        did: Option<DomainId>,
+    },
+    /// The step is not allowed now.
+    State {
+        /// Why.
+        why: &'static str,
+    },
+    /// A memory access failed.
+    Mem {
+        /// What was being read or written.
+        what: &'static str,
+        /// Why.
+        err: MemError,
+    },
+    /// Page-set bookkeeping failed.
+    PageSet(PageSetError),
+}
+
+impl HandoverError {
+    pub(crate) fn new(unit: PhysAddr, kind: HandoverErrorKind) -> Self {
+        Self { unit, kind }
+    }
+}
+
+impl From<crate::driver::Error> for HandoverError {
+    fn from(e: crate::driver::Error) -> Self {
+        Self {
+            unit: e.unit,
+            kind: HandoverErrorKind::Driver(e.kind),
+        }
+    }
+}
+
+fn opt<T: fmt::Display>(f: &mut fmt::Formatter<'_>, label: &str, v: &Option<T>) -> fmt::Result {
+    match v {
+        Some(x) => write!(f, ", {label} {x}"),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for HandoverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VT-d unit {} handover: ", self.unit)?;
+        match &self.kind {
+            HandoverErrorKind::Driver(k) => write!(
+                f,
+                "{}",
+                crate::driver::Error {
+                    unit: self.unit,
+                    kind: k.clone()
+                }
+            ),
+            HandoverErrorKind::Kho(e) => write!(f, "KHO: {e}"),
+            HandoverErrorKind::Malformed { record, err } => write!(
+                f,
+                "record at {record} malformed at payload offset {:#x}: {}",
+                err.offset, err.what
+            ),
+            HandoverErrorKind::WrongUnit { record } => {
+                write!(f, "record describes the unit at {record}")
+            }
+            HandoverErrorKind::Register {
+                register,
+                live,
+                record,
+            } => write!(
+                f,
+                "live {register} {live:#x} differs from the record's {record:#x}"
+            ),
+            HandoverErrorKind::TranslationDisabled { gsts } => {
+                write!(f, "translation is not enabled (GSTS {gsts:#x})")
+            }
+            HandoverErrorKind::NotPreserved {
+                what,
+                page,
+                device,
+                did,
+            } => {
+                write!(f, "{what} page {page} is not preserved")?;
+                opt(f, "device", device)?;
+                opt(f, "domain", did)
+            }
+            HandoverErrorKind::ReservedBits {
+                what,
+                addr,
+                device,
+                bits,
+            } => {
+                write!(f, "{what} at {addr} has reserved bits {bits:#x} set")?;
+                opt(f, "device", device)
+            }
+            HandoverErrorKind::NotPresent { what, addr, device } => {
+                write!(f, "{what} at {addr} for device {device} is not present")
+            }
+            HandoverErrorKind::Mismatch {
+                what,
+                addr,
+                device,
+                did,
+                found,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "{what} at {addr} is {found:#x}, expected {expected:#x}"
+                )?;
+                opt(f, "device", device)?;
+                opt(f, "domain", did)
+            }
+            HandoverErrorKind::DomainId { did, why } => write!(f, "domain ID {did}: {why}"),
+            HandoverErrorKind::Format { did, why } => write!(f, "domain {did}: {why}"),
+            HandoverErrorKind::Walk { did, err } => write!(f, "domain {did}: {err}"),
+            HandoverErrorKind::ClosureMissing { page, count } => write!(
+                f,
+                "closure check: {count} table page(s) reachable from the live root are not pinned, first {page}"
+            ),
+            HandoverErrorKind::ClosureExtra { page, count } => write!(
+                f,
+                "closure check: {count} pinned page(s) are not reachable from the live root, first {page}"
+            ),
+            HandoverErrorKind::Selection { why, device, did } => {
+                write!(f, "selection: {why}")?;
+                opt(f, "device", device)?;
+                opt(f, "domain", did)
+            }
+            HandoverErrorKind::State { why } => write!(f, "{why}"),
+            HandoverErrorKind::Mem { what, err } => write!(f, "{what}: {err}"),
+            HandoverErrorKind::PageSet(e) => write!(f, "page bookkeeping: {e:?}"),
+        }
+    }
+}
+
+/// One client's data waiting in a [`KhoOut`].
+#[derive(Clone, Debug)]
+struct ClientData {
+    name: String,
+    payload: Vec<u8>,
+    pages: PageSet,
+}
+
+/// The outgoing kexec handover: clients' records and preserved pages, written as one
+/// KHO blob by [`finalize`](KhoOut::finalize) (Linux's KHO finalisation).
+#[derive(Debug, Default)]
+pub struct KhoOut {
+    clients: Vec<ClientData>,
+    preserved: PageSet,
+    written: Option<Written>,
+}
+
+impl KhoOut {
+    /// An empty handover.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Preserves pages of other subsystems too (guest memory the devices DMA into).
+    pub fn preserve(&mut self, set: &PageSet) {
+        self.preserved = self.preserved.union(set);
+        self.written = None;
+    }
+
+    /// Preserves `pages` pages from `start`.
+    pub fn preserve_range(&mut self, start: PhysAddr, pages: u64) -> Result<(), PageSetError> {
+        let mut s = PageSet::new();
+        s.insert_range(start, pages)?;
+        self.preserve(&s);
+        Ok(())
+    }
+
+    pub(crate) fn add_client(&mut self, name: String, payload: Vec<u8>, pages: PageSet) -> bool {
+        if self.clients.iter().any(|c| c.name == name) {
+            return false;
+        }
+        self.clients.push(ClientData {
+            name,
+            payload,
+            pages,
+        });
+        self.written = None;
+        true
+    }
+
+    pub(crate) fn remove_client(&mut self, name: &str) {
+        self.clients.retain(|c| c.name != name);
+        self.written = None;
+    }
+
+    /// Names of the clients added.
+    pub fn clients(&self) -> impl Iterator<Item = &str> + '_ {
+        self.clients.iter().map(|c| c.name.as_str())
+    }
+
+    /// Every page to preserve: the clients' pages and the extra ones.
+    pub fn preserved(&self) -> PageSet {
+        let mut s = self.preserved.clone();
+        for c in &self.clients {
+            s = s.union(&c.pages);
+        }
+        s
+    }
+
+    /// Writes the blob (records, preserved-page map, FDT) and returns its physical
+    /// address: the one value the next kernel gets.
+    pub fn finalize(
+        &mut self,
+        mem: &mut dyn PhysMem,
+        frames: &mut dyn FrameAllocator,
+    ) -> Result<PhysAddr, KhoError> {
+        let preserved = self.preserved();
+        let clients: Vec<Client<'_>> = self
+            .clients
+            .iter()
+            .map(|c| Client {
+                name: &c.name,
+                compatible: record::COMPATIBLE,
+                payload: &c.payload,
+            })
+            .collect();
+        let w = write_handover(mem, frames, &preserved, &clients)?;
+        let blob = w.blob;
+        self.written = Some(w);
+        Ok(blob)
+    }
+
+    /// What the last [`finalize`](KhoOut::finalize) wrote (cleared by any change).
+    pub fn written(&self) -> Option<&Written> {
+        self.written.as_ref()
+    }
+}
+
+/// Old-kernel handover state of a unit (between `prepare` and `cancel`).
 #[derive(Debug)]
-pub(crate) struct Outgoing;
-/// New-kernel handover state of a unit.
+pub(crate) struct Outgoing {
+    pub(crate) client: String,
+    pub(crate) record: Record,
+    pub(crate) pinned: PageSet,
+    pub(crate) frozen: bool,
+    /// Devices `freeze` detached: `(device, domain)`, re-attached by `cancel`.
+    pub(crate) detached: Vec<(RequesterId, DomainId)>,
+}
+
+/// New-kernel handover state of a unit (between `adopt` and `finish`).
 #[derive(Debug)]
-pub(crate) struct Incoming;
+pub(crate) struct Incoming {
+    pub(crate) record: Record,
+    pub(crate) record_pa: PhysAddr,
+    pub(crate) record_bytes: u64,
+    pub(crate) preserved: PageSet,
+}
+
+impl Mode {
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Legacy => "legacy",
+            Mode::Scalable => "scalable",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
