@@ -331,7 +331,7 @@ impl Image {
                 what: format!("e_phentsize {} is not 56", hdr.e_phentsize(e)),
             });
         }
-        let need = phnum.checked_mul(56).unwrap_or(u64::MAX);
+        let need = phnum.saturating_mul(56);
         if phoff.checked_add(need).map_or(true, |end| end > file_size) {
             return Err(self.truncated(
                 &format!("program header table ({phnum} entries)"),

@@ -12,11 +12,15 @@
 //! - [`json`]: the small streaming JSON writer the outputs use.
 #![warn(missing_docs)]
 
+pub mod diff;
+pub mod dump;
 pub mod error;
 pub mod image;
 pub mod json;
 pub mod model;
+pub mod progress;
 pub mod tree;
+pub mod verify;
 pub mod vtd;
 
 pub use error::InspectError;

@@ -1,2 +1,497 @@
-//! iommu-inspect.
-fn main() {}
+//! `iommu-inspect`: dump, diff and verify IOMMU state from snapshots and memory images.
+//!
+//! Exit status: `dump` and `walk` 0 on success; `diff` 0 same, 1 different; `verify` 0
+//! clean, 1 problems; 2 for any error (one line on stderr).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use inspector::diff;
+use inspector::dump::{self, OutputFormat};
+use inspector::image::OpenAs;
+use inspector::model::{parse_range, parse_u64, Filter, LoadOptions, Loaded};
+use inspector::progress::Progress;
+use inspector::verify::{self, VerifyOptions};
+use inspector::vtd::walk::{walk, Access, WalkResult};
+use inspector::vtd::UnitOverride;
+use inspector::InspectError;
+use iommu_core::{Iova, RequesterId};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vtd::hw::regs::Ttm;
+
+const EXAMPLES: &str = "\
+Examples:
+  iommu-inspect dump before.elf
+  iommu-inspect dump before.elf --device 00:02.0 --iova 0x100000+0x10000
+  iommu-inspect dump before.elf --json > before.json
+  iommu-inspect dump before.elf --format linux      # like debugfs dmar/domain_translation_struct
+  iommu-inspect walk 0x1234000 --device 0000:03:00.0 before.elf
+  iommu-inspect walk 0x1000 --device 03:00.0 --pasid 5 --write after.elf
+  iommu-inspect diff before.elf after.elf             # exit 0 same, 1 different, 2 error
+  iommu-inspect diff --semantic before.elf after.elf  # translations only
+  iommu-inspect verify before-kexec.elf               # handover record vs tables
+  iommu-inspect dump vmcore --vtd-rtaddr 0x7f000000 --vtd-mode scalable --haw 46
+  iommu-inspect dump mem.raw --base 0x0 --vtd-rtaddr 0x100000";
+
+/// Inspect IOMMU (Intel VT-d) state in emulator snapshots, ELF memory cores and raw
+/// memory images: registers, root/context/PASID structures, page tables and mappings.
+#[derive(Parser, Debug)]
+#[command(name = "iommu-inspect", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ImageOpts {
+    /// Read the file as raw physical memory starting at this address (not ELF).
+    #[arg(long, value_parser = num)]
+    base: Option<u64>,
+    /// Root table address of the VT-d unit, for images without IOMMU notes (QEMU
+    /// dump-guest-memory, kdump vmcore, raw memory). Replaces the snapshot's units.
+    #[arg(long = "vtd-rtaddr", value_parser = num)]
+    vtd_rtaddr: Option<u64>,
+    /// Translation table mode of that unit.
+    #[arg(long = "vtd-mode", value_enum)]
+    vtd_mode: Option<ModeArg>,
+    /// CAP register value of that unit (default: permissive, every feature).
+    #[arg(long = "vtd-cap", value_parser = num)]
+    vtd_cap: Option<u64>,
+    /// ECAP register value of that unit (default: permissive, every feature).
+    #[arg(long = "vtd-ecap", value_parser = num)]
+    vtd_ecap: Option<u64>,
+    /// Host address width in bits for reserved-bit checks (default CAP.MGAW + 1, or 52
+    /// for a unit given on the command line).
+    #[arg(long)]
+    haw: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Legacy,
+    Scalable,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum FormatArg {
+    Text,
+    Json,
+    Linux,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Registers, structures, devices and their mappings.
+    Dump {
+        /// The image.
+        image: PathBuf,
+        #[command(flatten)]
+        img: ImageOpts,
+        /// Only this device ([segment:]bus:device.function, hex).
+        #[arg(long, value_parser = bdf)]
+        device: Option<RequesterId>,
+        /// Only this PASID (scalable mode).
+        #[arg(long, value_parser = num32)]
+        pasid: Option<u32>,
+        /// Only devices of this domain ID.
+        #[arg(long, value_parser = num16)]
+        domain: Option<u16>,
+        /// Only mappings in this IOVA range: START-END, START+SIZE or ADDR.
+        #[arg(long, value_parser = range)]
+        iova: Option<(u64, u64)>,
+        /// JSON output (same as --format json).
+        #[arg(long)]
+        json: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: FormatArg,
+    },
+    /// Translate one address for one device, step by step, or say why it would fault.
+    Walk {
+        /// The IOVA.
+        #[arg(value_parser = num)]
+        iova: u64,
+        /// The image.
+        image: PathBuf,
+        /// The requester ([segment:]bus:device.function, hex).
+        #[arg(long, value_parser = bdf)]
+        device: RequesterId,
+        /// The request's PASID (scalable mode); none = request without PASID.
+        #[arg(long, value_parser = num32)]
+        pasid: Option<u32>,
+        /// Translate a write (default: a read).
+        #[arg(long)]
+        write: bool,
+        /// Which unit when the image has several (name like dmar1, or MMIO base).
+        #[arg(long)]
+        unit: Option<String>,
+        #[command(flatten)]
+        img: ImageOpts,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two images device by device (exit 0 same, 1 different, 2 error).
+    Diff {
+        /// First image.
+        a: PathBuf,
+        /// Second image.
+        b: PathBuf,
+        /// Ignore where tables live and which domain IDs tag them; compare translations.
+        #[arg(long)]
+        semantic: bool,
+        #[command(flatten)]
+        img: ImageOpts,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the handover record and preserved set against the tables (exit 0 clean, 1
+    /// problems, 2 error).
+    Verify {
+        /// The image.
+        image: PathBuf,
+        /// Address of the KHO blob (default: scan the image for it).
+        #[arg(long = "kho-blob", value_parser = num)]
+        kho_blob: Option<u64>,
+        /// The VT-d record from a file (a KHO client record or a bare payload).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        #[command(flatten)]
+        img: ImageOpts,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn num(s: &str) -> Result<u64, String> {
+    parse_u64(s)
+}
+
+fn bdf(s: &str) -> Result<RequesterId, String> {
+    s.parse::<RequesterId>().map_err(|e| e.to_string())
+}
+
+fn num32(s: &str) -> Result<u32, String> {
+    let v = parse_u64(s)?;
+    u32::try_from(v).map_err(|_| format!("{s} does not fit 32 bits"))
+}
+
+fn num16(s: &str) -> Result<u16, String> {
+    let v = parse_u64(s)?;
+    u16::try_from(v).map_err(|_| format!("{s} does not fit 16 bits"))
+}
+
+fn range(s: &str) -> Result<(u64, u64), String> {
+    parse_range(s)
+}
+
+fn load_opts(o: &ImageOpts) -> LoadOptions {
+    LoadOptions {
+        open: match o.base {
+            Some(base) => OpenAs::Raw { base },
+            None => OpenAs::Elf,
+        },
+        unit: UnitOverride {
+            rtaddr: o.vtd_rtaddr,
+            mode: o.vtd_mode.map(|m| match m {
+                ModeArg::Legacy => Ttm::Legacy,
+                ModeArg::Scalable => Ttm::Scalable,
+            }),
+            haw: o.haw,
+            cap: o.vtd_cap,
+            ecap: o.vtd_ecap,
+        },
+    }
+}
+
+fn open(path: &Path, o: &ImageOpts) -> Result<Loaded, InspectError> {
+    let opts = load_opts(o);
+    let image = inspector::image::Image::open(path, opts.open)?;
+    let mut p = Progress::new("scanning", 1, image.file_size());
+    p.set(0);
+    let l = Loaded::from_image(image, &opts);
+    p.finish();
+    l
+}
+
+fn run(cli: Cli) -> Result<u8, InspectError> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let code = match cli.cmd {
+        Cmd::Dump {
+            image,
+            img,
+            device,
+            pasid,
+            domain,
+            iova,
+            json,
+            format,
+        } => {
+            let l = open(&image, &img)?;
+            let filter = Filter {
+                device,
+                pasid,
+                domain,
+                iova,
+            };
+            let fmt = match (json, format) {
+                (true, _) | (_, FormatArg::Json) => OutputFormat::Json,
+                (_, FormatArg::Linux) => OutputFormat::Linux,
+                _ => OutputFormat::Text,
+            };
+            dump::dump(&l, &filter, fmt, &mut out)?;
+            0
+        }
+        Cmd::Walk {
+            iova,
+            image,
+            device,
+            pasid,
+            write,
+            unit,
+            img,
+            json,
+        } => {
+            let l = open(&image, &img)?;
+            let us = match &unit {
+                Some(u) => l
+                    .units
+                    .iter()
+                    .find(|x| x.unit.name == *u || parse_u64(u).is_ok_and(|b| b == x.unit.base.0))
+                    .ok_or_else(|| InspectError::Usage(format!("no unit {u} in the image")))?,
+                None => {
+                    let behind: Vec<_> = l
+                        .units
+                        .iter()
+                        .filter(|x| x.devices.iter().any(|d| d.rid == device))
+                        .collect();
+                    match (behind.len(), l.units.len()) {
+                        (1, _) => behind[0],
+                        (_, 1) => &l.units[0],
+                        _ => {
+                            return Err(InspectError::Usage(format!(
+                                "the image has {} units; choose one with --unit",
+                                l.units.len()
+                            )))
+                        }
+                    }
+                }
+            };
+            let access = if write { Access::Write } else { Access::Read };
+            let t = walk(&us.unit, &l.image, device, pasid, Iova(iova), access);
+            if json {
+                write_walk_json(&t, &us.unit.name, &mut out)?;
+            } else {
+                write_walk_text(&t, &us.unit.name, &mut out)?;
+            }
+            0
+        }
+        Cmd::Diff {
+            a,
+            b,
+            semantic,
+            img,
+            json,
+        } => {
+            let la = open(&a, &img)?;
+            let lb = open(&b, &img)?;
+            let d = diff::diff(&la, &lb, semantic);
+            let (na, nb) = (a.display().to_string(), b.display().to_string());
+            if json {
+                diff::write_json(&d, &na, &nb, &mut out)?;
+            } else {
+                diff::write_text(&d, &na, &nb, &mut out)?;
+            }
+            u8::from(!d.same())
+        }
+        Cmd::Verify {
+            image,
+            kho_blob,
+            record,
+            img,
+            json,
+        } => {
+            let record = match record {
+                Some(p) => {
+                    Some(std::fs::read(&p).map_err(|err| InspectError::Io { path: p, err })?)
+                }
+                None => None,
+            };
+            let l = open(&image, &img)?;
+            let mut p = Progress::new(
+                "searching for the KHO blob",
+                l.image.memory_bytes(),
+                l.image.file_size(),
+            );
+            let r = verify::verify(
+                &l,
+                &VerifyOptions {
+                    blob: kho_blob,
+                    record,
+                },
+                &mut p,
+            )?;
+            if json {
+                verify::write_json(&r, &mut out)?;
+            } else {
+                verify::write_text(&r, &mut out)?;
+            }
+            u8::from(!r.clean())
+        }
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+fn write_walk_text(
+    t: &inspector::vtd::walk::Walkthrough,
+    unit: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} request of iova {:#x} by {}{} through {unit}:",
+        if t.access == Access::Write {
+            "write"
+        } else {
+            "read"
+        },
+        t.iova.0,
+        t.rid,
+        t.pasid.map_or(String::new(), |p| format!(" pasid {p:#x}"))
+    )?;
+    for (i, s) in t.steps.iter().enumerate() {
+        let raw: Vec<String> = s.raw.iter().rev().map(|q| format!("{q:#018x}")).collect();
+        writeln!(out, "  {}. {} at {:#x}", i + 1, s.what, s.addr.0)?;
+        writeln!(out, "       = {}", raw.join(":"))?;
+        writeln!(out, "       {}", s.meaning)?;
+    }
+    match &t.result {
+        WalkResult::Untranslated { pa } => {
+            writeln!(out, "  => translation disabled: goes to {pa} untranslated")
+        }
+        WalkResult::Mapped {
+            pa,
+            perms,
+            page_size,
+            did,
+        } => writeln!(
+            out,
+            "  => translates to {pa} ({perms}, {page_size} page{})",
+            did.map_or(String::new(), |d| format!(", domain {d:#06x}"))
+        ),
+        WalkResult::Fault {
+            reason,
+            detail,
+            fpd,
+        } => writeln!(
+            out,
+            "  => fault {:#04x} ({}): {detail}{}",
+            reason.code(),
+            reason.description(),
+            if *fpd {
+                " [FPD set: blocked, not recorded]"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+fn write_walk_json(
+    t: &inspector::vtd::walk::Walkthrough,
+    unit: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut j = inspector::json::Json::new(out);
+    j.begin_object(false)?;
+    j.kv_str("schema", "iommu-inspect/walk/v1")?;
+    j.kv_str("unit", unit)?;
+    j.kv_str("bdf", &t.rid.to_string())?;
+    j.key("pasid")?;
+    match t.pasid {
+        Some(p) => j.uint(p as u64)?,
+        None => j.null()?,
+    }
+    j.kv_hex("iova", t.iova.0)?;
+    j.kv_str(
+        "access",
+        if t.access == Access::Write {
+            "write"
+        } else {
+            "read"
+        },
+    )?;
+    j.key("steps")?;
+    j.begin_array(false)?;
+    for s in &t.steps {
+        j.begin_object(true)?;
+        j.kv_str("what", &s.what)?;
+        j.kv_hex("addr", s.addr.0)?;
+        j.kv_hex_list("raw", &s.raw)?;
+        j.kv_str("meaning", &s.meaning)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.key("result")?;
+    j.begin_object(true)?;
+    match &t.result {
+        WalkResult::Untranslated { pa } => {
+            j.kv_str("kind", "untranslated")?;
+            j.kv_hex("pa", pa.0)?;
+        }
+        WalkResult::Mapped {
+            pa,
+            perms,
+            page_size,
+            did,
+        } => {
+            j.kv_str("kind", "mapped")?;
+            j.kv_hex("pa", pa.0)?;
+            j.kv_str("perms", &perms.to_string())?;
+            j.kv_hex("page_size", page_size.bytes())?;
+            j.key("domain")?;
+            match did {
+                Some(d) => j.uint(*d as u64)?,
+                None => j.null()?,
+            }
+        }
+        WalkResult::Fault {
+            reason,
+            detail,
+            fpd,
+        } => {
+            j.kv_str("kind", "fault")?;
+            j.kv_uint("fault", reason.code() as u64)?;
+            j.kv_str("reason", reason.description())?;
+            j.kv_str("detail", detail)?;
+            j.kv_bool("fpd", *fpd)?;
+        }
+    }
+    j.end_object()?;
+    j.end_object()
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(c) => ExitCode::from(c),
+        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(0)
+        }
+        Err(e) => {
+            eprintln!("iommu-inspect: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! `diff`: two images compared unit by unit and device by device.
+//!
+//! Reported: devices present in one image only; translation type changes; domain ID,
+//! page-table root and level changes; mappings added, removed or changed (target,
+//! permissions, page size); table pages that moved (a table covering the same IOVA at
+//! the same level but at another address). With `semantic`, where the tables live and
+//! which IDs tag them is ignored: only what each device's addresses translate to (and
+//! with which permissions) is compared.
+
+use crate::json::Json;
+use crate::model::{walk_table, Loaded};
+use crate::tree::{walk_tree, TreeTable};
+use crate::vtd::scan::Translation;
+use crate::vtd::{mode_name, PageTable};
+use iommu_core::pgtable::{Mapping, Perms};
+use iommu_core::{PageSize, PhysAddr, RequesterId};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+/// Schema name of the JSON diff.
+pub const DIFF_SCHEMA: &str = "iommu-inspect/diff/v1";
+
+/// Identity of a device across images: unit, requester, PASID.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DevKey {
+    /// Unit MMIO base (or index for units described on the command line).
+    pub unit: u64,
+    /// Unit name.
+    pub unit_name: String,
+    /// Requester.
+    pub rid: RequesterId,
+    /// PASID (scalable mode).
+    pub pasid: Option<u32>,
+}
+
+/// What one image says about one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevState {
+    /// Domain ID.
+    pub did: Option<u16>,
+    /// Translation name.
+    pub translation: &'static str,
+    /// Fault code when blocked.
+    pub blocked: Option<u8>,
+    /// Page table.
+    pub table: Option<PageTable>,
+    /// Mapping runs.
+    pub mappings: Vec<Mapping>,
+    /// Tables by position.
+    pub tables: Vec<TreeTable>,
+    /// Problems the walk met.
+    pub problems: usize,
+}
+
+/// Collects the device states of an image.
+pub fn states(l: &Loaded, semantic: bool) -> BTreeMap<DevKey, DevState> {
+    let mut out = BTreeMap::new();
+    for us in &l.units {
+        let unit = if us.unit.assumed {
+            us.unit.index as u64
+        } else {
+            us.unit.base.0
+        };
+        for c in &us.scan.contexts {
+            let key = DevKey {
+                unit,
+                unit_name: us.unit.name.clone(),
+                rid: c.rid,
+                pasid: c.pasid,
+            };
+            let mut st = DevState {
+                did: c.did,
+                translation: c.translation.name(),
+                blocked: None,
+                table: None,
+                mappings: Vec::new(),
+                tables: Vec::new(),
+                problems: 0,
+            };
+            match &c.translation {
+                Translation::Blocked(b) => st.blocked = Some(b.reason.code()),
+                Translation::PassThrough => {}
+                Translation::Tables(pt) => {
+                    let w = walk_table(&us.unit, &l.image, pt);
+                    st.mappings = w.mappings;
+                    st.problems = w.problems.len() + w.fatal.is_some() as usize;
+                    st.table = Some(*pt);
+                    if !semantic {
+                        if let Ok(f) = pt.format(&us.unit) {
+                            let mut t = Vec::new();
+                            walk_tree(
+                                &f,
+                                &l.image,
+                                pt.root,
+                                crate::model::walk_limits().max_tables,
+                                |x| t.push(x),
+                                |_| {},
+                            );
+                            st.tables = t;
+                        }
+                    }
+                }
+            }
+            out.insert(key, st);
+        }
+    }
+    out
+}
+
+/// Kind of mapping difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Mapped in B only.
+    Added,
+    /// Mapped in A only.
+    Removed,
+    /// Mapped in both, differently.
+    Changed,
+}
+
+impl Change {
+    fn name(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+        }
+    }
+}
+
+/// The target of a range on one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// Physical address of the range's first byte.
+    pub pa: PhysAddr,
+    /// Permissions.
+    pub perms: Perms,
+    /// Page size.
+    pub page_size: PageSize,
+}
+
+/// One differing IOVA range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDiff {
+    /// Kind.
+    pub change: Change,
+    /// First IOVA.
+    pub iova: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Image A's target (None when unmapped).
+    pub a: Option<Side>,
+    /// Image B's target.
+    pub b: Option<Side>,
+}
+
+fn end(m: &Mapping) -> u128 {
+    m.iova.0 as u128 + m.size as u128
+}
+
+fn side(m: &Mapping, pos: u128) -> Side {
+    Side {
+        pa: PhysAddr(m.pa.0 + (pos as u64 - m.iova.0)),
+        perms: m.perms,
+        page_size: m.page_size,
+    }
+}
+
+/// The IOVA ranges where `a` and `b` differ, in IOVA order, merged where contiguous.
+pub fn diff_mappings(a: &[Mapping], b: &[Mapping], semantic: bool) -> Vec<MapDiff> {
+    let (mut ia, mut ib) = (0usize, 0usize);
+    let mut pos: u128 = 0;
+    let mut out: Vec<MapDiff> = Vec::new();
+    loop {
+        while ia < a.len() && end(&a[ia]) <= pos {
+            ia += 1;
+        }
+        while ib < b.len() && end(&b[ib]) <= pos {
+            ib += 1;
+        }
+        if ia >= a.len() && ib >= b.len() {
+            break;
+        }
+        let na = a.get(ia);
+        let nb = b.get(ib);
+        let ca = na.filter(|m| m.iova.0 as u128 <= pos);
+        let cb = nb.filter(|m| m.iova.0 as u128 <= pos);
+        if ca.is_none() && cb.is_none() {
+            let s = [na, nb]
+                .iter()
+                .flatten()
+                .map(|m| m.iova.0 as u128)
+                .min()
+                .unwrap_or(u128::MAX);
+            pos = s;
+            continue;
+        }
+        let mut stop = u128::MAX;
+        for (c, n) in [(ca, na), (cb, nb)] {
+            match (c, n) {
+                (Some(m), _) => stop = stop.min(end(m)),
+                (None, Some(m)) => stop = stop.min(m.iova.0 as u128),
+                _ => {}
+            }
+        }
+        let size = (stop - pos) as u64;
+        let (sa, sb) = (ca.map(|m| side(m, pos)), cb.map(|m| side(m, pos)));
+        let change = match (sa, sb) {
+            (Some(_), None) => Some(Change::Removed),
+            (None, Some(_)) => Some(Change::Added),
+            (Some(x), Some(y)) => {
+                let differs =
+                    x.pa != y.pa || x.perms != y.perms || (!semantic && x.page_size != y.page_size);
+                differs.then_some(Change::Changed)
+            }
+            (None, None) => None,
+        };
+        if let Some(change) = change {
+            let d = MapDiff {
+                change,
+                iova: pos as u64,
+                size,
+                a: sa,
+                b: sb,
+            };
+            let merged = out.last_mut().is_some_and(|p| {
+                let cont = |x: Option<Side>, y: Option<Side>| match (x, y) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => {
+                        x.perms == y.perms
+                            && x.page_size == y.page_size
+                            && x.pa.0.checked_add(p.size) == Some(y.pa.0)
+                    }
+                    _ => false,
+                };
+                if p.change == change
+                    && p.iova.checked_add(p.size) == Some(d.iova)
+                    && cont(p.a, d.a)
+                    && cont(p.b, d.b)
+                {
+                    p.size += d.size;
+                    true
+                } else {
+                    false
+                }
+            });
+            if !merged {
+                out.push(d);
+            }
+        }
+        pos = stop;
+    }
+    out
+}
+
+/// A change of one attribute of a unit or device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrChange {
+    /// What changed (`domain`, `root`, `levels`, `translation`, `rtaddr`...).
+    pub what: &'static str,
+    /// Value in A.
+    pub a: String,
+    /// Value in B.
+    pub b: String,
+}
+
+/// A table that moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableMove {
+    /// Level.
+    pub level: u8,
+    /// First IOVA it covers.
+    pub iova: u64,
+    /// Address in A.
+    pub a: PhysAddr,
+    /// Address in B.
+    pub b: PhysAddr,
+}
+
+/// Differences of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevDiff {
+    /// The device.
+    pub key: DevKey,
+    /// `only-in-a`, `only-in-b` or `changed`.
+    pub status: &'static str,
+    /// Attribute changes.
+    pub changes: Vec<AttrChange>,
+    /// Mapping differences.
+    pub mappings: Vec<MapDiff>,
+    /// Tables that moved.
+    pub moved: Vec<TableMove>,
+    /// Tables at positions only A has / only B has.
+    pub tables_only: (usize, usize),
+}
+
+/// Differences of one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitDiff {
+    /// Unit name.
+    pub name: String,
+    /// Changes.
+    pub changes: Vec<AttrChange>,
+}
+
+/// The whole diff.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Diff {
+    /// Semantic comparison.
+    pub semantic: bool,
+    /// Unit-level differences.
+    pub units: Vec<UnitDiff>,
+    /// Device-level differences.
+    pub devices: Vec<DevDiff>,
+}
+
+impl Diff {
+    /// Whether the images are the same (as compared).
+    pub fn same(&self) -> bool {
+        self.units.is_empty() && self.devices.is_empty()
+    }
+}
+
+fn opt_hex16(v: Option<u16>) -> String {
+    v.map_or("none".into(), |d| format!("{d:#06x}"))
+}
+
+/// Compares two loaded images.
+pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
+    let mut d = Diff {
+        semantic,
+        ..Diff::default()
+    };
+    for ua in &a.units {
+        let ub = b.units.iter().find(|u| {
+            if ua.unit.assumed || u.unit.assumed {
+                u.unit.index == ua.unit.index
+            } else {
+                u.unit.base == ua.unit.base
+            }
+        });
+        let mut changes = Vec::new();
+        match ub {
+            None => changes.push(AttrChange {
+                what: "unit",
+                a: "present".into(),
+                b: "absent".into(),
+            }),
+            Some(ub) => {
+                let (x, y) = (&ua.unit, &ub.unit);
+                if x.enabled() != y.enabled() {
+                    changes.push(AttrChange {
+                        what: "translation_enabled",
+                        a: x.enabled().to_string(),
+                        b: y.enabled().to_string(),
+                    });
+                }
+                if !semantic && x.mode() != y.mode() {
+                    changes.push(AttrChange {
+                        what: "mode",
+                        a: mode_name(x.mode()).into(),
+                        b: mode_name(y.mode()).into(),
+                    });
+                }
+                if !semantic && x.root_table() != y.root_table() {
+                    changes.push(AttrChange {
+                        what: "root_table",
+                        a: x.root_table().to_string(),
+                        b: y.root_table().to_string(),
+                    });
+                }
+            }
+        }
+        if !changes.is_empty() {
+            d.units.push(UnitDiff {
+                name: ua.unit.name.clone(),
+                changes,
+            });
+        }
+    }
+    for ub in &b.units {
+        let found = a.units.iter().any(|u| {
+            if ub.unit.assumed || u.unit.assumed {
+                u.unit.index == ub.unit.index
+            } else {
+                u.unit.base == ub.unit.base
+            }
+        });
+        if !found {
+            d.units.push(UnitDiff {
+                name: ub.unit.name.clone(),
+                changes: vec![AttrChange {
+                    what: "unit",
+                    a: "absent".into(),
+                    b: "present".into(),
+                }],
+            });
+        }
+    }
+    let sa = states(a, semantic);
+    let sb = states(b, semantic);
+    let mut keys: Vec<&DevKey> = sa.keys().chain(sb.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let dd = match (sa.get(k), sb.get(k)) {
+            (Some(_), None) => DevDiff {
+                key: k.clone(),
+                status: "only-in-a",
+                changes: vec![],
+                mappings: vec![],
+                moved: vec![],
+                tables_only: (0, 0),
+            },
+            (None, Some(_)) => DevDiff {
+                key: k.clone(),
+                status: "only-in-b",
+                changes: vec![],
+                mappings: vec![],
+                moved: vec![],
+                tables_only: (0, 0),
+            },
+            (Some(x), Some(y)) => {
+                let mut changes = Vec::new();
+                if x.translation != y.translation || x.blocked != y.blocked {
+                    let show = |s: &DevState| match s.blocked {
+                        Some(c) => format!("{} (fault {c:#04x})", s.translation),
+                        None => s.translation.to_string(),
+                    };
+                    changes.push(AttrChange {
+                        what: "translation",
+                        a: show(x),
+                        b: show(y),
+                    });
+                }
+                if !semantic && x.did != y.did {
+                    changes.push(AttrChange {
+                        what: "domain",
+                        a: opt_hex16(x.did),
+                        b: opt_hex16(y.did),
+                    });
+                }
+                if let (Some(p), Some(q)) = (&x.table, &y.table) {
+                    if !semantic && p.root != q.root {
+                        changes.push(AttrChange {
+                            what: "root",
+                            a: p.root.to_string(),
+                            b: q.root.to_string(),
+                        });
+                    }
+                    if !semantic && (p.levels != q.levels || p.stage != q.stage) {
+                        changes.push(AttrChange {
+                            what: "levels",
+                            a: format!("{} {}", p.stage.name(), p.levels),
+                            b: format!("{} {}", q.stage.name(), q.levels),
+                        });
+                    }
+                }
+                if x.problems != y.problems {
+                    changes.push(AttrChange {
+                        what: "walk_problems",
+                        a: x.problems.to_string(),
+                        b: y.problems.to_string(),
+                    });
+                }
+                let mappings = diff_mappings(&x.mappings, &y.mappings, semantic);
+                let mut moved = Vec::new();
+                let mut only = (0, 0);
+                if !semantic {
+                    let pos = |t: &[TreeTable]| -> BTreeMap<(u8, u64), PhysAddr> {
+                        t.iter().map(|t| ((t.level, t.iova), t.addr)).collect()
+                    };
+                    let (pa, pb) = (pos(&x.tables), pos(&y.tables));
+                    for (k2, &aa) in &pa {
+                        match pb.get(k2) {
+                            Some(&bb) if bb != aa => moved.push(TableMove {
+                                level: k2.0,
+                                iova: k2.1,
+                                a: aa,
+                                b: bb,
+                            }),
+                            Some(_) => {}
+                            None => only.0 += 1,
+                        }
+                    }
+                    only.1 = pb.keys().filter(|k2| !pa.contains_key(k2)).count();
+                }
+                if changes.is_empty() && mappings.is_empty() && moved.is_empty() && only == (0, 0) {
+                    continue;
+                }
+                DevDiff {
+                    key: k.clone(),
+                    status: "changed",
+                    changes,
+                    mappings,
+                    moved,
+                    tables_only: only,
+                }
+            }
+            (None, None) => continue,
+        };
+        d.devices.push(dd);
+    }
+    d
+}
+
+fn side_text(s: &Side) -> String {
+    format!("pa {:#x} {} {}", s.pa.0, s.perms, s.page_size)
+}
+
+fn dev_label(k: &DevKey) -> String {
+    match k.pasid {
+        Some(p) => format!("{} pasid {p:#x} ({})", k.rid, k.unit_name),
+        None => format!("{} ({})", k.rid, k.unit_name),
+    }
+}
+
+/// Most mapping differences and table moves listed per device in text output.
+const TEXT_LIST_LIMIT: usize = 200;
+
+/// Writes the diff as text.
+pub fn write_text(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "--- {a}")?;
+    writeln!(out, "+++ {b}")?;
+    if d.semantic {
+        writeln!(out, "(semantic: comparing translations only)")?;
+    }
+    for u in &d.units {
+        for c in &u.changes {
+            writeln!(out, "unit {}: {} {} -> {}", u.name, c.what, c.a, c.b)?;
+        }
+    }
+    for dd in &d.devices {
+        match dd.status {
+            "only-in-a" => {
+                writeln!(out, "device {}: only in {a}", dev_label(&dd.key))?;
+                continue;
+            }
+            "only-in-b" => {
+                writeln!(out, "device {}: only in {b}", dev_label(&dd.key))?;
+                continue;
+            }
+            _ => writeln!(out, "device {}:", dev_label(&dd.key))?,
+        }
+        for c in &dd.changes {
+            writeln!(out, "  {} {} -> {}", c.what, c.a, c.b)?;
+        }
+        for m in dd.mappings.iter().take(TEXT_LIST_LIMIT) {
+            let range = format!("iova {:#x}-{:#x}", m.iova, m.iova + (m.size - 1));
+            match (m.change, &m.a, &m.b) {
+                (Change::Removed, Some(x), _) => writeln!(out, "  - {range} {}", side_text(x))?,
+                (Change::Added, _, Some(y)) => writeln!(out, "  + {range} {}", side_text(y))?,
+                (_, Some(x), Some(y)) => {
+                    writeln!(out, "  ~ {range} {} -> {}", side_text(x), side_text(y))?
+                }
+                _ => {}
+            }
+        }
+        if dd.mappings.len() > TEXT_LIST_LIMIT {
+            writeln!(
+                out,
+                "  ... {} more mapping differences (all in --json)",
+                dd.mappings.len() - TEXT_LIST_LIMIT
+            )?;
+        }
+        for t in dd.moved.iter().take(TEXT_LIST_LIMIT) {
+            writeln!(
+                out,
+                "  table moved: level {} table for iova {:#x}: {} -> {}",
+                t.level, t.iova, t.a, t.b
+            )?;
+        }
+        if dd.moved.len() > TEXT_LIST_LIMIT {
+            writeln!(
+                out,
+                "  ... {} more table moves (all in --json)",
+                dd.moved.len() - TEXT_LIST_LIMIT
+            )?;
+        }
+        if dd.tables_only != (0, 0) {
+            writeln!(
+                out,
+                "  tables only in {a}: {}, only in {b}: {}",
+                dd.tables_only.0, dd.tables_only.1
+            )?;
+        }
+    }
+    if d.same() {
+        writeln!(out, "same")?;
+    }
+    Ok(())
+}
+
+fn json_side<W: Write>(j: &mut Json<W>, k: &str, s: &Option<Side>) -> io::Result<()> {
+    j.key(k)?;
+    match s {
+        None => j.null(),
+        Some(s) => {
+            j.begin_object(true)?;
+            j.kv_hex("pa", s.pa.0)?;
+            j.kv_str("perms", &s.perms.to_string())?;
+            j.kv_hex("page_size", s.page_size.bytes())?;
+            j.end_object()
+        }
+    }
+}
+
+fn json_changes<W: Write>(j: &mut Json<W>, c: &[AttrChange]) -> io::Result<()> {
+    j.key("changes")?;
+    j.begin_array(false)?;
+    for c in c {
+        j.begin_object(true)?;
+        j.kv_str("what", c.what)?;
+        j.kv_str("a", &c.a)?;
+        j.kv_str("b", &c.b)?;
+        j.end_object()?;
+    }
+    j.end_array()
+}
+
+/// Writes the diff as JSON (schema [`DIFF_SCHEMA`]).
+pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result<()> {
+    let mut j = Json::new(out);
+    j.begin_object(false)?;
+    j.kv_str("schema", DIFF_SCHEMA)?;
+    j.kv_str("a", a)?;
+    j.kv_str("b", b)?;
+    j.kv_bool("semantic", d.semantic)?;
+    j.kv_bool("same", d.same())?;
+    j.key("units")?;
+    j.begin_array(false)?;
+    for u in &d.units {
+        j.begin_object(false)?;
+        j.kv_str("unit", &u.name)?;
+        json_changes(&mut j, &u.changes)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.key("devices")?;
+    j.begin_array(false)?;
+    for dd in &d.devices {
+        j.begin_object(false)?;
+        j.kv_str("unit", &dd.key.unit_name)?;
+        j.kv_str("bdf", &dd.key.rid.to_string())?;
+        j.key("pasid")?;
+        match dd.key.pasid {
+            Some(p) => j.uint(p as u64)?,
+            None => j.null()?,
+        }
+        j.kv_str("status", dd.status)?;
+        json_changes(&mut j, &dd.changes)?;
+        j.key("mappings")?;
+        j.begin_array(false)?;
+        for m in &dd.mappings {
+            j.begin_object(true)?;
+            j.kv_str("change", m.change.name())?;
+            j.kv_hex("iova", m.iova)?;
+            j.kv_hex("iova_last", m.iova + (m.size - 1))?;
+            j.kv_hex("size", m.size)?;
+            json_side(&mut j, "a", &m.a)?;
+            json_side(&mut j, "b", &m.b)?;
+            j.end_object()?;
+        }
+        j.end_array()?;
+        j.key("tables_moved")?;
+        j.begin_array(false)?;
+        for t in &dd.moved {
+            j.begin_object(true)?;
+            j.kv_uint("level", t.level as u64)?;
+            j.kv_hex("iova", t.iova)?;
+            j.kv_hex("a", t.a.0)?;
+            j.kv_hex("b", t.b.0)?;
+            j.end_object()?;
+        }
+        j.end_array()?;
+        j.kv_uint("tables_only_in_a", dd.tables_only.0 as u64)?;
+        j.kv_uint("tables_only_in_b", dd.tables_only.1 as u64)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.end_object()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_core::Iova;
+
+    fn m(iova: u64, pa: u64, size: u64, perms: Perms) -> Mapping {
+        Mapping {
+            iova: Iova(iova),
+            pa: PhysAddr(pa),
+            size,
+            perms,
+            page_size: PageSize::SIZE_4K,
+        }
+    }
+
+    #[test]
+    fn same_translation_different_runs_is_no_diff() {
+        let a = [m(0x1000, 0x8000, 0x2000, Perms::RW)];
+        let b = [
+            m(0x1000, 0x8000, 0x1000, Perms::RW),
+            m(0x2000, 0x9000, 0x1000, Perms::RW),
+        ];
+        assert!(diff_mappings(&a, &b, false).is_empty());
+    }
+
+    #[test]
+    fn added_removed_changed() {
+        let a = [
+            m(0x1000, 0x8000, 0x3000, Perms::RW),
+            m(0x10000, 0x20000, 0x1000, Perms::R),
+        ];
+        let b = [
+            m(0x1000, 0x8000, 0x1000, Perms::RW),
+            m(0x2000, 0x9000, 0x1000, Perms::R),
+            m(0x3000, 0x7000, 0x1000, Perms::RW),
+            m(0x40000, 0x40000, 0x1000, Perms::RW),
+        ];
+        let d = diff_mappings(&a, &b, false);
+        let kinds: Vec<(Change, u64, u64)> = d.iter().map(|x| (x.change, x.iova, x.size)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Change::Changed, 0x2000, 0x1000),
+                (Change::Changed, 0x3000, 0x1000),
+                (Change::Removed, 0x10000, 0x1000),
+                (Change::Added, 0x40000, 0x1000),
+            ]
+        );
+        assert_eq!(d[0].a.unwrap().pa, PhysAddr(0x9000));
+        assert_eq!(d[0].b.unwrap().perms, Perms::R);
+        assert_eq!(d[1].b.unwrap().pa, PhysAddr(0x7000));
+    }
+
+    #[test]
+    fn page_size_counts_only_without_semantic() {
+        let a = [m(0, 0x20_0000, 0x20_0000, Perms::RW)];
+        let mut b = a;
+        b[0].page_size = PageSize::SIZE_2M;
+        assert_eq!(diff_mappings(&a, &b, false).len(), 1);
+        assert!(diff_mappings(&a, &b, true).is_empty());
+    }
+
+    #[test]
+    fn mapping_at_top_of_address_space() {
+        let a = [m(u64::MAX - 0xfff, 0x1000, 0x1000, Perms::RW)];
+        let d = diff_mappings(&a, &[], false);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].change, Change::Removed);
+    }
+}

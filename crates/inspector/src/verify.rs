@@ -1,0 +1,619 @@
+//! `verify`: an image's handover state checked against its tables.
+//!
+//! The KHO blob is found by scanning the image's pages for the FDT magic and keeping
+//! the blobs whose root is compatible with `kho-v2` (or given by address); its
+//! preserved-memory map gives the pages that survive a kexec, and its client
+//! `iommu-vtd-<base>` the VT-d handover record of each unit (decoded with
+//! `vtd::handover::record`). A record may also come from a file.
+//!
+//! Checked, for every unit: every structure page (root table, context tables, PASID
+//! directories and tables) and every page-table page reachable from the live root is in
+//! the preserved set (and in the record's page runs); no page is reachable twice; no
+//! entry has reserved bits set (or is otherwise malformed); the record's registers,
+//! domain IDs, roots and devices match what the tables say. Every problem is listed.
+
+use crate::error::InspectError;
+use crate::image::Image;
+use crate::json::Json;
+use crate::model::{walk_table, Loaded, UnitState};
+use crate::progress::Progress;
+use crate::vtd::scan::Translation;
+use crate::vtd::{PageTable, Stage};
+use iommu_core::kho::fdt::FDT_MAGIC;
+use iommu_core::kho::record::{decode_record, Supported, RECORD_MAGIC};
+use iommu_core::kho::{read_client_record, read_handover, read_preserved, Handover};
+use iommu_core::pageset::PageSet;
+use iommu_core::PhysAddr;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use vtd::driver::{DomainKind, Mode};
+use vtd::handover::record::{Record, FAMILY, VERSION};
+
+/// Schema name of the JSON verify report.
+pub const VERIFY_SCHEMA: &str = "iommu-inspect/verify/v1";
+
+/// Where the handover state comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// `--kho-blob ADDR`: the blob's address (otherwise the image is scanned).
+    pub blob: Option<u64>,
+    /// `--record FILE`: the record's bytes (a KHO client record, or a bare payload).
+    pub record: Option<Vec<u8>>,
+}
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Unit name (empty for image-wide findings).
+    pub unit: String,
+    /// Kind: `not-preserved`, `not-in-record`, `reachable-twice`, `bad-entry`,
+    /// `record-mismatch`, `record`.
+    pub kind: &'static str,
+    /// Address concerned.
+    pub addr: Option<PhysAddr>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The result of a verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The KHO blob used.
+    pub blob: Option<PhysAddr>,
+    /// Pages in the preserved set.
+    pub preserved_pages: Option<u64>,
+    /// Notes about what could not be checked.
+    pub notes: Vec<String>,
+    /// Pages checked per unit: `(unit, structure pages, page-table pages)`.
+    pub checked: Vec<(String, u64, u64)>,
+    /// Problems.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether no problem was found.
+    pub fn clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Finds KHO blobs: page-aligned FDT headers whose root is compatible with `kho-v2`.
+pub fn find_blobs(img: &Image, progress: &mut Progress) -> Vec<Handover> {
+    let magic = FDT_MAGIC.to_be_bytes();
+    let mut found = Vec::new();
+    let bytes = img.bytes();
+    let mut done = 0u64;
+    for s in img.segments() {
+        let first = s.paddr.next_multiple_of(4096);
+        let mut pa = first;
+        while pa.checked_add(4).is_some_and(|e| e <= s.paddr + s.size) {
+            let off = (s.offset + (pa - s.paddr)) as usize;
+            if bytes[off..off + 4] == magic {
+                if let Ok(h) = read_handover(img, PhysAddr(pa)) {
+                    found.push(h);
+                }
+            }
+            pa += 4096;
+            done += 4096;
+            if done % (1 << 28) == 0 {
+                progress.set(done);
+            }
+        }
+    }
+    progress.finish();
+    found
+}
+
+fn record_from_bytes(b: &[u8]) -> Result<Record, String> {
+    let supported = Supported {
+        family: FAMILY,
+        oldest: 1,
+        newest: VERSION,
+    };
+    let payload = if b.len() >= 8 && b[..8] == RECORD_MAGIC {
+        decode_record(b, PhysAddr(0), &supported)
+            .map_err(|e| format!("record file: {e}"))?
+            .payload
+    } else {
+        b.to_vec()
+    };
+    Record::decode(&payload)
+        .map_err(|m| format!("record payload offset {:#x}: {}", m.offset, m.what))
+}
+
+struct Ctx<'a> {
+    r: &'a mut Report,
+    unit: String,
+}
+
+impl Ctx<'_> {
+    fn add(&mut self, kind: &'static str, addr: Option<PhysAddr>, what: String) {
+        self.r.findings.push(Finding {
+            unit: self.unit.clone(),
+            kind,
+            addr,
+            what,
+        });
+    }
+}
+
+fn pages_of(addr: PhysAddr, bytes: u64) -> impl Iterator<Item = PhysAddr> {
+    let first = addr.0 & !0xfff;
+    let last = addr.0.saturating_add(bytes.max(1) - 1) & !0xfff;
+    (0..=(last - first) / 4096).map(move |i| PhysAddr(first + i * 4096))
+}
+
+/// Verifies `l`.
+pub fn verify(
+    l: &Loaded,
+    opts: &VerifyOptions,
+    progress: &mut Progress,
+) -> Result<Report, InspectError> {
+    let mut report = Report::default();
+    let img = &l.image;
+    let handover = match opts.blob {
+        Some(b) => Some(
+            read_handover(img, PhysAddr(b)).map_err(|err| InspectError::Kho {
+                what: format!("KHO blob at {b:#x}"),
+                err,
+            })?,
+        ),
+        None => {
+            let mut blobs = find_blobs(img, progress);
+            match blobs.len() {
+                0 => None,
+                1 => blobs.pop(),
+                _ => {
+                    let at: Vec<String> = blobs.iter().map(|h| h.blob.to_string()).collect();
+                    return Err(InspectError::KhoBlob(format!(
+                        "{} KHO blobs found (at {}); choose one with --kho-blob ADDR",
+                        blobs.len(),
+                        at.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let preserved: Option<PageSet> = match &handover {
+        Some(h) => {
+            report.blob = Some(h.blob);
+            let set = read_preserved(img, h.blob).map_err(|err| InspectError::Kho {
+                what: format!("preserved-memory map of the KHO blob at {}", h.blob),
+                err,
+            })?;
+            report.preserved_pages = Some(set.page_count());
+            Some(set)
+        }
+        None => {
+            if opts.record.is_none() {
+                return Err(InspectError::KhoBlob(
+                    "no KHO blob (FDT compatible \"kho-v2\") found in the image; give \
+                     --kho-blob ADDR or --record FILE"
+                        .into(),
+                ));
+            }
+            report.notes.push(
+                "no KHO blob in the image: the preserved set is not checked, only the record"
+                    .into(),
+            );
+            None
+        }
+    };
+    let file_record = match &opts.record {
+        Some(b) => Some(record_from_bytes(b).map_err(InspectError::Usage)?),
+        None => None,
+    };
+    // Owner of every page reached, across units: page -> description.
+    let mut owners: BTreeMap<u64, String> = BTreeMap::new();
+    for us in &l.units {
+        let name = us.unit.name.clone();
+        let record = match (&file_record, &handover) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(h)) => {
+                let client = vtd::handover::client_name(us.unit.base);
+                let supported = Supported {
+                    family: FAMILY,
+                    oldest: 1,
+                    newest: VERSION,
+                };
+                match read_client_record(img, h, &client, &supported) {
+                    Ok(rec) => match Record::decode(&rec.payload) {
+                        Ok(r) => Some(r),
+                        Err(m) => {
+                            report.findings.push(Finding {
+                                unit: name.clone(),
+                                kind: "record",
+                                addr: h.client(&client),
+                                what: format!(
+                                    "record of client {client:?}: payload offset {:#x}: {}",
+                                    m.offset, m.what
+                                ),
+                            });
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        report.findings.push(Finding {
+                            unit: name.clone(),
+                            kind: "record",
+                            addr: h.client(&client),
+                            what: e.to_string(),
+                        });
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        let mut cx = Ctx {
+            r: &mut report,
+            unit: name.clone(),
+        };
+        verify_unit(
+            l,
+            us,
+            preserved.as_ref(),
+            record.as_ref(),
+            &mut owners,
+            &mut cx,
+        );
+    }
+    Ok(report)
+}
+
+fn verify_unit(
+    l: &Loaded,
+    us: &UnitState,
+    preserved: Option<&PageSet>,
+    record: Option<&Record>,
+    owners: &mut BTreeMap<u64, String>,
+    cx: &mut Ctx<'_>,
+) {
+    let u = &us.unit;
+    let scan = &us.scan;
+    if let Some(why) = &scan.skipped {
+        cx.add(
+            "bad-entry",
+            Some(PhysAddr(u.rtaddr())),
+            format!("structures not scanned: {why}"),
+        );
+    }
+    for p in &scan.problems {
+        cx.add(
+            "bad-entry",
+            Some(p.addr),
+            match p.fault {
+                Some(f) => format!("{} (fault {:#04x})", p.what, f.code()),
+                None => p.what.clone(),
+            },
+        );
+    }
+    for c in &scan.contexts {
+        if let Translation::Blocked(b) = &c.translation {
+            cx.add(
+                "bad-entry",
+                Some(c.pasid_entry.map_or(c.context_entry.0, |p| p.0)),
+                format!("{}: {} (fault {:#04x})", c.label(), b.why, b.reason.code()),
+            );
+        }
+    }
+    let mut check_page = |cx: &mut Ctx<'_>, page: PhysAddr, owner: String, in_record: bool| {
+        if let Some(set) = preserved {
+            if !set.contains(page) {
+                cx.add(
+                    "not-preserved",
+                    Some(page),
+                    format!("{owner}: page {page} is not in the KHO preserved set"),
+                );
+            }
+        }
+        if let Some(r) = record {
+            if in_record && !r.holds_page(page) {
+                cx.add(
+                    "not-in-record",
+                    Some(page),
+                    format!("{owner}: page {page} is not in the record's page runs"),
+                );
+            }
+        }
+        if let Some(first) = owners.get(&page.0) {
+            if *first != owner {
+                cx.add(
+                    "reachable-twice",
+                    Some(page),
+                    format!("page {page} is reached as {owner} and as {first}"),
+                );
+            }
+        } else {
+            owners.insert(page.0, owner);
+        }
+    };
+    let mut struct_pages = 0u64;
+    for sp in &scan.pages {
+        for page in pages_of(sp.addr, sp.bytes) {
+            struct_pages += 1;
+            check_page(
+                cx,
+                page,
+                format!("{} of {} ({})", sp.kind, sp.owner, cx.unit),
+                true,
+            );
+        }
+    }
+    // Page tables: each distinct table once.
+    let mut tables: BTreeMap<(u64, bool, u8), (PageTable, Vec<String>)> = BTreeMap::new();
+    for c in &scan.contexts {
+        if let Translation::Tables(pt) = &c.translation {
+            tables
+                .entry((pt.root.0, pt.stage == Stage::First, pt.levels))
+                .or_insert_with(|| (*pt, Vec::new()))
+                .1
+                .push(c.label());
+        }
+    }
+    let mut pt_pages = 0u64;
+    for (pt, users) in tables.values() {
+        let w = walk_table(u, &l.image, pt);
+        let who = format!(
+            "{} {}-level table at {} (used by {})",
+            pt.stage.name(),
+            pt.levels,
+            pt.root,
+            users.join(", ")
+        );
+        if let Some(f) = &w.fatal {
+            cx.add("bad-entry", Some(pt.root), format!("{who}: {f}"));
+        }
+        for p in &w.problems {
+            let kind = match p.kind {
+                iommu_core::pgtable::WalkErrorKind::Alias { .. }
+                | iommu_core::pgtable::WalkErrorKind::Cycle { .. } => "reachable-twice",
+                _ => "bad-entry",
+            };
+            cx.add(kind, Some(p.table), format!("{who}: {p}"));
+        }
+        for t in &w.tables {
+            for page in pages_of(t.addr, t.bytes) {
+                pt_pages += 1;
+                check_page(
+                    cx,
+                    page,
+                    format!(
+                        "level {} page table of {} table {} ({})",
+                        t.level,
+                        pt.stage.name(),
+                        pt.root,
+                        cx.unit
+                    ),
+                    true,
+                );
+            }
+        }
+    }
+    cx.r.checked.push((cx.unit.clone(), struct_pages, pt_pages));
+    if let Some(r) = record {
+        check_record(us, r, cx);
+    }
+}
+
+fn check_record(us: &UnitState, r: &Record, cx: &mut Ctx<'_>) {
+    let u = &us.unit;
+    let mismatch = |cx: &mut Ctx<'_>, what: String| cx.add("record-mismatch", None, what);
+    if !u.assumed && r.mmio_base != u.base {
+        mismatch(
+            cx,
+            format!("record is for the unit at {}, not {}", r.mmio_base, u.base),
+        );
+    }
+    if r.rtaddr != u.rtaddr() {
+        mismatch(
+            cx,
+            format!("record RTADDR {:#x}, register {:#x}", r.rtaddr, u.rtaddr()),
+        );
+    }
+    if !u.assumed && (r.cap != u.cap() || r.ecap != u.ecap()) {
+        mismatch(
+            cx,
+            format!(
+                "record CAP/ECAP {:#x}/{:#x}, registers {:#x}/{:#x}",
+                r.cap,
+                r.ecap,
+                u.cap(),
+                u.ecap()
+            ),
+        );
+    }
+    let mode_ok = matches!(
+        (r.mode, us.scan.mode),
+        (Mode::Legacy, vtd::hw::regs::Ttm::Legacy) | (Mode::Scalable, vtd::hw::regs::Ttm::Scalable)
+    );
+    if !mode_ok {
+        mismatch(
+            cx,
+            format!(
+                "record mode {:?}, RTADDR.TTM says {}",
+                r.mode,
+                crate::vtd::mode_name(us.scan.mode)
+            ),
+        );
+    }
+    for d in &r.devices {
+        let c = us.scan.contexts.iter().find(|c| {
+            c.rid == d.rid
+                && match d.pasid {
+                    None => c.pasid.is_none(),
+                    Some(p) => c.pasid == Some(p.0),
+                }
+        });
+        let label = match d.pasid {
+            Some(p) => format!("{} pasid {:#x}", d.rid, p.0),
+            None => d.rid.to_string(),
+        };
+        let Some(c) = c else {
+            mismatch(
+                cx,
+                format!("recorded device {label} has no present entry in the tables"),
+            );
+            continue;
+        };
+        if c.did != Some(d.domain.0) {
+            mismatch(
+                cx,
+                format!(
+                    "device {label}: record says domain {:#06x}, the tables say {}",
+                    d.domain.0,
+                    c.did.map_or("none".into(), |x| format!("{x:#06x}"))
+                ),
+            );
+        }
+        let Ok(i) = r.domains.binary_search_by_key(&d.domain, |x| x.id) else {
+            continue;
+        };
+        let rd = r.domains[i];
+        match &c.translation {
+            Translation::Tables(pt) => {
+                let kind_ok = matches!(
+                    (rd.kind, pt.stage),
+                    (DomainKind::SecondStage, Stage::Second)
+                        | (DomainKind::FirstStage, Stage::First)
+                );
+                if pt.root != rd.root || pt.levels != rd.levels || !kind_ok {
+                    mismatch(
+                        cx,
+                        format!(
+                            "device {label}: record domain {:#06x} is a {:?} {}-level table at {}, \
+                             the tables say {} {}-level at {}",
+                            rd.id.0,
+                            rd.kind,
+                            rd.levels,
+                            rd.root,
+                            pt.stage.name(),
+                            pt.levels,
+                            pt.root
+                        ),
+                    );
+                }
+            }
+            other => mismatch(
+                cx,
+                format!(
+                    "device {label}: record domain {:#06x} has a table at {}, the tables say {}",
+                    rd.id.0,
+                    rd.root,
+                    other.name()
+                ),
+            ),
+        }
+    }
+    for c in &us.scan.contexts {
+        if c.pasid.is_some() && !c.rid_pasid {
+            continue;
+        }
+        let recorded = r.devices.iter().any(|d| {
+            d.rid == c.rid
+                && match d.pasid {
+                    None => c.pasid.is_none(),
+                    Some(p) => c.pasid == Some(p.0),
+                }
+        });
+        if !recorded {
+            mismatch(
+                cx,
+                format!(
+                    "device {} has a present entry but is not in the record",
+                    c.label()
+                ),
+            );
+        }
+    }
+}
+
+/// Writes the report as text.
+pub fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    match r.blob {
+        Some(b) => writeln!(
+            out,
+            "KHO blob at {b}: {} preserved pages",
+            r.preserved_pages.unwrap_or(0)
+        )?,
+        None => writeln!(out, "no KHO blob")?,
+    }
+    for n in &r.notes {
+        writeln!(out, "note: {n}")?;
+    }
+    for (u, s, p) in &r.checked {
+        writeln!(
+            out,
+            "unit {u}: {s} structure pages, {p} page-table pages checked"
+        )?;
+    }
+    for f in &r.findings {
+        let unit = if f.unit.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", f.unit)
+        };
+        writeln!(out, "!! {unit}[{}] {}", f.kind, f.what)?;
+    }
+    if r.clean() {
+        writeln!(out, "ok: no problem found")?;
+    } else {
+        writeln!(
+            out,
+            "{} problem{} found",
+            r.findings.len(),
+            if r.findings.len() == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the report as JSON (schema [`VERIFY_SCHEMA`]).
+pub fn write_json(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    let mut j = Json::new(out);
+    j.begin_object(false)?;
+    j.kv_str("schema", VERIFY_SCHEMA)?;
+    j.kv_bool("clean", r.clean())?;
+    j.key("kho_blob")?;
+    match r.blob {
+        Some(b) => j.hex(b.0)?,
+        None => j.null()?,
+    }
+    j.key("preserved_pages")?;
+    match r.preserved_pages {
+        Some(n) => j.uint(n)?,
+        None => j.null()?,
+    }
+    j.key("notes")?;
+    j.begin_array(false)?;
+    for n in &r.notes {
+        j.string(n)?;
+    }
+    j.end_array()?;
+    j.key("checked")?;
+    j.begin_array(false)?;
+    for (u, s, p) in &r.checked {
+        j.begin_object(true)?;
+        j.kv_str("unit", u)?;
+        j.kv_uint("structure_pages", *s)?;
+        j.kv_uint("page_table_pages", *p)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.key("problems")?;
+    j.begin_array(false)?;
+    for f in &r.findings {
+        j.begin_object(true)?;
+        j.kv_str("unit", &f.unit)?;
+        j.kv_str("kind", f.kind)?;
+        j.key("addr")?;
+        match f.addr {
+            Some(a) => j.hex(a.0)?,
+            None => j.null()?,
+        }
+        j.kv_str("what", &f.what)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.end_object()
+}

@@ -1,0 +1,641 @@
+//! The `iommu-inspect` binary on emulator snapshots: dump, walk, diff, verify, exit
+//! statuses, golden outputs and damaged inputs.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn inspect(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("iommu-inspect runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit status, not a signal")
+}
+
+/// Compares `actual` with `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("golden file written");
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert!(
+        actual == want,
+        "output differs from {}:\n--- actual ---\n{actual}",
+        path.display()
+    );
+}
+
+/// An error exit: status 2, one line on stderr naming what is wrong.
+fn assert_error(o: &Output, needle: &str) {
+    assert_eq!(code(o), 2, "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let e = stderr(o);
+    assert_eq!(e.lines().count(), 1, "one-line error, got {e:?}");
+    assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn dump_golden_text_json_linux_legacy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "before.elf");
+    for (args, file) in [
+        (&["dump", "before.elf"][..], "legacy.txt"),
+        (&["dump", "before.elf", "--json"][..], "legacy.json"),
+        (
+            &["dump", "before.elf", "--format", "linux"][..],
+            "legacy.linux.txt",
+        ),
+    ] {
+        let o = inspect(dir.path(), args);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        golden(file, &stdout(&o));
+    }
+}
+
+#[test]
+fn dump_golden_scalable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_scalable();
+    r.save(dir.path(), "sm.elf");
+    for (args, file) in [
+        (&["dump", "sm.elf"][..], "scalable.txt"),
+        (
+            &["dump", "sm.elf", "--format", "linux", "--pasid", "7"][..],
+            "scalable-pasid7.linux.txt",
+        ),
+    ] {
+        let o = inspect(dir.path(), args);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        golden(file, &stdout(&o));
+    }
+}
+
+#[test]
+fn dump_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "a.elf");
+    let o = inspect(dir.path(), &["dump", "a.elf", "--device", "03:00.1"]);
+    let s = stdout(&o);
+    assert!(s.contains("0000:03:00.1"), "{s}");
+    assert!(!s.contains("0000:00:02.0  no pasid"), "{s}");
+    let o = inspect(
+        dir.path(),
+        &[
+            "dump",
+            "a.elf",
+            "--domain",
+            "1",
+            "--iova",
+            "0x101000+0x2000",
+        ],
+    );
+    let s = stdout(&o);
+    assert!(
+        s.contains("0x0000000000101000-0x0000000000102fff  0x0000000000801000-0x0000000000802fff"),
+        "{s}"
+    );
+    assert!(!s.contains("0x0000000040000000"), "{s}");
+    assert!(!s.contains("0000:03:00.1  no pasid"), "{s}");
+    let o = inspect(dir.path(), &["dump", "a.elf", "--iova", "nonsense"]);
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn walk_step_by_step_and_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, _, _) = sample_legacy(POOL);
+    r.device(rid(0, 5, 0), None);
+    r.save(dir.path(), "a.elf");
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x100234", "--device", "00:02.0", "a.elf"],
+    );
+    assert_eq!(code(&o), 0);
+    let s = stdout(&o);
+    for want in [
+        "root entry (bus 0x00) at 0x100000",
+        "context entry (devfn 0x10) at 0x102100",
+        "second-stage level 4 entry 0x0",
+        "second-stage level 1 entry 0x100",
+        "=> translates to 0x800234 (rw-, 4K page, domain 0x0001)",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    // Write to a read-only page: fault 0x05 (Linux dmar.c: "PTE Write access is not set").
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk", "0x200010", "--device", "00:02.0", "--write", "a.elf",
+        ],
+    );
+    assert!(stdout(&o).contains("=> fault 0x05"), "{}", stdout(&o));
+    // Read of an unmapped address: 0x06.
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x300000", "--device", "00:02.0", "a.elf"],
+    );
+    assert!(stdout(&o).contains("=> fault 0x06"), "{}", stdout(&o));
+    // A device without a context entry: 0x02; a bus without root entry: 0x01.
+    let o = inspect(dir.path(), &["walk", "0", "--device", "00:05.0", "a.elf"]);
+    assert!(stdout(&o).contains("=> fault 0x02"), "{}", stdout(&o));
+    let o = inspect(dir.path(), &["walk", "0", "--device", "07:00.0", "a.elf"]);
+    assert!(stdout(&o).contains("=> fault 0x01"), "{}", stdout(&o));
+    // The dump lists the device note's device without a context entry.
+    let o = inspect(dir.path(), &["dump", "a.elf"]);
+    assert!(
+        stdout(&o).contains("0000:00:05.0  no pasid  listed in the snapshot, no present entry: context entry not present (fault 0x02"),
+        "{}",
+        stdout(&o)
+    );
+    // Beyond the 48-bit width: 0x04.
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk",
+            "0x1000000000000",
+            "--device",
+            "00:02.0",
+            "--json",
+            "a.elf",
+        ],
+    );
+    let s = stdout(&o);
+    assert!(s.contains("\"kind\": \"fault\", \"fault\": 4"), "{s}");
+}
+
+#[test]
+fn walk_scalable_pasid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_scalable();
+    r.save(dir.path(), "sm.elf");
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk",
+            "0x40001234",
+            "--device",
+            "00:04.0",
+            "--pasid",
+            "7",
+            "sm.elf",
+        ],
+    );
+    let s = stdout(&o);
+    assert!(s.contains("PASID directory entry 0x0"), "{s}");
+    assert!(s.contains("PASID entry (PASID 0x7)"), "{s}");
+    assert!(
+        s.contains("=> translates to 0x40001234 (r--, 1G page, domain 0x0006)"),
+        "{s}"
+    );
+    // Requests without PASID use RID_PASID 0.
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x2008", "--device", "00:04.0", "sm.elf"],
+    );
+    assert!(
+        stdout(&o).contains("=> translates to 0xc01008"),
+        "{}",
+        stdout(&o)
+    );
+    // PASID 8 has no entry: 0x59.
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk", "0x1000", "--device", "00:04.0", "--pasid", "8", "sm.elf",
+        ],
+    );
+    assert!(stdout(&o).contains("=> fault 0x59"), "{}", stdout(&o));
+}
+
+#[test]
+fn identical_snapshots_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "a.elf");
+    r.save(dir.path(), "b.elf");
+    for extra in [&[][..], &["--semantic"][..], &["--json"][..]] {
+        let mut args = vec!["diff", "a.elf", "b.elf"];
+        args.extend_from_slice(extra);
+        let o = inspect(dir.path(), &args);
+        assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    }
+}
+
+#[test]
+fn moved_tables_differ_only_without_semantic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = sample_legacy(POOL);
+    let (b, _, _) = sample_legacy(POOL + 0x20_0000);
+    a.save(dir.path(), "a.elf");
+    b.save(dir.path(), "b.elf");
+    let o = inspect(dir.path(), &["diff", "--semantic", "a.elf", "b.elf"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let o = inspect(dir.path(), &["diff", "a.elf", "b.elf"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    assert!(
+        s.contains("unit dmar0: root_table 0x100000 -> 0x300000"),
+        "{s}"
+    );
+    assert!(s.contains("  root 0x101000 -> 0x301000"), "{s}");
+    assert!(
+        s.contains("table moved: level 1 table for iova 0x0: 0x107000 -> 0x307000"),
+        "{s}"
+    );
+    assert!(
+        !s.contains("  + iova") && !s.contains("  - iova") && !s.contains("  ~ iova"),
+        "{s}"
+    );
+    let o = inspect(dir.path(), &["diff", "--json", "a.elf", "b.elf"]);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("\"tables_moved\": [\n        {\"level\": 1, \"iova\": \"0x0\", \"a\": \"0x107000\", \"b\": \"0x307000\"}"), "{}", stdout(&o));
+}
+
+#[test]
+fn changed_added_removed_mappings_and_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, ta, _) = sample_legacy(POOL);
+    a.save(dir.path(), "a.elf");
+    let (mut b, tb_a, _) = sample_legacy(POOL);
+    assert_eq!(ta, tb_a);
+    // Retarget one page, drop write from another, add one, add a device.
+    let leaf = b.leaf_entry(ta, 4, 0x10_1000);
+    b.poke(leaf, 0xd0_0000 | 3);
+    let leaf = b.leaf_entry(ta, 4, 0x10_3000);
+    b.poke(leaf, 0x80_3000 | 1);
+    b.map(ta, 4, 0x50_0000, 0xe0_0000, 1, true, true);
+    let t = b.legacy_context(rid(0, 6, 0), 9, 3);
+    b.map(t, 3, 0x1000, 0x1000, 1, true, true);
+    b.save(dir.path(), "b.elf");
+    let o = inspect(dir.path(), &["diff", "--semantic", "a.elf", "b.elf"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    for want in [
+        "device 0000:00:02.0 (dmar0):",
+        "  ~ iova 0x101000-0x101fff pa 0x801000 rw- 4K -> pa 0xd00000 rw- 4K",
+        "  ~ iova 0x103000-0x103fff pa 0x803000 rw- 4K -> pa 0x803000 r-- 4K",
+        "  + iova 0x500000-0x500fff pa 0xe00000 rw- 4K",
+        "device 0000:00:06.0 (dmar0): only in b.elf",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    let o = inspect(dir.path(), &["diff", "b.elf", "a.elf", "--json"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    assert!(
+        s.contains("\"change\": \"removed\", \"iova\": \"0x500000\""),
+        "{s}"
+    );
+    assert!(s.contains("\"status\": \"only-in-a\""), "{s}");
+}
+
+#[test]
+fn kexec_preserving_every_table_keeps_the_state_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    let blob = r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    r.save(dir.path(), "before.elf");
+    let o = inspect(dir.path(), &["verify", "before.elf"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains(&format!("KHO blob at {blob}")), "{s}");
+    assert!(s.contains("ok: no problem found"), "{s}");
+    r.m.kexec(blob).expect("kexec");
+    r.save(dir.path(), "after.elf");
+    let o = inspect(dir.path(), &["diff", "before.elf", "after.elf"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let o = inspect(dir.path(), &["verify", "after.elf", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).contains("\"clean\": true"));
+}
+
+#[test]
+fn a_table_page_left_out_is_reported_and_lost_after_kexec() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let leaf_table = r.leaf_entry(ta, 4, 0x20_0000) & !0xfff;
+    let pages: Vec<u64> = r
+        .pages
+        .iter()
+        .copied()
+        .filter(|&p| p != leaf_table)
+        .collect();
+    let blob = r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    r.save(dir.path(), "before.elf");
+    let o = inspect(dir.path(), &["verify", "before.elf"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let s = stdout(&o);
+    let page = format!("page {:#x} is not in the KHO preserved set", leaf_table);
+    assert!(s.contains(&page), "{s}");
+    assert!(s.contains("not in the record's page runs"), "{s}");
+    r.m.kexec(blob).expect("kexec");
+    r.save(dir.path(), "after.elf");
+    // The lost table reads as poison: the dump marks it, the diff reports the loss.
+    let o = inspect(dir.path(), &["dump", "after.elf"]);
+    assert_eq!(code(&o), 0);
+    let s = stdout(&o);
+    assert!(s.contains("holds poison"), "{s}");
+    let o = inspect(
+        dir.path(),
+        &["diff", "before.elf", "after.elf", "--semantic"],
+    );
+    assert_eq!(code(&o), 1);
+    assert!(
+        stdout(&o).contains("  - iova 0x200000-0x200fff pa 0x900000 r-- 4K"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn verify_checks_the_record_against_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    // The record says device 03:00.1 is in domain 3 at another root, and forgets 00:02.0.
+    r.handover(
+        &pages,
+        &[(1, ta, 4), (3, tb + 0x1000, 4)],
+        &[(rid(3, 0, 1), None, 3)],
+    );
+    r.save(dir.path(), "x.elf");
+    let o = inspect(dir.path(), &["verify", "x.elf"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    for want in [
+        "device 0000:03:00.1: record says domain 0x0003, the tables say 0x0002",
+        "device 0000:03:00.1: record domain 0x0003 is a SecondStage 4-level table at",
+        "device 0000:00:02.0 has a present entry but is not in the record",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+#[test]
+fn verify_without_a_blob_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "a.elf");
+    let o = inspect(dir.path(), &["verify", "a.elf"]);
+    assert_error(&o, "no KHO blob");
+    let o = inspect(dir.path(), &["verify", "a.elf", "--kho-blob", "0x200000"]);
+    assert_error(&o, "KHO blob at 0x200000");
+}
+
+#[test]
+fn truncated_elf_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    let bytes = r.bytes();
+    for cut in [10usize, 100, 600, bytes.len() - 4096, bytes.len() - 1] {
+        std::fs::write(dir.path().join("t.elf"), &bytes[..cut]).unwrap();
+        let o = inspect(dir.path(), &["dump", "t.elf"]);
+        assert_error(&o, "file offset");
+    }
+    std::fs::write(dir.path().join("e.elf"), b"").unwrap();
+    assert_error(&inspect(dir.path(), &["dump", "e.elf"]), "ELF file header");
+    std::fs::write(dir.path().join("g.bin"), vec![0x55u8; 8192]).unwrap();
+    assert_error(&inspect(dir.path(), &["dump", "g.bin"]), "not an ELF file");
+    assert_error(
+        &inspect(dir.path(), &["dump", "missing.elf"]),
+        "missing.elf",
+    );
+    assert_error(
+        &inspect(dir.path(), &["diff", "missing.elf", "t.elf"]),
+        "missing.elf",
+    );
+}
+
+#[test]
+fn corrupt_bytes_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    let bytes = r.bytes();
+    // Flip bytes across headers, notes and the first memory pages.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..60 {
+        let mut b = bytes.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed as usize) % (0x3000 + 0x100 * i).min(b.len());
+            b[at] ^= (seed >> 32) as u8 | 1;
+        }
+        std::fs::write(dir.path().join("c.elf"), &b).unwrap();
+        for cmd in [
+            &["dump", "c.elf"][..],
+            &["dump", "c.elf", "--json"][..],
+            &["dump", "c.elf", "--format", "linux"][..],
+        ] {
+            let o = inspect(dir.path(), cmd);
+            let c = code(&o);
+            assert!(c == 0 || c == 2, "status {c}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
+}
+
+#[test]
+fn root_pointer_outside_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Rig::legacy();
+    {
+        use iommu_core::RegisterAccess;
+        let mut regs = r.m.unit_regs(UNIT).unwrap();
+        regs.write64(0x20, 0x8000_0000);
+        regs.write32(0x18, 1 << 30 | 1 << 31);
+    }
+    r.device(rid(0, 1, 0), None);
+    r.save(dir.path(), "r.elf");
+    let o = inspect(dir.path(), &["dump", "r.elf"]);
+    assert_eq!(code(&o), 0);
+    let s = stdout(&o);
+    assert!(
+        s.contains(
+            "!! 0x80000000: root table: no memory at physical address 0x80000000 (fault 0x08)"
+        ),
+        "{s}"
+    );
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x1000", "--device", "00:01.0", "r.elf"],
+    );
+    assert!(stdout(&o).contains("=> fault 0x08"), "{}", stdout(&o));
+}
+
+#[test]
+fn table_cycle_is_marked_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, _) = sample_legacy(POOL);
+    // The level-2 table's entry 5 points back to the level-4 root.
+    let l2 = {
+        let l4e = r.peek(ta);
+        let l3 = l4e & !0xfff;
+        r.peek(l3) & !0xfff
+    };
+    r.poke(l2 + 5 * 8, ta | 3);
+    r.save(dir.path(), "c.elf");
+    for fmt in [
+        &["dump", "c.elf"][..],
+        &["dump", "c.elf", "--json"][..],
+        &["dump", "c.elf", "--format", "linux"][..],
+    ] {
+        let o = inspect(dir.path(), fmt);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        if fmt.len() == 2 {
+            let s = stdout(&o);
+            let want = format!("level 2 table {l2:#x} index 0x5 entry {:#018x}: ", ta | 3);
+            assert!(s.contains(&want), "{s}");
+            assert!(s.contains("cycle") || s.contains("ancestor"), "{s}");
+        }
+    }
+    let o = inspect(
+        dir.path(),
+        &["walk", "0xa00000", "--device", "00:02.0", "c.elf"],
+    );
+    assert_eq!(code(&o), 0);
+}
+
+#[test]
+fn reserved_bits_are_marked_and_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, _) = sample_legacy(POOL);
+    // SNP (bit 11) is reserved without ECAP.SC (the legacy profile has no snoop control).
+    let leaf = r.leaf_entry(ta, 4, 0x10_2000);
+    let v = r.peek(leaf);
+    r.poke(leaf, v | 1 << 11);
+    // A context entry with reserved bit 4 set.
+    r.legacy_context_raw(rid(0, 9, 0), [0x40_0000 | 1 | 1 << 4, 2]);
+    r.save(dir.path(), "rsv.elf");
+    let o = inspect(dir.path(), &["dump", "rsv.elf"]);
+    assert_eq!(code(&o), 0);
+    let s = stdout(&o);
+    assert!(s.contains("SNP (bit 11) set without ECAP.SC"), "{s}");
+    assert!(s.contains("0000:00:09.0  no pasid  DID 0x0000  blocked: reserved bits set in the context entry: qword 0 bits 0x10 (fault 0x0b"), "{s}");
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x102000", "--device", "00:02.0", "rsv.elf"],
+    );
+    assert!(stdout(&o).contains("=> fault 0x0c"), "{}", stdout(&o));
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x0", "--device", "00:09.0", "rsv.elf"],
+    );
+    assert!(stdout(&o).contains("=> fault 0x0b"), "{}", stdout(&o));
+}
+
+#[test]
+fn raw_memory_and_noteless_elf_with_root_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    let snap = r.save(dir.path(), "s.elf");
+    // Raw: the first 32 MiB of memory (unwritten pages read as zeros in a raw dump).
+    let mut raw = vec![0u8; 32 << 20];
+    for (i, chunk) in raw.chunks_mut(4096).enumerate() {
+        let _ =
+            iommu_core::PhysMem::read(&*r.m.mem(), iommu_core::PhysAddr(i as u64 * 4096), chunk);
+    }
+    std::fs::write(dir.path().join("m.raw"), &raw).unwrap();
+    let want = inspect(
+        dir.path(),
+        &["dump", "s.elf", "--device", "00:02.0", "--format", "linux"],
+    );
+    let o = inspect(
+        dir.path(),
+        &[
+            "dump",
+            "m.raw",
+            "--base",
+            "0",
+            "--vtd-rtaddr",
+            "0x100000",
+            "--haw",
+            "48",
+            "--device",
+            "00:02.0",
+            "--format",
+            "linux",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&want));
+    // An ELF core without IOMMU notes (the note name changed): memory only.
+    let mut b = std::fs::read(&snap).unwrap();
+    let pos = b.windows(6).position(|w| w == b"IOMMU\0").unwrap();
+    let mut at = pos;
+    while let Some(p) = b[at..].windows(6).position(|w| w == b"IOMMU\0") {
+        b[at + p] = b'X';
+        at += p + 6;
+    }
+    std::fs::write(dir.path().join("core.elf"), &b).unwrap();
+    assert_error(&inspect(dir.path(), &["dump", "core.elf"]), "--vtd-rtaddr");
+    let o = inspect(
+        dir.path(),
+        &[
+            "dump",
+            "core.elf",
+            "--vtd-rtaddr",
+            "0x100000",
+            "--vtd-mode",
+            "legacy",
+            "--haw",
+            "48",
+            "--device",
+            "00:02.0",
+            "--format",
+            "linux",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&want));
+    assert_error(
+        &inspect(
+            dir.path(),
+            &["dump", "core.elf", "--vtd-rtaddr", "0x100001"],
+        ),
+        "4 KiB aligned",
+    );
+}
+
+#[test]
+fn help_has_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = inspect(dir.path(), &["--help"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("Examples:"));
+    assert!(stdout(&o).contains("iommu-inspect diff --semantic"));
+    let o = inspect(dir.path(), &["frobnicate"]);
+    assert_eq!(code(&o), 2);
+}
