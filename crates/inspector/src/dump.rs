@@ -34,13 +34,14 @@ fn hex16(v: u64) -> String {
     format!("{v:#018x}")
 }
 
-fn mapping_line(m: &Mapping) -> String {
-    format!(
-        "{}-{}  {}-{}  {:>#14x}  {}  {}",
-        hex16(m.iova.0),
-        hex16(m.iova_last().0),
-        hex16(m.pa.0),
-        hex16(m.pa_last().0),
+fn write_mapping(out: &mut dyn Write, m: &Mapping) -> io::Result<()> {
+    writeln!(
+        out,
+        "      {:#018x}-{:#018x}  {:#018x}-{:#018x}  {:>#14x}  {}  {}",
+        m.iova.0,
+        m.iova_last().0,
+        m.pa.0,
+        m.pa_last().0,
         m.size,
         m.perms,
         m.page_size
@@ -336,7 +337,7 @@ fn text(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
                 }
                 if let Some(m) = filter.clip(m) {
                     runs += 1;
-                    if let Err(e) = writeln!(out, "      {}", mapping_line(&m)) {
+                    if let Err(e) = write_mapping(out, &m) {
                         err = Some(e);
                     }
                 }
