@@ -639,3 +639,43 @@ fn help_has_examples() {
     let o = inspect(dir.path(), &["frobnicate"]);
     assert_eq!(code(&o), 2);
 }
+
+#[test]
+fn a_table_shared_by_two_domains_is_reachable_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    // Domain 2's level-2 entry for IOVA 0x200000 points to domain 1's level-1 table of
+    // IOVA 0x100000.
+    let l1_of_a = r.leaf_entry(ta, 4, 0x10_0000) & !0xfff;
+    let l2_of_b = {
+        let l3 = r.peek(tb) & !0xfff;
+        r.peek(l3) & !0xfff
+    };
+    r.poke(l2_of_b + 8, l1_of_a | 3);
+    let pages = r.pages.clone();
+    r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    r.save(dir.path(), "x.elf");
+    let o = inspect(dir.path(), &["verify", "x.elf", "--json"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    assert!(
+        s.contains(&format!(
+            "\"kind\": \"reachable-twice\", \"addr\": \"{l1_of_a:#x}\""
+        )),
+        "{s}"
+    );
+    // Through the shared table, 03:00.1 reaches what 00:02.0 maps at 0x100000.
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x300000", "--device", "03:00.1", "x.elf"],
+    );
+    assert!(
+        stdout(&o).contains("=> translates to 0x800000"),
+        "{}",
+        stdout(&o)
+    );
+}
