@@ -33,7 +33,7 @@ mod pgtable;
 
 pub use self::alloc::{PageAllocator, PagePool};
 pub use error::{Error, ErrorKind};
-pub use inval::Invalidation;
+pub use inval::{Invalidation, Queue};
 
 use ::alloc::collections::BTreeMap;
 use ::alloc::vec::Vec;

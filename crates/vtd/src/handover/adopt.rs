@@ -396,7 +396,7 @@ impl Unit {
                             device: Some(rid),
                             did: Some(dev.domain),
                         },
-                        Broke::ContextEntry,
+                        Broke::ContextEntry(c.ctx_entry),
                     ));
                 };
                 let checks = [
@@ -421,7 +421,7 @@ impl Unit {
                                 found,
                                 expected,
                             },
-                            Broke::ContextEntry,
+                            Broke::ContextEntry(c.ctx_entry),
                         ));
                     }
                 }
@@ -439,7 +439,7 @@ impl Unit {
                                     device: Some(rid),
                                     did: Some(d.id),
                                 },
-                                Broke::ContextEntry,
+                                Broke::ContextEntry(c.ctx_entry),
                             ));
                         }
                     }
@@ -454,23 +454,7 @@ impl Unit {
                             blocked_keys.push(key_of(rid));
                             None
                         }
-                        Broke::ContextEntry => {
-                            // The context table is trusted: locate the entry from it.
-                            let root = unit.root;
-                            let re_at = PhysAddr(root.0 + rid.bus as u64 * ROOT_ENTRY_SIZE);
-                            let q =
-                                crate::driver::read_qwords::<2>(hw.mem, re_at).unwrap_or([0, 0]);
-                            Some(match unit.mode {
-                                Mode::Legacy => PhysAddr(
-                                    RootEntry::from_qwords(q).context_table()
-                                        + rid.devfn as u64 * CONTEXT_ENTRY_SIZE,
-                                ),
-                                Mode::Scalable => PhysAddr(
-                                    ScalableRootEntry::from_qwords(q).half_for(rid.devfn).1
-                                        + (rid.devfn & 0x7f) as u64 * SM_CONTEXT_ENTRY_SIZE,
-                                ),
-                            })
-                        }
+                        Broke::ContextEntry(at) => Some(at),
                     };
                     if let Err(e2) = unit.block_in_memory(hw, rid, at) {
                         return Err(unit.fail(hw, e2, named));

@@ -58,7 +58,8 @@ pub struct FreezeReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Broke {
     RootEntry,
-    ContextEntry,
+    /// The context table is trusted; the device's context entry is at this address.
+    ContextEntry(PhysAddr),
 }
 
 /// A device's translation chain as read from memory.
@@ -161,12 +162,11 @@ pub(crate) fn read_chain(
             let ct = PhysAddr(re.context_table());
             check_page("context table", ct, Broke::RootEntry)?;
             let at = PhysAddr(ct.0 + rid.devfn as u64 * CONTEXT_ENTRY_SIZE);
+            let b = Broke::ContextEntry(at);
             let ce = ContextEntry::from_qwords(
-                read_qwords::<2>(mem, at)
-                    .map_err(memerr("reading a context entry", Broke::ContextEntry))?,
+                read_qwords::<2>(mem, at).map_err(memerr("reading a context entry", b))?,
             );
             *entries += 1;
-            let b = Broke::ContextEntry;
             rsvd("context entry", at, &ce.reserved_bits(haw), b)?;
             if !ce.present() {
                 return Err(not_present("context entry", at, b));
@@ -218,8 +218,8 @@ pub(crate) fn read_chain(
             }
             let ct = PhysAddr(ct);
             check_page("context table", ct, Broke::RootEntry)?;
-            let b = Broke::ContextEntry;
             let at = PhysAddr(ct.0 + (rid.devfn & 0x7f) as u64 * SM_CONTEXT_ENTRY_SIZE);
+            let b = Broke::ContextEntry(at);
             let ce = ScalableContextEntry::from_qwords(
                 read_qwords::<4>(mem, at).map_err(memerr("reading a context entry", b))?,
             );
