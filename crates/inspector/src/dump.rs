@@ -6,6 +6,7 @@
 
 use crate::json::Json;
 use crate::model::{walk_table_with, Filter, Loaded, UnitState};
+use crate::progress::Progress;
 use crate::tree::walk_tree;
 use crate::vtd::regs::decode;
 use crate::vtd::scan::{Context, Translation};
@@ -94,11 +95,29 @@ fn context_summary(c: &Context) -> String {
 
 /// Writes the dump of `l` in `fmt`.
 pub fn dump(l: &Loaded, filter: &Filter, fmt: OutputFormat, out: &mut dyn Write) -> io::Result<()> {
-    match fmt {
-        OutputFormat::Text => text(l, filter, out),
-        OutputFormat::Json => json(l, filter, out),
-        OutputFormat::Linux => linux(l, filter, out),
-    }
+    dump_with_progress(l, filter, fmt, out, &mut Progress::hidden())
+}
+
+/// Number of entries a dump walks (for a progress bar).
+pub fn work(l: &Loaded) -> u64 {
+    l.units.iter().map(|u| u.scan.contexts.len() as u64).sum()
+}
+
+/// [`dump`], advancing `progress` by one per device entry walked (see [`work`]).
+pub fn dump_with_progress(
+    l: &Loaded,
+    filter: &Filter,
+    fmt: OutputFormat,
+    out: &mut dyn Write,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let r = match fmt {
+        OutputFormat::Text => text(l, filter, out, progress),
+        OutputFormat::Json => json(l, filter, out, progress),
+        OutputFormat::Linux => linux(l, filter, out, progress),
+    };
+    progress.finish();
+    r
 }
 
 // ----- text ----------------------------------------------------------------------------
@@ -274,7 +293,13 @@ fn ce_is_scalable(c: &Context) -> bool {
     c.context_entry.1.len() == 4
 }
 
-fn text(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
+fn text(
+    l: &Loaded,
+    filter: &Filter,
+    out: &mut dyn Write,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let mut done = 0u64;
     writeln!(
         out,
         "image {} ({}, {} memory runs, {:#x} bytes of memory, {} VT-d unit{})",
@@ -306,7 +331,12 @@ fn text(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
         }
         writeln!(out, "  devices:")?;
         let mut shown = 0;
-        for c in us.scan.contexts.iter().filter(|c| filter.context(c)) {
+        for c in us.scan.contexts.iter() {
+            done += 1;
+            progress.set(done);
+            if !filter.context(c) {
+                continue;
+            }
             shown += 1;
             let pasid = match c.pasid {
                 Some(p) if c.rid_pasid => format!("pasid {p:#x} (RID_PASID)"),
@@ -528,7 +558,13 @@ fn json_context<W: Write>(
     j.end_object()
 }
 
-fn json(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
+fn json(
+    l: &Loaded,
+    filter: &Filter,
+    out: &mut dyn Write,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let mut done = 0u64;
     let mut j = Json::new(out);
     j.begin_object(false)?;
     j.kv_str("schema", DUMP_SCHEMA)?;
@@ -619,8 +655,12 @@ fn json(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
         j.end_array()?;
         j.key("devices")?;
         j.begin_array(false)?;
-        for c in us.scan.contexts.iter().filter(|c| filter.context(c)) {
-            json_context(&mut j, us, l, c, filter)?;
+        for c in us.scan.contexts.iter() {
+            done += 1;
+            progress.set(done);
+            if filter.context(c) {
+                json_context(&mut j, us, l, c, filter)?;
+            }
         }
         j.end_array()?;
         j.key("unlisted_devices")?;
@@ -655,7 +695,13 @@ fn json(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
 
 /// Linux `dmar_translation_struct` and then `domain_translation_struct` (per device, in
 /// the layout of the per-device files of Linux 6.x, one after another).
-fn linux(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
+fn linux(
+    l: &Loaded,
+    filter: &Filter,
+    out: &mut dyn Write,
+    progress: &mut Progress,
+) -> io::Result<()> {
+    let mut done = 0u64;
     // dmar_translation_struct (drivers/iommu/intel/debugfs.c, dmar_translation_struct_show).
     for us in &l.units {
         let u = &us.unit;
@@ -699,7 +745,12 @@ fn linux(l: &Loaded, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
     }
     // domain_translation_struct, one block per device with a page table.
     for us in &l.units {
-        for c in us.scan.contexts.iter().filter(|c| filter.context(c)) {
+        for c in us.scan.contexts.iter() {
+            done += 1;
+            progress.set(done);
+            if !filter.context(c) {
+                continue;
+            }
             let Translation::Tables(pt) = &c.translation else {
                 continue;
             };

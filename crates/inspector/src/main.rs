@@ -209,11 +209,7 @@ fn load_opts(o: &ImageOpts) -> LoadOptions {
 fn open(path: &Path, o: &ImageOpts) -> Result<Loaded, InspectError> {
     let opts = load_opts(o);
     let image = inspector::image::Image::open(path, opts.open)?;
-    let mut p = Progress::new("scanning", 1, image.file_size());
-    p.set(0);
-    let l = Loaded::from_image(image, &opts);
-    p.finish();
-    l
+    Loaded::from_image(image, &opts)
 }
 
 fn run(cli: Cli) -> Result<u8, InspectError> {
@@ -242,7 +238,8 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
                 (_, FormatArg::Linux) => OutputFormat::Linux,
                 _ => OutputFormat::Text,
             };
-            dump::dump(&l, &filter, fmt, &mut out)?;
+            let mut p = Progress::new("dumping", dump::work(&l), l.image.file_size());
+            dump::dump_with_progress(&l, &filter, fmt, &mut out, &mut p)?;
             0
         }
         Cmd::Walk {
