@@ -679,3 +679,113 @@ fn a_table_shared_by_two_domains_is_reachable_twice() {
         stdout(&o)
     );
 }
+
+#[test]
+fn first_stage_pasid_entries_are_walked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Rig::scalable();
+    let d = rid(0x10, 0x1f, 7);
+    r.device(d, Some(9));
+    r.scalable_context(d, 0, 1, 4);
+    let fl = r.first_stage_pasid(d, 9, 2);
+    r.map_fl(fl, 0x7f00_0000, 0x55_5000, false);
+    r.map_fl(fl, 0x7f00_1000, 0x55_6000, true);
+    r.save(dir.path(), "fs.elf");
+    let o = inspect(dir.path(), &["dump", "fs.elf", "--pasid", "9"]);
+    let s = stdout(&o);
+    assert!(
+        s.contains("0000:10:1f.7  pasid 0x9  DID 0x0002  first-stage 4-level table at"),
+        "{s}"
+    );
+    assert!(
+        s.contains("0x000000007f000000-0x000000007f000fff  0x0000000000555000-0x0000000000555fff          0x1000  r-x  4K"),
+        "{s}"
+    );
+    assert!(
+        s.contains("0x000000007f001000-0x000000007f001fff  0x0000000000556000-0x0000000000556fff          0x1000  rwx  4K"),
+        "{s}"
+    );
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk",
+            "0x7f000010",
+            "--device",
+            "10:1f.7",
+            "--pasid",
+            "9",
+            "fs.elf",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("first-stage level 3 entry 0x1"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("=> translates to 0x555010 (r-x, 4K page, domain 0x0002)"),
+        "{}",
+        stdout(&o)
+    );
+    // Write to the read-only page: 0x85; unmapped: 0x71 (first-level entry not present).
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk",
+            "0x7f000010",
+            "--device",
+            "10:1f.7",
+            "--pasid",
+            "9",
+            "--write",
+            "fs.elf",
+        ],
+    );
+    assert!(stdout(&o).contains("=> fault 0x85"), "{}", stdout(&o));
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk",
+            "0x7f002000",
+            "--device",
+            "10:1f.7",
+            "--pasid",
+            "9",
+            "fs.elf",
+        ],
+    );
+    assert!(stdout(&o).contains("=> fault 0x71"), "{}", stdout(&o));
+}
+
+#[test]
+fn scalable_handover_verifies_and_a_missing_pasid_table_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, t0, t7) = sample_scalable();
+    let d = rid(0, 4, 0);
+    let all = r.pages.clone();
+    r.handover(&all, &[(5, t0, 4), (6, t7, 3)], &[(d, Some(0), 5)]);
+    r.save(dir.path(), "ok.elf");
+    let o = inspect(dir.path(), &["verify", "ok.elf"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    // The PASID table (third page allocated: root, context table, PASID directory,
+    // PASID table) left out of both the preserved set and the record.
+    let (mut r, t0, t7) = sample_scalable();
+    let pasid_table = r.pages[3];
+    let some: Vec<u64> = r
+        .pages
+        .iter()
+        .copied()
+        .filter(|&p| p != pasid_table)
+        .collect();
+    r.handover(&some, &[(5, t0, 4), (6, t7, 3)], &[(d, Some(0), 5)]);
+    r.save(dir.path(), "bad.elf");
+    let o = inspect(dir.path(), &["verify", "bad.elf"]);
+    assert_eq!(code(&o), 1);
+    let s = stdout(&o);
+    assert!(
+        s.contains(&format!(
+            "PASID table of 0000:00:04.0 PASIDs 0x0-0x3f (dmar0): page {pasid_table:#x} is not in the KHO preserved set"
+        )),
+        "{s}"
+    );
+}

@@ -190,6 +190,48 @@ impl Rig {
         slpt
     }
 
+    /// Scalable: PASID entry `pasid` of `rid` (context entry already made by
+    /// [`scalable_context`](Self::scalable_context)) becomes first-stage, 4-level, with a
+    /// new table; returns the table root.
+    pub fn first_stage_pasid(&mut self, rid: RequesterId, pasid: u32, did: u16) -> u64 {
+        let re_at = self.root + rid.bus as u64 * 16;
+        let re = ScalableRootEntry::from_qwords([self.r64(re_at), self.r64(re_at + 8)]);
+        let (_, table) = re.half_for(rid.devfn);
+        let ce_at = table + (rid.devfn & 0x7f) as u64 * 32;
+        let ce = ScalableContextEntry::from_qwords([self.r64(ce_at), 0, 0, 0]);
+        let de_at = ce.pasid_dir() + pasid_dir_index(pasid) * 8;
+        let mut de = PasidDirEntry::from_qwords([self.r64(de_at)]);
+        if !de.present() {
+            de = PasidDirEntry::new(self.page());
+            self.wq(de_at, &de.qwords());
+        }
+        let flpt = self.page();
+        let pe = PasidEntry::first_stage(flpt, vtd::hw::pasid::Flpm::Level4, did);
+        self.wq(de.table() + pasid_table_index(pasid) * 64, &pe.qwords());
+        flpt
+    }
+
+    /// Maps a user 4 KiB page in the first-stage table at `root` (4 levels).
+    pub fn map_fl(&mut self, root: u64, iova: u64, pa: u64, write: bool) {
+        use vtd::hw::pte::{FlPte, FL_P};
+        let mut table = root;
+        for level in (2..=4).rev() {
+            let at = table + level_index(iova, level) * 8;
+            let v = self.r64(at);
+            if v & FL_P == 0 {
+                let t = self.page();
+                self.w64(at, FlPte::table(t).raw());
+                table = t;
+            } else {
+                table = v & PTE_ADDR_MASK;
+            }
+        }
+        self.w64(
+            table + level_index(iova, 1) * 8,
+            FlPte::page(pa, write).raw(),
+        );
+    }
+
     /// Maps `iova` to `pa` (4 KiB, 2 MiB or 1 GiB) in the second-stage table at `root`.
     #[allow(clippy::too_many_arguments)]
     pub fn map(&mut self, root: u64, levels: u32, iova: u64, pa: u64, leaf: u32, r: bool, w: bool) {
