@@ -84,16 +84,22 @@ pub fn find_blobs(img: &Image, progress: &mut Progress) -> Vec<Handover> {
     let bytes = img.bytes();
     let mut done = 0u64;
     for s in img.segments() {
-        let first = s.paddr.next_multiple_of(4096);
+        let Some(first) = s.paddr.checked_next_multiple_of(4096) else {
+            continue;
+        };
+        let last = s.paddr + (s.size - 1);
         let mut pa = first;
-        while pa.checked_add(4).is_some_and(|e| e <= s.paddr + s.size) {
+        while pa.checked_add(3).is_some_and(|e| e <= last) {
             let off = (s.offset + (pa - s.paddr)) as usize;
             if bytes[off..off + 4] == magic {
                 if let Ok(h) = read_handover(img, PhysAddr(pa)) {
                     found.push(h);
                 }
             }
-            pa += 4096;
+            let Some(next) = pa.checked_add(4096) else {
+                break;
+            };
+            pa = next;
             done += 4096;
             if done % (1 << 28) == 0 {
                 progress.set(done);

@@ -789,3 +789,74 @@ fn scalable_handover_verifies_and_a_missing_pasid_table_is_caught() {
         "{s}"
     );
 }
+
+#[test]
+fn pointers_at_the_top_of_the_address_space_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // Raw memory from 0: a scalable root table at 0x1000 whose bus 0 lower half points to
+    // a context table at 0x2000; devfn 0 has its PASID directory (2^14 entries, PASIDE)
+    // at the last page of the 64-bit space, devfn 1 a second-stage-free entry.
+    let mut raw = vec![0u8; 0x3000];
+    raw[0x1000..0x1008].copy_from_slice(&(0x2000u64 | 1).to_le_bytes());
+    let ce0: u64 = 0xffff_ffff_ffff_f000 | (7 << 9) | (1 << 3) | 1;
+    raw[0x2000..0x2008].copy_from_slice(&ce0.to_le_bytes());
+    // Legacy view of the same page: bus 0 root entry -> 0x2000, devfn 0 context entry with
+    // its second-stage table at the top page.
+    std::fs::write(dir.path().join("top.raw"), &raw).unwrap();
+    let sm = [
+        "--base",
+        "0",
+        "--vtd-rtaddr",
+        "0x1000",
+        "--vtd-mode",
+        "scalable",
+        "--haw",
+        "64",
+    ];
+    let lg = [
+        "--base",
+        "0",
+        "--vtd-rtaddr",
+        "0x1000",
+        "--vtd-mode",
+        "legacy",
+        "--haw",
+        "64",
+    ];
+    for mode in [&sm[..], &lg[..]] {
+        for cmd in [
+            &["dump", "top.raw"][..],
+            &["dump", "top.raw", "--json"][..],
+            &["dump", "top.raw", "--format", "linux"][..],
+            &[
+                "walk",
+                "0xfffffffffffff000",
+                "--device",
+                "00:00.0",
+                "--pasid",
+                "0xfffc0",
+                "top.raw",
+            ][..],
+            &["walk", "0x1000", "--device", "00:00.0", "top.raw"][..],
+        ] {
+            let mut args = cmd.to_vec();
+            args.extend_from_slice(mode);
+            let o = inspect(dir.path(), &args);
+            assert_eq!(code(&o), 0, "{args:?}: {}{}", stdout(&o), stderr(&o));
+        }
+    }
+    let mut args = vec![
+        "walk", "0x0", "--device", "00:00.0", "--pasid", "0xfffc0", "top.raw",
+    ];
+    args.extend_from_slice(&sm);
+    let o = inspect(dir.path(), &args);
+    assert!(stdout(&o).contains("=> fault 0x50"), "{}", stdout(&o));
+    let mut args = vec!["dump", "top.raw"];
+    args.extend_from_slice(&sm);
+    let o = inspect(dir.path(), &args);
+    assert!(
+        stdout(&o).contains("PASID directory of 0000:00:00.0: access of 0x20000 bytes"),
+        "{}",
+        stdout(&o)
+    );
+}

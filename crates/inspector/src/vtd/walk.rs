@@ -285,7 +285,19 @@ impl W<'_> {
                 fpd,
             ));
         }
-        let dat = ce.pasid_dir() + pasid_dir_index(pasid) * 8;
+        let dat = ce
+            .pasid_dir()
+            .checked_add(pasid_dir_index(pasid) * 8)
+            .ok_or_else(|| {
+                (
+                    FR::SmPasidDirAccess,
+                    format!(
+                        "PASID directory entry beyond the 64-bit address space (directory {:#x})",
+                        ce.pasid_dir()
+                    ),
+                    fpd,
+                )
+            })?;
         let q = read_n::<1>(self.mem, dat)
             .map_err(|e| (FR::SmPasidDirAccess, format!("PASID directory: {e}"), fpd))?;
         let de = PasidDirEntry::from_qwords(q);
@@ -516,7 +528,7 @@ pub fn walk(
     let rtaddr = unit.rtaddr();
     w.step(
         "RTADDR register",
-        unit.base.0 + vtd::hw::regs::RTADDR,
+        unit.base.0.wrapping_add(vtd::hw::regs::RTADDR),
         &[rtaddr],
         format!(
             "root table {}, {} mode; translation {}",
