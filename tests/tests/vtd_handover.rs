@@ -877,3 +877,44 @@ fn translation_found_off_is_refused_and_blocking_turned_on() {
         }
     }
 }
+
+#[test]
+fn bad_leaf_entry_is_caught_by_verify() {
+    // First-stage level-1 entries of a 57-bit unit have no reserved bit to set.
+    for (flavor, bit) in [(Flavor::Legacy, 50), (Flavor::ScalableSecond, 11)] {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        // The level-1 table of domain 2 (its 4K pages at IOVA 0x1000..).
+        let l1 = {
+            let mem = w.rig.machine.mem();
+            let walk = w
+                .unit
+                .walk_domain(&*mem, d1, &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            walk.tables.iter().find(|t| t.level == 1).unwrap().addr
+        };
+        let (blob, _kho) = w.prepare_and_freeze();
+        w.rig.machine.kexec(blob).expect("kexec");
+        // Entry 3 (IOVA 0x3000): an address bit above the 48-bit host address width
+        // (legacy), SNP without ECAP.SC (scalable).
+        {
+            let mem = w.rig.machine.mem_mut();
+            let at = PhysAddr(l1.0 + 3 * 8);
+            let v = mem.read_u64(at).unwrap();
+            mem.write_u64(at, v | 1 << bit).unwrap();
+        }
+        let (mut unit, _) = w.adopt(blob).expect("adopt");
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{flavor:?}: {:?}", vr.failures);
+        match &vr.failures[0].1.kind {
+            HandoverErrorKind::Walk { did, err } => {
+                assert_eq!(*did, d1);
+                assert_eq!((err.level, err.index, err.table), (1, 3, l1), "{err}");
+            }
+            k => panic!("{flavor:?}: {k:?}"),
+        }
+        w.expect_blocked(C);
+        w.dma(&[A, B], 2, "domain 1 unaffected");
+    }
+}

@@ -5,7 +5,6 @@ use alloc::vec::Vec;
 use iommu_core::kho::record::Supported;
 use iommu_core::kho::{read_client_record, read_handover, read_preserved};
 use iommu_core::pageset::{PageSet, PAGE_SIZE};
-use iommu_core::pgtable::{walk_with, WalkLimits};
 use iommu_core::{DomainId, PhysAddr, RequesterId};
 
 use super::prepare::{read_chain, Broke, Chain};
@@ -631,10 +630,7 @@ impl Unit {
                 why: "verify without adopt",
             }));
         };
-        let limits = WalkLimits {
-            max_tables: (inc.record.page_count() as usize).saturating_add(1),
-            ..WalkLimits::default()
-        };
+        let max_tables = (inc.record.page_count() as usize).saturating_add(1);
         let mut report = VerifyReport::default();
         let todo: Vec<DomainId> = self
             .domains
@@ -653,32 +649,17 @@ impl Unit {
                 why: "verify without adopt",
             }))?;
             report.domains += 1;
-            let r =
-                walk_with(&f, hw.mem, d.root, &limits, |_| {}).map_err(|err| K::Walk { did, err });
-            let r = r.and_then(|s| {
-                let mut set = PageSet::new();
-                for t in &s.tables {
-                    if !inc.preserved.contains(t.addr) || !inc.record.holds_page(t.addr) {
-                        return Err(K::NotPreserved {
-                            what: "page table",
-                            page: t.addr,
-                            device: None,
-                            did: Some(did),
-                        });
-                    }
-                    if seen.contains(t.addr) || set.insert(t.addr, 0).is_err() {
-                        return Err(K::Mismatch {
-                            what: "table page shared between domains",
-                            addr: t.addr,
-                            device: None,
-                            did: Some(did),
-                            found: t.addr.0,
-                            expected: 0,
-                        });
-                    }
-                }
-                Ok((set, s.leaves))
-            });
+            let r = super::tree::verify_tree(
+                &f,
+                hw.mem,
+                did,
+                d.root,
+                max_tables,
+                &inc.preserved,
+                &inc.record,
+                &seen,
+            )
+            .map(|t| (t.tables, t.leaves));
             match r {
                 Ok((set, leaves)) => {
                     report.tables += set.page_count();

@@ -26,6 +26,7 @@
 mod adopt;
 mod prepare;
 pub mod record;
+mod tree;
 
 pub use adopt::{AdoptFailure, AdoptReport, BlockedDevice, FinishReport, VerifyReport};
 pub use prepare::{FreezeReport, PrepareReport};
