@@ -444,6 +444,18 @@ impl W<'_> {
             );
         }
         match t.outcome {
+            Outcome::Mapped { .. }
+                if pt.stage == Stage::First
+                    && t.steps.iter().any(|s| s.raw & vtd::hw::pte::FL_US == 0) =>
+            {
+                // The walk models user (non-privileged) requests: every entry on the
+                // path must have U/S set.
+                Err((
+                    FR::SmUserSupervisor,
+                    "supervisor page (U/S clear on the path) for a user request".into(),
+                    fpd,
+                ))
+            }
             Outcome::Mapped {
                 pa,
                 perms,
