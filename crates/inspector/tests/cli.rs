@@ -756,13 +756,13 @@ fn first_stage_pasid_entries_are_walked() {
     );
     assert!(stdout(&o).contains("=> fault 0x71"), "{}", stdout(&o));
     // Clear U/S (bit 2) in the leaf of 0x7f001000: a user request gets 0x81.
-    let ro_page: u64 = 0x7f00_1000;
+    let rw_page: u64 = 0x7f00_1000;
     let mut table = fl;
     for level in (2..=4u32).rev() {
-        let idx = (ro_page >> (12 + 9 * (level - 1))) & 0x1ff;
+        let idx = (rw_page >> (12 + 9 * (level - 1))) & 0x1ff;
         table = r.peek(table + idx * 8) & 0x000f_ffff_ffff_f000;
     }
-    let leaf = table + ((ro_page >> 12) & 0x1ff) * 8;
+    let leaf = table + ((rw_page >> 12) & 0x1ff) * 8;
     let v = r.peek(leaf);
     r.poke(leaf, v & !4);
     r.save(dir.path(), "fs2.elf");
