@@ -918,3 +918,36 @@ fn bad_leaf_entry_is_caught_by_verify() {
         w.dma(&[A, B], 2, "domain 1 unaffected");
     }
 }
+
+#[test]
+fn pasid_enable_not_in_the_record_blocks_the_device() {
+    use vtd::hw::root::ScalableContextEntry;
+    for flavor in [Flavor::ScalableSecond, Flavor::ScalableFirst] {
+        let mut w = World::new(flavor);
+        let (blob, _kho) = w.prepare_and_freeze();
+        let at = w.unit.device(D).unwrap().context_entry;
+        w.rig.machine.kexec(blob).expect("kexec");
+        {
+            let mem = w.rig.machine.mem_mut();
+            let mut ce = ScalableContextEntry::from_qwords([mem.read_u64(at).unwrap(), 0, 0, 0]);
+            ce.set_paside(true);
+            mem.write_u64(at, ce.qword(0)).unwrap();
+        }
+        let (_unit, ar) = w.adopt(blob).expect("adopt");
+        assert_eq!(ar.blocked.len(), 1, "{:?}", ar.blocked);
+        assert_eq!(ar.blocked[0].rid, D);
+        assert!(
+            matches!(
+                ar.blocked[0].error.kind,
+                HandoverErrorKind::Mismatch {
+                    device: Some(D),
+                    ..
+                }
+            ),
+            "{}",
+            ar.blocked[0].error
+        );
+        w.expect_blocked(D);
+        w.dma(&[A, B, C], 3, "others adopted");
+    }
+}

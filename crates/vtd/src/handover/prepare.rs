@@ -228,6 +228,32 @@ pub(crate) fn read_chain(
             if !ce.present() {
                 return Err(not_present("scalable context entry", at, b));
             }
+            // Requests with PASID and device-TLB translation requests would reach
+            // state the record does not describe (only RID_PASID is recorded).
+            for (what, set) in [
+                (
+                    "context-entry PASIDE (requests with PASID are not recorded)",
+                    ce.paside(),
+                ),
+                (
+                    "context-entry DTE (device-TLB translation requests are not recorded)",
+                    ce.dte(),
+                ),
+            ] {
+                if set {
+                    return Err((
+                        K::Mismatch {
+                            what,
+                            addr: at,
+                            device: dev,
+                            did: None,
+                            found: 1,
+                            expected: 0,
+                        },
+                        b,
+                    ));
+                }
+            }
             let pasid = ce.rid_pasid();
             let di = pasid_dir_index(pasid);
             if di >= ce.pasid_dir_entries() {
