@@ -9,7 +9,8 @@
 //! Run with `cargo bench -p tests --bench handover`. The default run is short (a few
 //! combinations, 10 samples); `HANDOVER_BENCH=full` runs every combination of 1/16/256
 //! domains, 1 GiB/16 GiB mapped with 4 KiB and 2 MiB pages, and 256 GiB with 2 MiB
-//! pages. "Mapped" is the total over all domains; each domain maps an equal share and
+//! pages; `HANDOVER_BENCH=1:16:4K,256:1:2M` runs the listed `domains:GiB:page`
+//! combinations. "Mapped" is the total over all domains; each domain maps an equal share and
 //! has one device attached. Sizes and work counts are printed to stderr (criterion
 //! measures times only).
 
@@ -59,7 +60,25 @@ fn combos() -> Vec<Combo> {
         page,
     };
     let (k4, m2) = (PageSize::SIZE_4K, PageSize::SIZE_2M);
-    if std::env::var("HANDOVER_BENCH").as_deref() == Ok("full") {
+    let var = std::env::var("HANDOVER_BENCH").unwrap_or_default();
+    if !var.is_empty() && var != "full" {
+        // A list of `domains:GiB:page`, e.g. `1:16:4K,256:1:2M`.
+        return var
+            .split(',')
+            .filter_map(|item| {
+                let mut it = item.split(':');
+                let d = it.next()?.parse().ok()?;
+                let t = it.next()?.parse().ok()?;
+                let p = match it.next()? {
+                    "4K" | "4k" => k4,
+                    "2M" | "2m" => m2,
+                    _ => return None,
+                };
+                Some(c(d, t, p))
+            })
+            .collect();
+    }
+    if var == "full" {
         let mut v = Vec::new();
         for d in [1, 16, 256] {
             for t in [1, 16] {

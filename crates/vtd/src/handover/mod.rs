@@ -16,6 +16,32 @@
 //! path); `verify` walks every table (optional, outside the blackout); `finish` makes
 //! the domains mutable again and frees what is no longer referenced.
 //!
+//! # Driving a handover (what a scenario runner does)
+//!
+//! ```text
+//! // Old kernel. `hw` is a driver::Hw { regs, mem, pages } built for each call
+//! // (on the emulator: Machine::driver_access(base) plus a driver::PagePool).
+//! let mut unit = Unit::init(&mut hw, &UnitConfig::new(base, Mode::Scalable))?;
+//! let d = unit.create_domain(&mut hw, DomainKind::FirstStage)?;
+//! unit.map(&mut hw, d, iova, pa, len, PageSize::SIZE_2M, Perms::RW)?;
+//! unit.attach(&mut hw, rid, d)?;
+//! let mut kho = KhoOut::new();
+//! kho.preserve(&guest_memory);                      // pages other subsystems keep
+//! let p = unit.prepare(&mut hw, &mut kho, &Selection { domains: vec![d], devices: vec![rid] })?;
+//! let blob = kho.finalize(hw.mem, &mut frames)?;    // the one address handed over
+//! let f = unit.freeze(&mut hw)?;
+//! machine.kexec(blob)?;
+//! // New kernel: a PagePool that excludes kho::read_preserved(mem, blob).
+//! let (mut unit, a) = Unit::adopt(&mut hw, &UnitConfig::new(base, Mode::Scalable), blob)
+//!     .map_err(|f| f.error)?;                       // a.entries_read: the blackout work
+//! let v = unit.verify(&mut hw)?;                    // optional full walk
+//! let fin = unit.finish(&mut hw)?;                  // domains mutable again
+//! ```
+//!
+//! Every step returns a report with counters (`PrepareReport`, `FreezeReport`,
+//! `AdoptReport`, `VerifyReport`, `FinishReport`); `Unit::counters` counts invalidations,
+//! descriptors, pages and faults.
+//!
 //! Failure policy: a device whose state cannot be trusted is blocked (its context
 //! entry, or the root entry of its bus when the context table itself is bad, made
 //! non-present and invalidated); when the unit as a whole cannot be trusted (no valid
