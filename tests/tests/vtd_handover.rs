@@ -951,3 +951,42 @@ fn pasid_enable_not_in_the_record_blocks_the_device() {
         w.dma(&[A, B, C], 3, "others adopted");
     }
 }
+
+#[test]
+fn two_handovers_in_a_row() {
+    // The adopted, finished unit hands over again: the second kernel's bookkeeping
+    // (table pages learnt by verify, context tables and PASID pages learnt by adopt)
+    // must pass the closure check of the second prepare.
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let before = w.walks(&w.unit);
+        let (blob, _kho) = w.prepare_and_freeze();
+        w.rig.machine.kexec(blob).expect("kexec 1");
+        let (mut unit, _) = w.adopt(blob).expect("adopt 1");
+        w.rig.hw(|hw| unit.finish(hw)).expect("finish 1");
+        w.dma(&PRESERVED, 3, "after the first handover");
+        // Second handover, driven by the adopted unit.
+        let sel = w.selection();
+        let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
+        let rep = w
+            .rig
+            .hw(|hw| unit.prepare(hw, &mut kho, &sel))
+            .expect("prepare 2");
+        assert_eq!((rep.domains, rep.devices), (2, 4));
+        let blob2 = {
+            let (_, mut mem) = w.rig.machine.driver_access(BASE).unwrap();
+            kho.finalize(&mut mem, &mut w.rig.pool).expect("finalize 2")
+        };
+        w.rig.hw(|hw| unit.freeze(hw)).expect("freeze 2");
+        w.dma(&PRESERVED, 3, "between freeze 2 and kexec 2");
+        w.rig.machine.kexec(blob2).expect("kexec 2");
+        let (mut unit2, ar) = w.adopt(blob2).expect("adopt 2");
+        assert!(ar.blocked.is_empty(), "{:?}", ar.blocked);
+        w.dma(&PRESERVED, 3, "after adopt 2");
+        assert_eq!(before[..2], w.walks(&unit2)[..]);
+        w.rig.hw(|hw| unit2.finish(hw)).expect("finish 2");
+        w.dma(&PRESERVED, 3, "after finish 2");
+        assert_eq!(w.preserved_faults(), 0);
+    }
+}

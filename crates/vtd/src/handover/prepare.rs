@@ -568,10 +568,18 @@ impl Unit {
             devices: rec_devices,
             pages: runs(&pinned),
         };
+        // KHO gets the pinned pages as the largest aligned blocks (the radix tree the
+        // next kernel reads is then O(blocks), not O(table pages)).
+        let mut compact = PageSet::new();
+        for &(start, n) in &record.pages {
+            compact
+                .insert_range(start, n)
+                .map_err(|e| self.herr(K::PageSet(e)))?;
+        }
         let payload = record.encode();
         let record_bytes = payload.len();
         let client = client_name(self.base);
-        if !kho.add_client(client.clone(), payload, pinned.clone()) {
+        if !kho.add_client(client.clone(), payload, compact) {
             return Err(self.herr(K::State {
                 why: "the KHO handover already holds a record for this unit",
             }));
