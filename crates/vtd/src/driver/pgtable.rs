@@ -417,3 +417,30 @@ pub(crate) fn unmap(
     }
     Ok(unmapped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_block_is_the_smallest_aligned_cover() {
+        // One page.
+        assert_eq!(psi_block(0x5000, 0x6000), (0x5000, 0));
+        // Two pages aligned to two: AM 1.
+        assert_eq!(psi_block(0x4000, 0x6000), (0x4000, 1));
+        // Two pages straddling a 2-page boundary need a 4-page block.
+        assert_eq!(psi_block(0x5000, 0x7000), (0x4000, 2));
+        // A 2 MiB page: AM 9 (VT-d spec: AM 9 invalidates 512 4K pages).
+        assert_eq!(psi_block(0x20_0000, 0x40_0000), (0x20_0000, 9));
+        // A 1 GiB page: AM 18.
+        assert_eq!(psi_block(1 << 30, 2 << 30), (1 << 30, 18));
+    }
+
+    #[test]
+    fn leaf_levels() {
+        assert_eq!(leaf_level(PageSize::SIZE_4K), Some(1));
+        assert_eq!(leaf_level(PageSize::SIZE_2M), Some(2));
+        assert_eq!(leaf_level(PageSize::SIZE_1G), Some(3));
+        assert_eq!(leaf_level(PageSize::SIZE_64K), None);
+    }
+}
