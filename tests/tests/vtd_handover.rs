@@ -437,6 +437,14 @@ fn full_handover(flavor: Flavor) {
     ));
     let faults = w.preserved_faults();
     assert_eq!(faults, 1, "only the deliberate fault after unmap");
+    // Unmapping everything frees every adopted table page but the root.
+    let freed = unit.counters().pages_freed;
+    let tables = unit.domain(d0).unwrap().table_pages();
+    w.rig
+        .hw(|hw| unit.unmap(hw, d0, Iova(0), 4 * G))
+        .expect("unmap all");
+    assert_eq!(unit.domain(d0).unwrap().table_pages(), 1);
+    assert_eq!(unit.counters().pages_freed - freed, tables - 1);
     assert!(w.checker.report().is_clean(), "{}", w.checker.report());
     assert!(p0 > 0 && p1 > 0 && p2 > 0 && p3 > 0 && p4 > 0 && p5 > 0);
     let diags = w.rig.diagnostics();

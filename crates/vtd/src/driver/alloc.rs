@@ -6,6 +6,23 @@ use iommu_core::kho::FrameAllocator;
 use iommu_core::pageset::{PageSet, PAGE_SIZE};
 use iommu_core::PhysAddr;
 
+/// Removes one 4 KiB page from `set`, splitting the block that holds it (a set built
+/// from ranges holds large blocks). Returns whether the page was in the set.
+pub fn remove_page(set: &mut PageSet, page: PhysAddr) -> bool {
+    let Some((addr, order)) = set.containing_block(page) else {
+        return false;
+    };
+    if set.remove(addr, order).is_err() {
+        return false;
+    }
+    let pages = 1u64 << order;
+    let before = (page.0 - addr.0) / PAGE_SIZE;
+    // The parts before and after the page go back (disjoint from the rest of the set).
+    let _ = set.insert_range(addr, before);
+    let _ = set.insert_range(PhysAddr(page.0 + PAGE_SIZE), pages - before - 1);
+    true
+}
+
 /// Hands the driver 4 KiB frames for its tables and takes them back.
 ///
 /// The driver zeroes every frame it gets before use, so the platform need not.
@@ -67,6 +84,8 @@ impl PagePool {
     }
 
     /// Frames given back that lie outside the pool (ignored).
+    ///
+    /// A frame given back twice is not detected here; the driver frees each page once.
     pub fn foreign_frees(&self) -> u64 {
         self.foreign_frees
     }
@@ -101,9 +120,7 @@ impl PageAllocator for PagePool {
             return;
         }
         // A page the previous kernel preserved becomes ours once given back.
-        if self.excluded.contains(PhysAddr(p)) {
-            let _ = self.excluded.remove(PhysAddr(p), 0);
-        }
+        remove_page(&mut self.excluded, PhysAddr(p));
         self.freed += 1;
         self.free.push(p);
     }
@@ -131,5 +148,39 @@ impl FrameAllocator for PagePool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_page_splits_blocks() {
+        let mut s = PageSet::new();
+        s.insert_range(PhysAddr(0x10_0000), 256).unwrap();
+        assert!(remove_page(&mut s, PhysAddr(0x10_5000)));
+        assert_eq!(s.page_count(), 255);
+        assert!(!s.contains(PhysAddr(0x10_5000)));
+        assert!(s.contains(PhysAddr(0x10_4000)) && s.contains(PhysAddr(0x10_6000)));
+        assert!(s.contains(PhysAddr(0x10_0000)) && s.contains(PhysAddr(0x1f_f000)));
+        assert!(!remove_page(&mut s, PhysAddr(0x10_5000)));
+        assert!(!remove_page(&mut s, PhysAddr(0x20_0000)));
+    }
+
+    #[test]
+    fn pool_skips_excluded_pages_and_reuses_freed_ones() {
+        let mut pool = PagePool::new(PhysAddr(0x1000), 4 * PAGE_SIZE);
+        let mut ex = PageSet::new();
+        ex.insert_range(PhysAddr(0x2000), 2).unwrap();
+        pool.exclude(&ex);
+        assert_eq!(pool.alloc_page(), Some(PhysAddr(0x1000)));
+        assert_eq!(pool.alloc_page(), Some(PhysAddr(0x4000)));
+        assert_eq!(pool.alloc_page(), None);
+        // A preserved page given back becomes allocatable.
+        pool.free_page(PhysAddr(0x3000));
+        assert_eq!(pool.alloc_page(), Some(PhysAddr(0x3000)));
+        pool.free_page(PhysAddr(0x10_0000));
+        assert_eq!(pool.foreign_frees(), 1);
     }
 }

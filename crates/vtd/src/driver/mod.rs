@@ -31,7 +31,7 @@ mod error;
 pub(crate) mod inval;
 mod pgtable;
 
-pub use self::alloc::{PageAllocator, PagePool};
+pub use self::alloc::{remove_page, PageAllocator, PagePool};
 pub use error::{Error, ErrorKind};
 pub use inval::{Invalidation, Queue};
 

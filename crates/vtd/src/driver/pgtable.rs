@@ -408,7 +408,7 @@ pub(crate) fn unmap(
     unit.counters.leaves_unmapped += leaves;
     if let Some(dom) = unit.domains.get_mut(&d.id.0) {
         for p in &freed {
-            let _ = dom.tables.remove(*p, 0);
+            super::remove_page(&mut dom.tables, *p);
         }
     }
     for p in freed {

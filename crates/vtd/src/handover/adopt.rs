@@ -1,6 +1,6 @@
 //! New kernel: adopt (the blackout path), verify (optional full walk), finish.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use iommu_core::kho::record::Supported;
 use iommu_core::kho::{read_client_record, read_handover, read_preserved};
@@ -638,10 +638,19 @@ impl Unit {
             .filter(|d| d.state == DomainState::Adopted && !d.tables_known)
             .map(|d| d.id)
             .collect();
-        let mut seen = PageSet::new();
+        // Every table page seen, across domains (a page in two trees is an alias).
+        let mut visited: BTreeSet<u64> = BTreeSet::new();
         for d in self.domains.values().filter(|d| d.tables_known) {
-            seen = seen.union(&d.tables);
+            visited.extend(d.tables.pages().map(|p| p.0));
         }
+        // Once: are all the record's pages preserved? Then each table page needs only
+        // the record check.
+        let mut runs = PageSet::new();
+        for &(start, n) in &inc.record.pages {
+            runs.insert_range(start, n)
+                .map_err(|e| self.herr2(K::PageSet(e)))?;
+        }
+        let all_preserved = runs.is_subset(&inc.preserved);
         for did in todo {
             let d = &self.domains[&did.0];
             let f = self.format_for(d.kind, d.levels, did)?;
@@ -655,17 +664,31 @@ impl Unit {
                 did,
                 d.root,
                 max_tables,
-                &inc.preserved,
+                (!all_preserved).then_some(&inc.preserved),
                 &inc.record,
-                &seen,
+                &mut visited,
             )
-            .map(|t| (t.tables, t.leaves));
+            .and_then(|t| {
+                let mut pages: Vec<u64> = t.tables.iter().map(|p| p.0).collect();
+                pages.sort_unstable();
+                let mut set = PageSet::new();
+                let mut i = 0;
+                while i < pages.len() {
+                    let mut j = i + 1;
+                    while j < pages.len() && pages[j] == pages[j - 1] + PAGE_SIZE {
+                        j += 1;
+                    }
+                    set.insert_range(PhysAddr(pages[i]), (j - i) as u64)
+                        .map_err(K::PageSet)?;
+                    i = j;
+                }
+                Ok((set, t.leaves))
+            });
             match r {
                 Ok((set, leaves)) => {
                     report.tables += set.page_count();
                     report.entries_read += set.page_count() * 512;
                     report.leaves += leaves;
-                    seen = seen.union(&set);
                     if let Some(d) = self.domains.get_mut(&did.0) {
                         d.tables = set;
                         d.tables_known = true;

@@ -8,6 +8,7 @@
 //! page once and skipping zero entries without decoding them, which keeps it close to
 //! the cost of copying the tables.
 
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
@@ -22,7 +23,8 @@ use iommu_core::DomainId;
 
 /// Table pages and leaves of one domain.
 pub(crate) struct Tree {
-    pub(crate) tables: PageSet,
+    /// Table pages, in visiting order.
+    pub(crate) tables: Vec<PhysAddr>,
     pub(crate) leaves: u64,
 }
 
@@ -61,9 +63,9 @@ pub(crate) fn verify_tree(
     did: DomainId,
     root: PhysAddr,
     max_tables: usize,
-    preserved: &PageSet,
+    preserved: Option<&PageSet>,
     record: &Record,
-    seen: &PageSet,
+    visited: &mut BTreeSet<u64>,
 ) -> Result<Tree, K> {
     let werr = |kind, level, index, entry, table| K::Walk {
         did,
@@ -77,7 +79,7 @@ pub(crate) fn verify_tree(
     };
     let ia_bits = f.ia_bits();
     let masks = [leaf_masks(f, 1), leaf_masks(f, 2)];
-    let mut tables = PageSet::new();
+    let mut tables = Vec::new();
     let mut leaves = 0u64;
     let mut count = 0usize;
     let mut stack: Vec<Pending> = Vec::new();
@@ -97,7 +99,9 @@ pub(crate) fn verify_tree(
                 pt,
             ));
         }
-        if !preserved.contains(table) || !record.holds_page(table) {
+        // `preserved` is `None` when the caller checked that every record page is
+        // preserved: then the record check covers both.
+        if !record.holds_page(table) || preserved.is_some_and(|p| !p.contains(table)) {
             return Err(K::NotPreserved {
                 what: "page table",
                 page: table,
@@ -105,7 +109,7 @@ pub(crate) fn verify_tree(
                 did: Some(did),
             });
         }
-        if seen.contains(table) || tables.contains(table) {
+        if !visited.insert(table.0) {
             return Err(werr(
                 WalkErrorKind::Alias {
                     next: table,
@@ -128,7 +132,7 @@ pub(crate) fn verify_tree(
                 pt,
             ));
         }
-        let _ = tables.insert(table, 0);
+        tables.push(table);
         mem.read(table, &mut buf)
             .map_err(|e| werr(WalkErrorKind::Memory(e), plevel, pi, pe, pt))?;
         if let Some(Some((present, leaf, reserved))) = masks.get(level as usize - 1) {
