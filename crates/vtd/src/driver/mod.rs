@@ -1085,7 +1085,9 @@ impl Unit {
                     DomainKind::FirstStage => inval::Op::PasidIotlbPasid { did, pasid: 0 },
                 });
             } else {
-                ops.push(inval::Op::IotlbDomain { did: 0 });
+                // As Linux's context_present_cache_flush(): the context cache under
+                // domain 0, the IOTLB of the new domain.
+                ops.push(inval::Op::IotlbDomain { did });
             }
             self.invalidate(hw, &ops)
         } else {
