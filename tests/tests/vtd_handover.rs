@@ -50,18 +50,30 @@ enum Flavor {
     Legacy,
     ScalableSecond,
     ScalableFirst,
+    /// Legacy with caching mode (CAP.CM): domain ID 0 reserved, invalidation on map.
+    LegacyCachingMode,
+    /// Legacy without queued invalidation: register-based invalidation in both kernels.
+    LegacyRegister,
 }
 
 impl Flavor {
     fn config(self) -> VtdConfig {
         match self {
             Flavor::Legacy => VtdConfig::legacy(BASE),
+            Flavor::LegacyCachingMode => VtdConfig {
+                caching_mode: true,
+                ..VtdConfig::legacy(BASE)
+            },
+            Flavor::LegacyRegister => VtdConfig {
+                queued_invalidation: false,
+                ..VtdConfig::legacy(BASE)
+            },
             _ => VtdConfig::scalable(BASE),
         }
     }
     fn mode(self) -> Mode {
         match self {
-            Flavor::Legacy => Mode::Legacy,
+            Flavor::Legacy | Flavor::LegacyCachingMode | Flavor::LegacyRegister => Mode::Legacy,
             _ => Mode::Scalable,
         }
     }
@@ -454,6 +466,16 @@ fn full_handover(flavor: Flavor) {
 #[test]
 fn handover_legacy() {
     full_handover(Flavor::Legacy);
+}
+
+#[test]
+fn handover_legacy_caching_mode() {
+    full_handover(Flavor::LegacyCachingMode);
+}
+
+#[test]
+fn handover_legacy_register_invalidation() {
+    full_handover(Flavor::LegacyRegister);
 }
 
 #[test]
