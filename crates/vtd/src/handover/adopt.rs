@@ -804,3 +804,57 @@ impl Unit {
         self.incoming.is_some()
     }
 }
+
+impl core::fmt::Display for AdoptReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "adopt: {} domains, {} devices, {} blocked, {} domains refused, {} unknown entries cleared, \
+             work {} registers + {} entries, {} stale faults, record {} bytes",
+            self.domains,
+            self.devices,
+            self.blocked.len(),
+            self.refused_domains.len(),
+            self.unknown_entries_cleared,
+            self.registers_read,
+            self.entries_read,
+            self.stale_faults.len(),
+            self.record_bytes
+        )?;
+        for b in &self.blocked {
+            write!(f, "\n  blocked {}: {}", b.rid, b.error)?;
+        }
+        for (d, e) in &self.refused_domains {
+            write!(f, "\n  refused domain {d}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "verify: {} domains, {} table pages, {} leaves, {} entries read, {} domains refused",
+            self.domains,
+            self.tables,
+            self.leaves,
+            self.entries_read,
+            self.failures.len()
+        )?;
+        for (d, e) in &self.failures {
+            write!(f, "\n  refused domain {d}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Display for FinishReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "finish: {} domains and {} devices live, {} table pages freed, {} record pages released",
+            self.domains, self.devices, self.pages_freed, self.record_pages_freed
+        )
+    }
+}

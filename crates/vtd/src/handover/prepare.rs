@@ -852,3 +852,23 @@ mod tests {
         );
     }
 }
+
+impl core::fmt::Display for PrepareReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "prepare: {} domains, {} devices, {} pages pinned, {} leaves, {} entries read, record {} bytes",
+            self.domains, self.devices, self.pinned_pages, self.leaves, self.entries_read, self.record_bytes
+        )
+    }
+}
+
+impl core::fmt::Display for FreezeReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "freeze: {} devices cleared, {} context tables dropped, {} page-request enables cleared, {} entries written",
+            self.devices_cleared, self.context_tables_dropped, self.page_requests_cleared, self.entries_written
+        )
+    }
+}
