@@ -826,6 +826,26 @@ fn clear_pre(ce: &mut ScalableContextEntry) {
     ce.set_bit(4, false);
 }
 
+impl core::fmt::Display for PrepareReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "prepare: {} domains, {} devices, {} pages pinned, {} leaves, {} entries read, record {} bytes",
+            self.domains, self.devices, self.pinned_pages, self.leaves, self.entries_read, self.record_bytes
+        )
+    }
+}
+
+impl core::fmt::Display for FreezeReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "freeze: {} devices cleared, {} context tables dropped, {} page-request enables cleared, {} entries written",
+            self.devices_cleared, self.context_tables_dropped, self.page_requests_cleared, self.entries_written
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,25 +870,5 @@ mod tests {
             runs(&s),
             alloc::vec![(PhysAddr(0x1000), 3), (PhysAddr(0x8000), 1)]
         );
-    }
-}
-
-impl core::fmt::Display for PrepareReport {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "prepare: {} domains, {} devices, {} pages pinned, {} leaves, {} entries read, record {} bytes",
-            self.domains, self.devices, self.pinned_pages, self.leaves, self.entries_read, self.record_bytes
-        )
-    }
-}
-
-impl core::fmt::Display for FreezeReport {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "freeze: {} devices cleared, {} context tables dropped, {} page-request enables cleared, {} entries written",
-            self.devices_cleared, self.context_tables_dropped, self.page_requests_cleared, self.entries_written
-        )
     }
 }
