@@ -443,3 +443,60 @@ fn first_stage_one_gig_needs_fl1gp() {
         "{e}"
     );
 }
+
+#[test]
+fn fault_events_are_programmed_and_records_cleared() {
+    use vtd::driver::FaultEvent;
+    use vtd::hw::regs::{self, FECTL, FSTS};
+    let mut rig = Rig::new(VtdConfig::legacy(BASE));
+    rig.add_device(DEV_A);
+    let mut cfg = UnitConfig::new(BASE, Mode::Legacy);
+    cfg.fault_event = Some(FaultEvent {
+        data: 0x4021,
+        addr: 0xfee0_0000,
+    });
+    let mut unit = rig.hw(|hw| Unit::init(hw, &cfg)).unwrap();
+    let (fectl, fedata, feaddr) = rig.hw(|hw| {
+        (
+            hw.regs.read32(regs::FECTL),
+            hw.regs.read32(regs::FEDATA),
+            hw.regs.read32(regs::FEADDR),
+        )
+    });
+    assert!(!FECTL::IM.is_set(fectl), "fault events unmasked");
+    assert_eq!((fedata, feaddr), (0x4021, 0xfee0_0000));
+    let d = rig
+        .hw(|hw| unit.create_domain(hw, DomainKind::SecondStage))
+        .unwrap();
+    rig.hw(|hw| unit.attach(hw, DEV_A, d)).unwrap();
+    // Three faults: a read and a write at unmapped IOVAs, then one more.
+    let agent = rig.machine.devices()[0].agent();
+    let mut checker = DmaChecker::new();
+    for (iova, access) in [
+        (0x1000, Access::Read),
+        (0x2000, Access::Write),
+        (0x3000, Access::Read),
+    ] {
+        assert!(checker.expect_failure(
+            &mut rig.machine,
+            &agent,
+            access,
+            Iova(iova),
+            4,
+            ExpectedFailure::Fault { code: None },
+        ));
+    }
+    let faults = rig.hw(|hw| unit.poll_faults(hw));
+    let got: Vec<(u64, bool)> = faults.iter().map(|f| (f.addr, f.write)).collect();
+    assert_eq!(got, vec![(0x1000, false), (0x2000, true), (0x3000, false)]);
+    // VT-d fault reasons 6 (read not allowed) and 5 (write not allowed): a
+    // second-stage entry without R/W is not present.
+    let reasons: Vec<u8> = faults.iter().map(|f| f.reason).collect();
+    assert_eq!(reasons, vec![6, 5, 6]);
+    assert!(faults.iter().all(|f| f.rid == DEV_A && f.pasid.is_none()));
+    let fsts = rig.hw(|hw| hw.regs.read32(regs::FSTS));
+    assert!(!FSTS::PPF.is_set(fsts), "records cleared: FSTS {fsts:#x}");
+    assert!(rig.hw(|hw| unit.poll_faults(hw)).is_empty());
+    assert_eq!(unit.counters().faults, 3);
+    no_diags(&rig);
+}
