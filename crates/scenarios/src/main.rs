@@ -57,8 +57,8 @@ struct Cli {
     #[arg(long, value_parser = parse_size)]
     map_size: Option<u64>,
     /// Page sizes, e.g. 4K,2M,1G.
-    #[arg(long, value_parser = parse_page_sizes)]
-    page_sizes: Option<Vec<PageSize>>,
+    #[arg(long, value_parser = |s: &str| parse_page_sizes(s).map(PageSizes))]
+    page_sizes: Option<PageSizes>,
     /// DMA steps per device and phase.
     #[arg(long)]
     dma_steps: Option<u32>,
@@ -66,6 +66,10 @@ struct Cli {
     #[arg(long)]
     save_snapshots: Option<PathBuf>,
 }
+
+/// A comma-separated page-size list, one command-line value.
+#[derive(Clone, Debug)]
+struct PageSizes(Vec<PageSize>);
 
 fn parse_rid(s: &str) -> Result<RequesterId, String> {
     s.parse::<RequesterId>().map_err(|e| format!("{s:?}: {e}"))
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
     if let Some(v) = cli.map_size {
         s.map_bytes = v;
     }
-    if let Some(v) = cli.page_sizes {
+    if let Some(PageSizes(v)) = cli.page_sizes {
         s.page_sizes = v;
     }
     if let Some(v) = cli.dma_steps {
