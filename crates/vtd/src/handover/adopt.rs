@@ -625,6 +625,12 @@ impl Unit {
     /// entry (reserved bits, alignment, widths) and that every table page is preserved
     /// and in the record. A domain that fails is dropped and its devices blocked.
     pub fn verify(&mut self, hw: &mut Hw<'_>) -> Result<VerifyReport, HandoverError> {
+        // A run of contiguous table pages shorter than this goes into the domain's page
+        // set page by page (order 0): one radix leaf (4 KiB, allocated) covers the
+        // order-0 pages of 128 MiB, whereas the aligned blocks of a short run usually
+        // have several orders, each order in a leaf of its own. Longer runs go in as
+        // blocks (fewer inserts).
+        const SHORT_RUN: usize = 32;
         let Some(inc) = self.incoming.as_ref() else {
             return Err(self.herr2(K::State {
                 why: "verify without adopt",
@@ -678,8 +684,14 @@ impl Unit {
                     while j < pages.len() && pages[j] == pages[j - 1] + PAGE_SIZE {
                         j += 1;
                     }
-                    set.insert_range(PhysAddr(pages[i]), (j - i) as u64)
-                        .map_err(K::PageSet)?;
+                    if j - i < SHORT_RUN {
+                        for &p in &pages[i..j] {
+                            set.insert(PhysAddr(p), 0).map_err(K::PageSet)?;
+                        }
+                    } else {
+                        set.insert_range(PhysAddr(pages[i]), (j - i) as u64)
+                            .map_err(K::PageSet)?;
+                    }
                     i = j;
                 }
                 Ok((set, t.leaves))
