@@ -1,6 +1,6 @@
 //! New kernel: adopt (the blackout path), verify (optional full walk), finish.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use iommu_core::kho::record::Supported;
 use iommu_core::kho::{read_client_record, read_handover, read_preserved};
@@ -645,10 +645,13 @@ impl Unit {
             .map(|d| d.id)
             .collect();
         // Every table page seen, across domains (a page in two trees is an alias).
-        let mut visited: BTreeSet<u64> = BTreeSet::new();
+        let mut visited = super::tree::Visited::new(&inc.record);
         for d in self.domains.values().filter(|d| d.tables_known) {
-            visited.extend(d.tables.pages().map(|p| p.0));
+            for p in d.tables.pages() {
+                visited.seed(&inc.record, p);
+            }
         }
+        let mut scratch = super::tree::Scratch::default();
         // Once: are all the record's pages preserved? Then each table page needs only
         // the record check.
         let mut runs = PageSet::new();
@@ -673,23 +676,24 @@ impl Unit {
                 (!all_preserved).then_some(&inc.preserved),
                 &inc.record,
                 &mut visited,
+                &mut scratch,
             )
             .and_then(|t| {
-                let mut pages: Vec<u64> = t.tables.iter().map(|p| p.0).collect();
+                let pages = &mut scratch.tables;
                 pages.sort_unstable();
                 let mut set = PageSet::new();
                 let mut i = 0;
                 while i < pages.len() {
                     let mut j = i + 1;
-                    while j < pages.len() && pages[j] == pages[j - 1] + PAGE_SIZE {
+                    while j < pages.len() && pages[j].0 == pages[j - 1].0 + PAGE_SIZE {
                         j += 1;
                     }
                     if j - i < SHORT_RUN {
                         for &p in &pages[i..j] {
-                            set.insert(PhysAddr(p), 0).map_err(K::PageSet)?;
+                            set.insert(p, 0).map_err(K::PageSet)?;
                         }
                     } else {
-                        set.insert_range(PhysAddr(pages[i]), (j - i) as u64)
+                        set.insert_range(pages[i], (j - i) as u64)
                             .map_err(K::PageSet)?;
                     }
                     i = j;

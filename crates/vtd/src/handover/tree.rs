@@ -21,10 +21,9 @@ use crate::driver::{AnyFormat, PAGE};
 use crate::hw::pte::{FlPte, SlPte, FL_P, FL_PS, SL_PS, SL_R, SL_W};
 use iommu_core::DomainId;
 
-/// Table pages and leaves of one domain.
+/// What the walk of one domain found: its leaf count (its table pages are left in
+/// [`Scratch::tables`]).
 pub(crate) struct Tree {
-    /// Table pages, in visiting order.
-    pub(crate) tables: Vec<PhysAddr>,
     pub(crate) leaves: u64,
 }
 
@@ -34,6 +33,94 @@ type Pending = (PhysAddr, u8, u64, (PhysAddr, usize, u64));
 
 /// Entries in a table page.
 const ENTRIES: u64 = PAGE / 8;
+
+/// Largest record (in pages) whose visited set is a bitmap (512 KiB of bits); a larger
+/// one, which only a hostile record would claim, falls back to an ordered set so the
+/// memory used stays proportional to the pages actually walked.
+const BITMAP_MAX_PAGES: u64 = 1 << 22;
+
+/// Every table page seen across the domains of one verification (a page reached twice
+/// is an alias or a cycle). Pages are numbered by their position in the record's page
+/// runs, which every table page must lie in; the runs are ascending and disjoint (the
+/// record decoder checks it), so the numbering is one-to-one.
+pub(crate) struct Visited {
+    /// Number of the first page of each record run.
+    first: Vec<u64>,
+    /// One bit per record page, or `None` above [`BITMAP_MAX_PAGES`].
+    bits: Option<Vec<u64>>,
+    /// The fallback: numbers of the pages seen.
+    set: BTreeSet<u64>,
+}
+
+impl Visited {
+    /// An empty set for the pages of `record`.
+    pub(crate) fn new(record: &Record) -> Self {
+        let mut first = Vec::with_capacity(record.pages.len());
+        let mut total = 0u64;
+        for &(_, n) in &record.pages {
+            first.push(total);
+            // Disjoint runs of 4 KiB pages below 2^64: at most 2^52 pages in all.
+            total = total.saturating_add(n);
+        }
+        let bits =
+            (total <= BITMAP_MAX_PAGES).then(|| alloc::vec![0u64; total.div_ceil(64) as usize]);
+        Visited {
+            first,
+            bits,
+            set: BTreeSet::new(),
+        }
+    }
+
+    /// The number of `page` in `record`'s runs, `None` if no run holds it (exactly
+    /// when [`Record::holds_page`] is false).
+    fn number(&self, record: &Record, page: PhysAddr) -> Option<u64> {
+        let i = record.pages.partition_point(|&(p, _)| p <= page);
+        let (p, n) = *record.pages.get(i.checked_sub(1)?)?;
+        let off = (page.0 - p.0) / PAGE;
+        (off < n).then(|| self.first.get(i - 1).map(|f| f + off))?
+    }
+
+    /// Marks page number `k`; false if it was marked already.
+    fn insert(&mut self, k: u64) -> bool {
+        match self
+            .bits
+            .as_mut()
+            .and_then(|b| b.get_mut((k / 64) as usize))
+        {
+            Some(w) => {
+                let m = 1u64 << (k % 64);
+                let new = *w & m == 0;
+                *w |= m;
+                new
+            }
+            None => self.set.insert(k),
+        }
+    }
+
+    /// Marks `page` as seen if the record holds it (a page outside the record is
+    /// refused before the alias check anyway).
+    pub(crate) fn seed(&mut self, record: &Record, page: PhysAddr) {
+        if let Some(k) = self.number(record, page) {
+            self.insert(k);
+        }
+    }
+}
+
+/// Buffers reused across the domains of one verification.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// Tables still to visit.
+    stack: Vec<Pending>,
+    /// The table pages of the last domain walked, in visiting order.
+    pub(crate) tables: Vec<PhysAddr>,
+}
+
+/// The `i`-th little-endian 64-bit word of `b`.
+fn word(b: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(w)
+}
 
 /// Masks for checking a whole table of leaves at once: `(present, leaf, reserved)`.
 /// At level 1 every present entry is a 4 KiB leaf (`leaf` is 0); at level 2 a present
@@ -68,7 +155,8 @@ pub(crate) fn verify_tree(
     max_tables: usize,
     preserved: Option<&PageSet>,
     record: &Record,
-    visited: &mut BTreeSet<u64>,
+    visited: &mut Visited,
+    scratch: &mut Scratch,
 ) -> Result<Tree, K> {
     let werr = |kind, level, index, entry, table| K::Walk {
         did,
@@ -82,10 +170,11 @@ pub(crate) fn verify_tree(
     };
     let ia_bits = f.ia_bits();
     let masks = [leaf_masks(f, 1), leaf_masks(f, 2)];
-    let mut tables = Vec::new();
+    let Scratch { stack, tables } = scratch;
+    stack.clear();
+    tables.clear();
     let mut leaves = 0u64;
     let mut count = 0usize;
-    let mut stack: Vec<Pending> = Vec::new();
     stack.push((root, f.root_level(), 0, (root, WalkError::ROOT, 0)));
     let mut buf = [0u8; PAGE as usize];
     while let Some((table, level, base, (pt, pi, pe))) = stack.pop() {
@@ -104,15 +193,16 @@ pub(crate) fn verify_tree(
         }
         // `preserved` is `None` when the caller checked that every record page is
         // preserved: then the record check covers both.
-        if !record.holds_page(table) || preserved.is_some_and(|p| !p.contains(table)) {
+        let number = visited.number(record, table);
+        let Some(k) = number.filter(|_| !preserved.is_some_and(|p| !p.contains(table))) else {
             return Err(K::NotPreserved {
                 what: "page table",
                 page: table,
                 device: None,
                 did: Some(did),
             });
-        }
-        if !visited.insert(table.0) {
+        };
+        if !visited.insert(k) {
             return Err(werr(
                 WalkErrorKind::Alias {
                     next: table,
@@ -177,58 +267,63 @@ pub(crate) fn verify_tree(
             }
         }
         let shift = f.entry_shift(level);
-        for (i, chunk) in buf.chunks_exact(8).enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            let raw = u64::from_le_bytes(w);
-            if raw == 0 {
+        // Entry by entry, skipping groups of 8 zero entries (one cache line) at once.
+        for (g, group) in buf.chunks_exact(64).enumerate() {
+            if (0..8).fold(0, |acc, j| acc | word(group, j)) == 0 {
                 continue;
             }
-            let entry = f
-                .decode(level, raw)
-                .map_err(|e| werr(WalkErrorKind::BadEntry(e), level, i, raw, table))?;
-            let iova = base + ((i as u64) << shift);
-            match entry {
-                Entry::Invalid => continue,
-                _ if ia_bits < 64 && iova >> ia_bits != 0 => {
-                    return Err(werr(
-                        WalkErrorKind::IovaOverflow { ia_bits },
-                        level,
-                        i,
-                        raw,
-                        table,
-                    ))
+            for j in 0..8 {
+                let raw = word(group, j);
+                if raw == 0 {
+                    continue;
                 }
-                Entry::Leaf { base: pa, size, .. } => {
-                    if pa.0 & (size.bytes() - 1) != 0 {
+                let i = g * 8 + j;
+                let entry = f
+                    .decode(level, raw)
+                    .map_err(|e| werr(WalkErrorKind::BadEntry(e), level, i, raw, table))?;
+                let iova = base + ((i as u64) << shift);
+                match entry {
+                    Entry::Invalid => continue,
+                    _ if ia_bits < 64 && iova >> ia_bits != 0 => {
                         return Err(werr(
-                            WalkErrorKind::MisalignedLeaf { base: pa, size },
+                            WalkErrorKind::IovaOverflow { ia_bits },
                             level,
                             i,
                             raw,
                             table,
-                        ));
+                        ))
                     }
-                    leaves += 1;
-                }
-                Entry::Table {
-                    next, level: nl, ..
-                } => {
-                    if nl == 0 || nl >= level {
-                        return Err(werr(
-                            WalkErrorKind::LevelNotBelow { next_level: nl },
-                            level,
-                            i,
-                            raw,
-                            table,
-                        ));
+                    Entry::Leaf { base: pa, size, .. } => {
+                        if pa.0 & (size.bytes() - 1) != 0 {
+                            return Err(werr(
+                                WalkErrorKind::MisalignedLeaf { base: pa, size },
+                                level,
+                                i,
+                                raw,
+                                table,
+                            ));
+                        }
+                        leaves += 1;
                     }
-                    stack.push((next, nl, iova, (table, i, raw)));
+                    Entry::Table {
+                        next, level: nl, ..
+                    } => {
+                        if nl == 0 || nl >= level {
+                            return Err(werr(
+                                WalkErrorKind::LevelNotBelow { next_level: nl },
+                                level,
+                                i,
+                                raw,
+                                table,
+                            ));
+                        }
+                        stack.push((next, nl, iova, (table, i, raw)));
+                    }
                 }
             }
         }
     }
-    Ok(Tree { tables, leaves })
+    Ok(Tree { leaves })
 }
 
 #[cfg(test)]
@@ -315,22 +410,96 @@ mod tests {
         }
     }
 
-    fn walk(mem: &Mem) -> Result<Tree, K> {
+    /// (leaves, table pages) of the tree at `L4`.
+    fn walk(mem: &Mem) -> Result<(u64, Vec<PhysAddr>), K> {
+        walk_with(mem, &record())
+    }
+
+    fn walk_with(mem: &Mem, record: &Record) -> Result<(u64, Vec<PhysAddr>), K> {
         let f = AnyFormat::Second(SecondStage::new(4, CAPS).unwrap());
-        verify_tree(
+        let mut scratch = Scratch::default();
+        let t = verify_tree(
             &f,
             mem,
             DomainId(1),
             PhysAddr(L4),
             64,
             None,
-            &record(),
-            &mut BTreeSet::new(),
-        )
+            record,
+            &mut Visited::new(record),
+            &mut scratch,
+        )?;
+        Ok((t.leaves, scratch.tables))
+    }
+
+    /// The alias an error names: (level, index, table reached twice).
+    fn alias(r: Result<(u64, Vec<PhysAddr>), K>) -> (u8, usize, PhysAddr) {
+        match r {
+            Err(K::Walk {
+                err:
+                    WalkError {
+                        kind: WalkErrorKind::Alias { next, .. },
+                        level,
+                        index,
+                        ..
+                    },
+                ..
+            }) => (level, index, next),
+            Err(e) => panic!("unexpected error {e:?}"),
+            Ok((n, _)) => panic!("accepted, {n} leaves"),
+        }
+    }
+
+    /// A table reached twice (two parents, or a cycle back to the root) is an alias,
+    /// with the visited set as a bitmap and as the fallback ordered set (a record of
+    /// more pages than the bitmap takes).
+    #[test]
+    fn aliases_and_cycles_are_caught() {
+        let big = Record {
+            pages: vec![(PhysAddr(L4), 16), (PhysAddr(1 << 32), BITMAP_MAX_PAGES)],
+            ..record()
+        };
+        assert!(Visited::new(&record()).bits.is_some());
+        assert!(Visited::new(&big).bits.is_none());
+        for rec in [record(), big] {
+            // Two L2 entries pointing to the same L1 table (walked last to first).
+            let mut m = Mem::tree(1);
+            m.set(L2, 9, L1 | RW);
+            assert_eq!(alias(walk_with(&m, &rec)), (2, 0, PhysAddr(L1)));
+            // An L3 entry pointing back to the root.
+            let mut m = Mem::tree(1);
+            m.set(L3, 5, L4 | RW);
+            assert_eq!(alias(walk_with(&m, &rec)), (3, 5, PhysAddr(L4)));
+            // A sound tree passes.
+            assert_eq!(walk_with(&Mem::tree(3), &rec).unwrap().1.len(), 6);
+        }
+    }
+
+    /// Pages in the gap between two record runs, or past the last, are refused; pages
+    /// of either run are numbered apart (no false alias across runs).
+    #[test]
+    fn pages_outside_the_record_runs_are_refused() {
+        let rec = Record {
+            pages: vec![(PhysAddr(L4), 4), (PhysAddr(L1 + 2 * 4096), 2)],
+            ..record()
+        };
+        // L1 tables #0 (= L4 + 3 pages) and #2, #3 are in the runs, #1 in the gap.
+        let mut m = Mem::tree(4);
+        m.set(L2, 1, 0);
+        assert_eq!(walk_with(&m, &rec).unwrap().1.len(), 6);
+        for (idx, page) in [(1u64, L1 + 4096), (1, L1 + 4 * 4096), (1, 1 << 38)] {
+            let mut m = Mem::tree(4);
+            m.set(L2, idx, page | RW);
+            match walk_with(&m, &rec) {
+                Err(K::NotPreserved { page: p, .. }) => assert_eq!(p, PhysAddr(page)),
+                Err(e) => panic!("unexpected error {e:?}"),
+                Ok((n, _)) => panic!("accepted, {n} leaves"),
+            }
+        }
     }
 
     /// The bad entry an error names: (level, index, raw entry, table).
-    fn bad_entry(r: Result<Tree, K>) -> (u8, usize, u64, PhysAddr) {
+    fn bad_entry(r: Result<(u64, Vec<PhysAddr>), K>) -> (u8, usize, u64, PhysAddr) {
         match r {
             Err(K::Walk {
                 err:
@@ -344,7 +513,7 @@ mod tests {
                 ..
             }) => (level, index, entry, table),
             Err(e) => panic!("unexpected error {e:?}"),
-            Ok(t) => panic!("accepted, {} leaves", t.leaves),
+            Ok((n, _)) => panic!("accepted, {n} leaves"),
         }
     }
 
@@ -377,9 +546,9 @@ mod tests {
         for i in 6..512 {
             m.set(L2, i, (0x8000_0000 + i * (2 << 20)) | RW | SL_PS);
         }
-        let t = walk(&m).unwrap();
-        assert_eq!(t.leaves, 512 + 256 + 512 + 1 + (512 - 6));
-        assert_eq!(t.tables.len(), 3 + 6);
+        let (leaves, tables) = walk(&m).unwrap();
+        assert_eq!(leaves, 512 + 256 + 512 + 1 + (512 - 6));
+        assert_eq!(tables.len(), 3 + 6);
     }
 
     /// A reserved bit in one entry of an otherwise valid full table is found and named
@@ -419,7 +588,7 @@ mod tests {
         match walk(&m) {
             Err(K::NotPreserved { page, .. }) => assert_eq!(page, PhysAddr(300 << 21)),
             Err(e) => panic!("unexpected error {e:?}"),
-            Ok(t) => panic!("accepted, {} leaves", t.leaves),
+            Ok((n, _)) => panic!("accepted, {n} leaves"),
         }
     }
 
