@@ -8,6 +8,7 @@
 //! page once and skipping zero entries without decoding them, which keeps it close to
 //! the cost of copying the tables.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use iommu_core::mem::PhysMem;
@@ -107,12 +108,23 @@ impl Visited {
 }
 
 /// Buffers reused across the domains of one verification.
-#[derive(Default)]
 pub(crate) struct Scratch {
     /// Tables still to visit.
     stack: Vec<Pending>,
     /// The table pages of the last domain walked, in visiting order.
     pub(crate) tables: Vec<PhysAddr>,
+    /// The table being checked.
+    buf: Box<[u8; PAGE as usize]>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            stack: Vec::new(),
+            tables: Vec::new(),
+            buf: Box::new([0; PAGE as usize]),
+        }
+    }
 }
 
 /// The `i`-th little-endian 64-bit word of `b`.
@@ -170,13 +182,17 @@ pub(crate) fn verify_tree(
     };
     let ia_bits = f.ia_bits();
     let masks = [leaf_masks(f, 1), leaf_masks(f, 2)];
-    let Scratch { stack, tables } = scratch;
+    let Scratch {
+        stack,
+        tables,
+        buf: scratch_buf,
+    } = scratch;
     stack.clear();
     tables.clear();
     let mut leaves = 0u64;
     let mut count = 0usize;
     stack.push((root, f.root_level(), 0, (root, WalkError::ROOT, 0)));
-    let mut buf = [0u8; PAGE as usize];
+    let buf = &mut scratch_buf[..];
     while let Some((table, level, base, (pt, pi, pe))) = stack.pop() {
         let plevel = level + 1;
         if table.0 % PAGE != 0 {
@@ -226,7 +242,7 @@ pub(crate) fn verify_tree(
             ));
         }
         tables.push(table);
-        mem.read(table, &mut buf)
+        mem.read(table, buf)
             .map_err(|e| werr(WalkErrorKind::Memory(e), plevel, pi, pe, pt))?;
         if let Some(Some((present, leaf, reserved))) = masks.get(level as usize - 1) {
             // Fastest path, one OR and one AND per entry: `any` is the OR of every
@@ -249,17 +265,32 @@ pub(crate) fn verify_tree(
                 leaves += ENTRIES;
                 continue;
             }
-            // Fast path for a partly filled table of leaves: count present entries,
+            // Fast path for a partly filled table of leaves, by groups of 8 entries
+            // (one cache line) with the same OR/AND test: count present entries,
             // note whether any is not a leaf or has a reserved bit set; only then
             // decode entry by entry (the table entries, or the exact error).
             let (mut n, mut bad) = (0u64, 0u64);
-            for chunk in buf.chunks_exact(8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(chunk);
-                let raw = u64::from_le_bytes(w);
-                let p = (raw & present != 0) as u64;
-                n += p;
-                bad |= ((raw & reserved) | (!raw & leaf)) * p;
+            for group in buf.chunks_exact(64) {
+                let (mut any, mut all) = (0u64, u64::MAX);
+                for j in 0..8 {
+                    let raw = word(group, j);
+                    any |= raw;
+                    all &= raw;
+                }
+                if any == 0 {
+                    continue;
+                }
+                if all & present != 0 {
+                    n += 8;
+                    bad |= (any & reserved) | (!all & leaf);
+                    continue;
+                }
+                for j in 0..8 {
+                    let raw = word(group, j);
+                    let p = (raw & present != 0) as u64;
+                    n += p;
+                    bad |= ((raw & reserved) | (!raw & leaf)) * p;
+                }
             }
             if bad == 0 {
                 leaves += n;
@@ -566,6 +597,16 @@ mod tests {
                 assert_eq!(bad_entry(walk(&m)), (1, bad as usize, raw, PhysAddr(L1)));
             }
         }
+        // The same in a partly filled table: a full line of 8 leaves among empty ones.
+        for bad in [8u64, 13] {
+            let mut m = Mem::tree(1);
+            for i in 8..16 {
+                m.set(L1, i, (0x4000_0000 + i * 4096) | RW);
+            }
+            let raw = (0x4000_0000 + bad * 4096) | RW | 1 << 45;
+            m.set(L1, bad, raw);
+            assert_eq!(bad_entry(walk(&m)), (1, bad as usize, raw, PhysAddr(L1)));
+        }
         // A 2 MiB leaf with an address bit below 2 MiB set.
         let mut m = Mem::tree(0);
         for i in 0..512 {
@@ -587,6 +628,17 @@ mod tests {
         m.set(L2, 300, (300 << 21) | RW);
         match walk(&m) {
             Err(K::NotPreserved { page, .. }) => assert_eq!(page, PhysAddr(300 << 21)),
+            Err(e) => panic!("unexpected error {e:?}"),
+            Ok((n, _)) => panic!("accepted, {n} leaves"),
+        }
+        // The same in a partly filled table (a full line of 2 MiB leaves).
+        let mut m = Mem::tree(0);
+        for i in 16..24 {
+            m.set(L2, i, (i << 21) | RW | SL_PS);
+        }
+        m.set(L2, 20, (20 << 21) | RW);
+        match walk(&m) {
+            Err(K::NotPreserved { page, .. }) => assert_eq!(page, PhysAddr(20 << 21)),
             Err(e) => panic!("unexpected error {e:?}"),
             Ok((n, _)) => panic!("accepted, {n} leaves"),
         }
