@@ -654,12 +654,7 @@ impl Unit {
         let mut scratch = super::tree::Scratch::default();
         // Once: are all the record's pages preserved? Then each table page needs only
         // the record check.
-        let mut runs = PageSet::new();
-        for &(start, n) in &inc.record.pages {
-            runs.insert_range(start, n)
-                .map_err(|e| self.herr2(K::PageSet(e)))?;
-        }
-        let all_preserved = runs.is_subset(&inc.preserved);
+        let all_preserved = super::tree::runs_preserved(&inc.record, &inc.preserved);
         for did in todo {
             let d = &self.domains[&did.0];
             let f = self.format_for(d.kind, d.levels, did)?;
