@@ -316,57 +316,64 @@ pub(crate) fn verify_tree(
             }
         }
         let shift = f.entry_shift(level);
-        // Entry by entry, skipping groups of 8 zero entries (one cache line) at once.
-        for (g, group) in buf.chunks_exact(64).enumerate() {
-            if (0..8).fold(0, |acc, j| acc | word(group, j)) == 0 {
+        // Entry by entry, skipping zero blocks of 64 entries, then zero groups of 8
+        // entries (one cache line), at once.
+        for (b, block) in buf.chunks_exact(512).enumerate() {
+            if block.iter().fold(0u8, |acc, &x| acc | x) == 0 {
                 continue;
             }
-            for j in 0..8 {
-                let raw = word(group, j);
-                if raw == 0 {
+            for (gb, group) in block.chunks_exact(64).enumerate() {
+                let g = b * 8 + gb;
+                if (0..8).fold(0, |acc, j| acc | word(group, j)) == 0 {
                     continue;
                 }
-                let i = g * 8 + j;
-                let entry = f
-                    .decode(level, raw)
-                    .map_err(|e| werr(WalkErrorKind::BadEntry(e), level, i, raw, table))?;
-                let iova = base + ((i as u64) << shift);
-                match entry {
-                    Entry::Invalid => continue,
-                    _ if ia_bits < 64 && iova >> ia_bits != 0 => {
-                        return Err(werr(
-                            WalkErrorKind::IovaOverflow { ia_bits },
-                            level,
-                            i,
-                            raw,
-                            table,
-                        ))
+                for j in 0..8 {
+                    let raw = word(group, j);
+                    if raw == 0 {
+                        continue;
                     }
-                    Entry::Leaf { base: pa, size, .. } => {
-                        if pa.0 & (size.bytes() - 1) != 0 {
+                    let i = g * 8 + j;
+                    let entry = f
+                        .decode(level, raw)
+                        .map_err(|e| werr(WalkErrorKind::BadEntry(e), level, i, raw, table))?;
+                    let iova = base + ((i as u64) << shift);
+                    match entry {
+                        Entry::Invalid => continue,
+                        _ if ia_bits < 64 && iova >> ia_bits != 0 => {
                             return Err(werr(
-                                WalkErrorKind::MisalignedLeaf { base: pa, size },
+                                WalkErrorKind::IovaOverflow { ia_bits },
                                 level,
                                 i,
                                 raw,
                                 table,
-                            ));
+                            ))
                         }
-                        leaves += 1;
-                    }
-                    Entry::Table {
-                        next, level: nl, ..
-                    } => {
-                        if nl == 0 || nl >= level {
-                            return Err(werr(
-                                WalkErrorKind::LevelNotBelow { next_level: nl },
-                                level,
-                                i,
-                                raw,
-                                table,
-                            ));
+                        Entry::Leaf { base: pa, size, .. } => {
+                            if pa.0 & (size.bytes() - 1) != 0 {
+                                return Err(werr(
+                                    WalkErrorKind::MisalignedLeaf { base: pa, size },
+                                    level,
+                                    i,
+                                    raw,
+                                    table,
+                                ));
+                            }
+                            leaves += 1;
                         }
-                        stack.push((next, nl, iova, (table, i, raw)));
+                        Entry::Table {
+                            next, level: nl, ..
+                        } => {
+                            if nl == 0 || nl >= level {
+                                return Err(werr(
+                                    WalkErrorKind::LevelNotBelow { next_level: nl },
+                                    level,
+                                    i,
+                                    raw,
+                                    table,
+                                ));
+                            }
+                            stack.push((next, nl, iova, (table, i, raw)));
+                        }
                     }
                 }
             }
