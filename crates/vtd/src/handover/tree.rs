@@ -175,7 +175,10 @@ pub(crate) fn leaf_masks(f: &AnyFormat, level: u8) -> Option<(u64, u64, u64)> {
     }
 }
 
-/// Walks the tree under `root`; see the module documentation.
+/// Walks the tree under `root`; see the module documentation. Depth first, the
+/// children of a table in entry order (for tables allocated as they were mapped, that
+/// is ascending addresses, which keeps the reads streaming); the table pages are left
+/// in `scratch.tables` in that order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn verify_tree(
     f: &AnyFormat,
@@ -316,6 +319,7 @@ pub(crate) fn verify_tree(
             }
         }
         let shift = f.entry_shift(level);
+        let children = stack.len();
         // Entry by entry, skipping zero blocks of 64 entries, then zero groups of 8
         // entries (one cache line), at once.
         for (b, block) in buf.chunks_exact(512).enumerate() {
@@ -377,6 +381,10 @@ pub(crate) fn verify_tree(
                     }
                 }
             }
+        }
+        // Visit the children in entry order (the stack pops the last pushed first).
+        if let Some(c) = stack.get_mut(children..) {
+            c.reverse();
         }
     }
     Ok(Tree { leaves })
@@ -518,10 +526,11 @@ mod tests {
         assert!(Visited::new(&record()).bits.is_some());
         assert!(Visited::new(&big).bits.is_none());
         for rec in [record(), big] {
-            // Two L2 entries pointing to the same L1 table (walked last to first).
+            // Two L2 entries pointing to the same L1 table (walked in entry order: the
+            // second is the alias).
             let mut m = Mem::tree(1);
             m.set(L2, 9, L1 | RW);
-            assert_eq!(alias(walk_with(&m, &rec)), (2, 0, PhysAddr(L1)));
+            assert_eq!(alias(walk_with(&m, &rec)), (2, 9, PhysAddr(L1)));
             // An L3 entry pointing back to the root.
             let mut m = Mem::tree(1);
             m.set(L3, 5, L4 | RW);
@@ -604,7 +613,10 @@ mod tests {
         }
         let (leaves, tables) = walk(&m).unwrap();
         assert_eq!(leaves, 512 + 256 + 512 + 1 + (512 - 6));
-        assert_eq!(tables.len(), 3 + 6);
+        // Depth first, children in entry order.
+        let l1: Vec<PhysAddr> = (0..6).map(|i| PhysAddr(L1 + i * 4096)).collect();
+        assert_eq!(tables[..3], [PhysAddr(L4), PhysAddr(L3), PhysAddr(L2)]);
+        assert_eq!(tables[3..], l1[..]);
     }
 
     /// A reserved bit in one entry of an otherwise valid full table is found and named
