@@ -629,8 +629,9 @@ impl Unit {
         // set page by page (order 0): one radix leaf (4 KiB, allocated) covers the
         // order-0 pages of 128 MiB, whereas the aligned blocks of a short run usually
         // have several orders, each order in a leaf of its own. Longer runs go in as
-        // blocks (fewer inserts).
-        const SHORT_RUN: usize = 32;
+        // blocks (fewer inserts). Measured: a leaf allocation costs about as much as
+        // 64 order-0 inserts (each probes 19 orders for overlaps).
+        const SHORT_RUN: usize = 64;
         let Some(inc) = self.incoming.as_ref() else {
             return Err(self.herr2(K::State {
                 why: "verify without adopt",
