@@ -218,7 +218,7 @@ impl fmt::Display for PageSetError {
 
 /// A set of preserved physical pages, stored as naturally aligned blocks of
 /// `2^order` pages in KHO radix-tree leaves. See the [module documentation](self).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct PageSet {
     /// Leaf index (`key >> 15`) to leaf bitmap. Never holds an all-zero leaf.
     leaves: BTreeMap<u64, Box<Leaf>>,
@@ -226,6 +226,50 @@ pub struct PageSet {
     pages: u64,
     /// Number of blocks.
     blocks: u64,
+    /// Bit `o` is set when the set may hold a block of order `o`: set on every insert,
+    /// not cleared on remove, so a superset of the orders present. Lookups probe only
+    /// these orders; an order with no block could never answer them anyway.
+    orders: u32,
+}
+
+/// Equality compares blocks (the leaves), not the order hint.
+impl PartialEq for PageSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.pages == other.pages && self.blocks == other.blocks && self.leaves == other.leaves
+    }
+}
+
+impl Eq for PageSet {}
+
+/// Mask of orders `lo..=hi` in an order bitmask (`hi <= MAX_ORDER`); empty if `lo > hi`.
+const fn order_mask(lo: u32, hi: u32) -> u32 {
+    if lo > hi {
+        0
+    } else {
+        ((1u32 << (hi + 1)) - 1) & !((1u32 << lo) - 1)
+    }
+}
+
+/// The orders whose bits are set in `mask`, ascending.
+fn mask_orders(mut mask: u32) -> impl Iterator<Item = u32> {
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let o = mask.trailing_zeros();
+        mask &= mask - 1;
+        Some(o)
+    })
+}
+
+/// A zeroed leaf, allocated zeroed rather than built on the stack and copied.
+fn zero_leaf() -> Box<Leaf> {
+    let v: Box<[u64]> = alloc::vec![0u64; LEAF_WORDS].into_boxed_slice();
+    match v.try_into() {
+        Ok(leaf) => leaf,
+        // The slice has exactly LEAF_WORDS words, so the conversion cannot fail.
+        Err(_) => Box::new([0; LEAF_WORDS]),
+    }
 }
 
 impl PageSet {
@@ -235,7 +279,18 @@ impl PageSet {
             leaves: BTreeMap::new(),
             pages: 0,
             blocks: 0,
+            orders: 0,
         }
+    }
+
+    /// The orders in `lo..=hi` that may hold a block, ascending.
+    fn orders_between(&self, lo: u32, hi: u32) -> impl Iterator<Item = u32> {
+        mask_orders(self.orders & order_mask(lo, hi))
+    }
+
+    /// The orders below `order` (at most [`MAX_ORDER`]) that may hold a block, ascending.
+    fn orders_below(&self, order: u32) -> impl Iterator<Item = u32> {
+        mask_orders(self.orders & ((1u32 << order) - 1))
     }
 
     /// Whether the set holds no page.
@@ -280,7 +335,7 @@ impl PageSet {
         let leaf = self
             .leaves
             .entry(key >> LEAF_BITS_LOG2)
-            .or_insert_with(|| Box::new([0; LEAF_WORDS]));
+            .or_insert_with(zero_leaf);
         leaf[(bit / 64) as usize] |= 1 << (bit % 64);
     }
 
@@ -353,7 +408,7 @@ impl PageSet {
 
     /// The block of the set that covers the 4 KiB page containing `addr`, if any.
     pub fn containing_block(&self, addr: PhysAddr) -> Option<(PhysAddr, u32)> {
-        (0..=MAX_ORDER).find_map(|order| {
+        self.orders_between(0, MAX_ORDER).find_map(|order| {
             let base = addr.align_down(block_bytes(order));
             self.test_key(radix_key(base, order))
                 .then_some((base, order))
@@ -373,7 +428,7 @@ impl PageSet {
     /// Some block of the set sharing a page with the (valid) block `addr`/`order`.
     fn overlapping_block(&self, addr: PhysAddr, order: u32) -> Option<(PhysAddr, u32)> {
         // A block of the same or a larger order that contains the new block...
-        for o in order..=MAX_ORDER {
+        for o in self.orders_between(order, MAX_ORDER) {
             let base = addr.align_down(block_bytes(o));
             if self.test_key(radix_key(base, o)) {
                 return Some((base, o));
@@ -381,7 +436,7 @@ impl PageSet {
         }
         // ...or a smaller block inside it: the keys of order-o blocks inside the new
         // block form the contiguous range starting at the key of its first page.
-        for o in 0..order {
+        for o in self.orders_below(order) {
             if let Some(k) = self.first_key(radix_key(addr, o), 1 << (order - o)) {
                 return radix_key_decode(k);
             }
@@ -391,12 +446,12 @@ impl PageSet {
 
     /// Number of 4 KiB pages of the (valid) block `addr`/`order` that the set covers.
     fn covered_pages(&self, addr: PhysAddr, order: u32) -> u64 {
-        for o in order..=MAX_ORDER {
+        for o in self.orders_between(order, MAX_ORDER) {
             if self.test_key(radix_key(addr.align_down(block_bytes(o)), o)) {
                 return 1 << order;
             }
         }
-        (0..order)
+        self.orders_below(order)
             .map(|o| self.count_keys(radix_key(addr, o), 1 << (order - o)) << o)
             .sum()
     }
@@ -458,6 +513,7 @@ impl PageSet {
     /// Inserts a block known to be valid and disjoint from the set.
     fn insert_unchecked(&mut self, addr: PhysAddr, order: u32) {
         self.set_key(radix_key(addr, order));
+        self.orders |= 1 << order;
         self.pages += 1 << order;
         self.blocks += 1;
     }
@@ -547,7 +603,8 @@ impl PageSet {
 
     /// The blocks as `(address, order)`, in increasing address order.
     pub fn iter(&self) -> Iter<'_> {
-        let cursors = (0..=MAX_ORDER)
+        let cursors = self
+            .orders_between(0, MAX_ORDER)
             .map(|order| {
                 let lo = 1u64 << (ORDER_0_LOG2 - order);
                 let hi = lo << 1;
