@@ -55,7 +55,7 @@
 //! - Equality (`==`) compares blocks; [`PageSet::same_pages`] compares covered pages.
 
 use crate::addr::PhysAddr;
-use alloc::boxed::Box;
+use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
@@ -221,7 +221,7 @@ impl fmt::Display for PageSetError {
 #[derive(Clone, Default)]
 pub struct PageSet {
     /// Leaf index (`key >> 15`) to leaf bitmap. Never holds an all-zero leaf.
-    leaves: BTreeMap<u64, Box<Leaf>>,
+    leaves: BTreeMap<u64, LeafBits>,
     /// Number of 4 KiB pages covered.
     pages: u64,
     /// Number of blocks.
@@ -262,13 +262,110 @@ fn mask_orders(mut mask: u32) -> impl Iterator<Item = u32> {
     })
 }
 
-/// A zeroed leaf, allocated zeroed rather than built on the stack and copied.
-fn zero_leaf() -> Box<Leaf> {
-    let v: Box<[u64]> = alloc::vec![0u64; LEAF_WORDS].into_boxed_slice();
-    match v.try_into() {
-        Ok(leaf) => leaf,
-        // The slice has exactly LEAF_WORDS words, so the conversion cannot fail.
-        Err(_) => Box::new([0; LEAF_WORDS]),
+/// One leaf bitmap in memory: only the window of words `[first, first + words.len())`
+/// is stored, every word outside it is zero. A set of a few blocks thus costs a few
+/// words instead of a whole 4 KiB page per leaf (a fresh page is also a page fault the
+/// first time it is written); a leaf whose blocks spread over it grows to all
+/// [`LEAF_WORDS`] words, the plain bitmap.
+#[derive(Clone, Debug)]
+struct LeafBits {
+    /// Index of the first stored word.
+    first: usize,
+    /// The stored words; `first + words.len() <= LEAF_WORDS`.
+    words: Vec<u64>,
+}
+
+impl LeafBits {
+    /// An all-zero leaf, stores nothing.
+    const fn new() -> Self {
+        LeafBits {
+            first: 0,
+            words: Vec::new(),
+        }
+    }
+
+    /// Index one past the last stored word.
+    fn end(&self) -> usize {
+        self.first + self.words.len()
+    }
+
+    /// Word `w` (< [`LEAF_WORDS`]).
+    fn word(&self, w: usize) -> u64 {
+        w.checked_sub(self.first)
+            .and_then(|i| self.words.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Word `w` (< [`LEAF_WORDS`]) for writing, growing the window to hold it. The
+    /// window at least doubles when it grows, so filling a leaf in order costs amortised
+    /// constant time per word.
+    fn word_mut(&mut self, w: usize) -> &mut u64 {
+        if self.words.is_empty() {
+            self.first = w;
+            self.words.push(0);
+        } else if w < self.first || w >= self.end() {
+            let len = self.words.len();
+            let (lo, hi) = if w < self.first {
+                let lo = w.min(self.first.saturating_sub(len));
+                (lo, self.end())
+            } else {
+                (self.first, (w + 1).max(self.end() + len).min(LEAF_WORDS))
+            };
+            let mut words = Vec::with_capacity(hi - lo);
+            words.resize(self.first - lo, 0);
+            words.extend_from_slice(&self.words);
+            words.resize(hi - lo, 0);
+            self.first = lo;
+            self.words = words;
+        }
+        &mut self.words[w - self.first]
+    }
+
+    /// Whether no bit is set.
+    fn is_zero(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    /// The whole bitmap: borrowed when every word is stored, else copied out.
+    fn full(&self) -> Cow<'_, Leaf> {
+        match <&Leaf>::try_from(self.words.as_slice()) {
+            Ok(leaf) => Cow::Borrowed(leaf),
+            Err(_) => {
+                let mut leaf = [0u64; LEAF_WORDS];
+                leaf[self.first..self.end()].copy_from_slice(&self.words);
+                Cow::Owned(leaf)
+            }
+        }
+    }
+
+    /// Number of set bits in `[s, e)` (bit indices within the leaf).
+    fn count_bits(&self, s: usize, e: usize) -> u64 {
+        let off = self.first * 64;
+        let (s, e) = (s.max(off), e.min(self.end() * 64));
+        if s >= e {
+            return 0;
+        }
+        count_bits(&self.words, s - off, e - off)
+    }
+
+    /// First set bit in `[s, e)` (bit indices within the leaf).
+    fn first_bit(&self, s: usize, e: usize) -> Option<usize> {
+        let off = self.first * 64;
+        let (s, e) = (s.max(off), e.min(self.end() * 64));
+        if s >= e {
+            return None;
+        }
+        first_bit(&self.words, s - off, e - off).map(|b| b + off)
+    }
+}
+
+/// Leaves are equal when their bitmaps are, however much of them is stored.
+impl PartialEq for LeafBits {
+    fn eq(&self, other: &Self) -> bool {
+        let lo = self.first.min(other.first);
+        let hi = self.end().max(other.end());
+        (lo..hi).all(|w| self.word(w) == other.word(w))
     }
 }
 
@@ -327,7 +424,7 @@ impl PageSet {
         let bit = key % LEAF_BITS;
         self.leaves
             .get(&(key >> LEAF_BITS_LOG2))
-            .is_some_and(|leaf| leaf[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+            .is_some_and(|leaf| leaf.word((bit / 64) as usize) & (1 << (bit % 64)) != 0)
     }
 
     fn set_key(&mut self, key: u64) {
@@ -335,8 +432,8 @@ impl PageSet {
         let leaf = self
             .leaves
             .entry(key >> LEAF_BITS_LOG2)
-            .or_insert_with(zero_leaf);
-        leaf[(bit / 64) as usize] |= 1 << (bit % 64);
+            .or_insert_with(LeafBits::new);
+        *leaf.word_mut((bit / 64) as usize) |= 1 << (bit % 64);
     }
 
     /// Clears a key; returns whether it was set. Drops the leaf when it becomes empty.
@@ -346,13 +443,14 @@ impl PageSet {
         let Some(leaf) = self.leaves.get_mut(&idx) else {
             return false;
         };
-        let word = &mut leaf[(bit / 64) as usize];
+        let w = (bit / 64) as usize;
         let mask = 1u64 << (bit % 64);
-        if *word & mask == 0 {
+        if leaf.word(w) & mask == 0 {
             return false;
         }
-        *word &= !mask;
-        if leaf.iter().all(|&w| w == 0) {
+        // The bit is set, so the word is stored: this does not grow the window.
+        *leaf.word_mut(w) &= !mask;
+        if leaf.is_zero() {
             self.leaves.remove(&idx);
         }
         true
@@ -365,7 +463,7 @@ impl PageSet {
         &self,
         lo: u64,
         count: u64,
-        mut f: impl FnMut(u64, &Leaf, usize, usize) -> bool,
+        mut f: impl FnMut(u64, &LeafBits, usize, usize) -> bool,
     ) {
         if count == 0 {
             return;
@@ -387,7 +485,7 @@ impl PageSet {
     fn count_keys(&self, lo: u64, count: u64) -> u64 {
         let mut n = 0u64;
         self.for_key_range(lo, count, |_, leaf, s, e| {
-            n += count_bits(leaf, s, e);
+            n += leaf.count_bits(s, e);
             true
         });
         n
@@ -396,7 +494,7 @@ impl PageSet {
     /// First set key in `[lo, lo + count)`.
     fn first_key(&self, lo: u64, count: u64) -> Option<u64> {
         let mut found = None;
-        self.for_key_range(lo, count, |base, leaf, s, e| match first_bit(leaf, s, e) {
+        self.for_key_range(lo, count, |base, leaf, s, e| match leaf.first_bit(s, e) {
             Some(b) => {
                 found = Some(base + b as u64);
                 false
@@ -636,9 +734,11 @@ impl PageSet {
     /// The leaf bitmaps as `(leaf index, bitmap)` in increasing leaf index, where the
     /// leaf index is `key >> 15` and bit `b` of the bitmap stands for key
     /// `leaf index << 15 | b` (see [`radix_key`]). This is what the serialised radix tree
-    /// stores in its `struct kho_radix_leaf` pages.
-    pub fn leaves(&self) -> impl Iterator<Item = (u64, &Leaf)> + '_ {
-        self.leaves.iter().map(|(&idx, leaf)| (idx, &**leaf))
+    /// stores in its `struct kho_radix_leaf` pages. A leaf is kept in memory as the
+    /// window of its words that hold set bits, so a sparse leaf is handed out as an owned
+    /// copy and a full one borrowed.
+    pub fn leaves(&self) -> impl Iterator<Item = (u64, Cow<'_, Leaf>)> + '_ {
+        self.leaves.iter().map(|(&idx, leaf)| (idx, leaf.full()))
     }
 }
 
@@ -697,8 +797,8 @@ impl Iterator for RangeBlocks {
     }
 }
 
-/// Number of set bits of `leaf` in `[s, e)`.
-fn count_bits(leaf: &Leaf, s: usize, e: usize) -> u64 {
+/// Number of set bits of the bitmap `leaf` in `[s, e)`, `e <= 64 * leaf.len()`.
+fn count_bits(leaf: &[u64], s: usize, e: usize) -> u64 {
     let mut n = 0u64;
     let mut b = s;
     while b < e {
@@ -711,8 +811,8 @@ fn count_bits(leaf: &Leaf, s: usize, e: usize) -> u64 {
     n
 }
 
-/// First set bit of `leaf` in `[s, e)`.
-fn first_bit(leaf: &Leaf, s: usize, e: usize) -> Option<usize> {
+/// First set bit of the bitmap `leaf` in `[s, e)`, `e <= 64 * leaf.len()`.
+fn first_bit(leaf: &[u64], s: usize, e: usize) -> Option<usize> {
     let mut b = s;
     while b < e {
         let w = b / 64;
@@ -749,8 +849,9 @@ impl fmt::Debug for PageSet {
 
 /// Walks the keys of one order in increasing order.
 struct OrderCursor<'a> {
-    leaves: alloc::collections::btree_map::Range<'a, u64, Box<Leaf>>,
-    leaf: Option<(u64, &'a Leaf)>,
+    leaves: alloc::collections::btree_map::Range<'a, u64, LeafBits>,
+    leaf: Option<(u64, &'a LeafBits)>,
+    /// Index into the stored words of `leaf`.
     word: usize,
     bits: u64,
 }
@@ -762,18 +863,19 @@ impl OrderCursor<'_> {
                 if self.bits != 0 {
                     let b = self.bits.trailing_zeros() as u64;
                     self.bits &= self.bits - 1;
-                    return Some((idx << LEAF_BITS_LOG2) | (self.word as u64 * 64 + b));
+                    let w = (leaf.first + self.word) as u64;
+                    return Some((idx << LEAF_BITS_LOG2) | (w * 64 + b));
                 }
                 self.word += 1;
-                if self.word < LEAF_WORDS {
-                    self.bits = leaf[self.word];
+                if let Some(&bits) = leaf.words.get(self.word) {
+                    self.bits = bits;
                     continue;
                 }
             }
             let (&idx, leaf) = self.leaves.next()?;
-            self.leaf = Some((idx, &**leaf));
+            self.leaf = Some((idx, leaf));
             self.word = 0;
-            self.bits = leaf[0];
+            self.bits = leaf.words.first().copied().unwrap_or(0);
         }
     }
 }
