@@ -597,6 +597,141 @@ impl PageSet {
         Ok(())
     }
 
+    /// A set holding `blocks`, given as `(address, order)`: [`PageSet::insert_blocks`]
+    /// on an empty set.
+    pub fn from_blocks(blocks: &[(PhysAddr, u32)]) -> Result<PageSet, PageSetError> {
+        let mut set = PageSet::new();
+        set.insert_blocks(blocks)?;
+        Ok(set)
+    }
+
+    /// A set holding the 4 KiB pages `pages`: [`PageSet::insert_pages`] on an empty set.
+    pub fn from_pages(pages: &[PhysAddr]) -> Result<PageSet, PageSetError> {
+        let mut set = PageSet::new();
+        set.insert_pages(pages)?;
+        Ok(set)
+    }
+
+    /// Inserts many blocks, given as `(address, order)`, all or nothing.
+    ///
+    /// The result is that of calling [`PageSet::insert`] on each block in turn, except
+    /// that on error nothing is inserted: the error is the one the first refused
+    /// `insert` would return (a block is checked against the set and the blocks before
+    /// it in the slice). Blocks in increasing address order are checked in one merge
+    /// pass and their leaf bits set leaf by leaf; other orders are sorted first.
+    pub fn insert_blocks(&mut self, blocks: &[(PhysAddr, u32)]) -> Result<(), PageSetError> {
+        if blocks.windows(2).all(|w| w[0].0 .0 <= w[1].0 .0) {
+            if self.blocks_fit(blocks.iter().copied()) {
+                self.set_blocks(blocks.iter().copied());
+                return Ok(());
+            }
+        } else {
+            let mut sorted = blocks.to_vec();
+            sorted.sort_unstable_by_key(|&(a, _)| a.0);
+            if self.blocks_fit(sorted.iter().copied()) {
+                self.set_blocks(sorted.iter().copied());
+                return Ok(());
+            }
+        }
+        // Some block is refused: find which, and its exact error, by inserting one by
+        // one in the caller's order, then undo.
+        self.insert_each_or_undo(blocks)
+    }
+
+    /// Whether every block of `ordered` (increasing addresses) is valid, disjoint from
+    /// the others and from the set.
+    fn blocks_fit(&self, ordered: impl Iterator<Item = (PhysAddr, u32)>) -> bool {
+        // End (exclusive, as u128: a block may end at 2^64) of the blocks so far.
+        let mut end = 0u128;
+        for (addr, order) in ordered {
+            if Self::check_block(addr, order).is_err() || u128::from(addr.0) < end {
+                return false;
+            }
+            end = u128::from(addr.0) + u128::from(block_bytes(order));
+            if self.orders != 0 && self.overlapping_block(addr, order).is_some() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Inserts blocks known to be valid, disjoint from each other and from the set,
+    /// setting their keys directly; the leaf of the previous key is reused while keys
+    /// stay in it (as they do for blocks of one order in address order).
+    fn set_blocks(&mut self, blocks: impl Iterator<Item = (PhysAddr, u32)>) {
+        let (mut pages, mut count, mut orders) = (0u64, 0u64, 0u32);
+        let mut cur: Option<(u64, &mut LeafBits)> = None;
+        for (addr, order) in blocks {
+            let key = radix_key(addr, order);
+            let idx = key >> LEAF_BITS_LOG2;
+            let leaf = match cur {
+                Some((i, leaf)) if i == idx => leaf,
+                _ => self.leaves.entry(idx).or_insert_with(LeafBits::new),
+            };
+            let bit = key % LEAF_BITS;
+            *leaf.word_mut((bit / 64) as usize) |= 1 << (bit % 64);
+            cur = Some((idx, leaf));
+            pages += 1 << order;
+            count += 1;
+            orders |= 1 << order;
+        }
+        self.pages += pages;
+        self.blocks += count;
+        self.orders |= orders;
+    }
+
+    /// Inserts `blocks` one by one; on the first error removes those inserted and
+    /// returns it.
+    fn insert_each_or_undo(&mut self, blocks: &[(PhysAddr, u32)]) -> Result<(), PageSetError> {
+        for (i, &(addr, order)) in blocks.iter().enumerate() {
+            if let Err(e) = self.insert(addr, order) {
+                self.remove_inserted(&blocks[..i]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes blocks known to be in the set (just inserted).
+    fn remove_inserted(&mut self, blocks: &[(PhysAddr, u32)]) {
+        for &(addr, order) in blocks {
+            // Each block was inserted by this caller, so it is present.
+            let _ = self.remove(addr, order);
+        }
+    }
+
+    /// Inserts 4 KiB pages, all or nothing: each maximal run of consecutive pages of the
+    /// slice (each page 4 KiB above the one before it) is split into the largest
+    /// naturally aligned blocks, as [`PageSet::insert_range`] does.
+    ///
+    /// The result is that of calling `insert_range` on each run in turn, except that on
+    /// error nothing is inserted; the error is the one the first refused call would
+    /// return. A page address that is not 4 KiB aligned is [`PageSetError::BadRange`]
+    /// for its run. The runs' blocks go through [`PageSet::insert_blocks`] (its fast
+    /// path when the pages are in increasing order).
+    pub fn insert_pages(&mut self, pages: &[PhysAddr]) -> Result<(), PageSetError> {
+        let mut blocks = Vec::new();
+        let mut bad = None;
+        for (s, n) in page_runs(pages) {
+            match range_blocks(s, n) {
+                Ok(run) => blocks.extend(run),
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        // The blocks of one run never overlap each other, so checking each against
+        // the set and the blocks before it refuses what insert_range would, naming the
+        // same block.
+        self.insert_blocks(&blocks)?;
+        if let Some(e) = bad {
+            self.remove_inserted(&blocks);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Removes the block inserted with exactly this address and order.
     pub fn remove(&mut self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
         Self::check_block(addr, order)?;
@@ -740,6 +875,22 @@ impl PageSet {
     pub fn leaves(&self) -> impl Iterator<Item = (u64, Cow<'_, Leaf>)> + '_ {
         self.leaves.iter().map(|(&idx, leaf)| (idx, leaf.full()))
     }
+}
+
+/// The maximal runs of consecutive 4 KiB pages of `pages` (each page `PAGE_SIZE` above
+/// the one before it), as `(first page, number of pages)`, in slice order.
+fn page_runs(pages: &[PhysAddr]) -> impl Iterator<Item = (PhysAddr, u64)> + '_ {
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        let start = *pages.get(i)?;
+        let mut j = i + 1;
+        while j < pages.len() && pages[j - 1].0.checked_add(PAGE_SIZE) == Some(pages[j].0) {
+            j += 1;
+        }
+        let n = (j - i) as u64;
+        i = j;
+        Some((start, n))
+    })
 }
 
 /// Splits `pages` pages at `start` into the largest naturally aligned blocks (order at

@@ -493,3 +493,273 @@ proptest! {
         prop_assert_eq!(s, PageSet::new());
     }
 }
+
+// ---- bulk building: insert_blocks / insert_pages against repeated insert ---------------
+
+/// Like [`arb_block`], but now and then misaligned or above the largest order, so the
+/// bulk paths meet every error insert can give.
+fn arb_any_block() -> impl Strategy<Value = (u64, u32)> {
+    prop_oneof![
+        12 => arb_block(),
+        1 => (1u32..=10, 0u64..(1 << 20)).prop_map(|(o, pfn)| ((pfn << 12) | (1 << 12), o)),
+        1 => (19u32..=25, 0u64..4).prop_map(|(o, a)| (a << 30, o)),
+    ]
+}
+
+/// How a batch is presented: as generated, sorted by address, or sorted with blocks
+/// that overlap an earlier one dropped (a valid batch, the fast path).
+fn shape(blocks: Vec<(u64, u32)>, mode: u8) -> Vec<(PhysAddr, u32)> {
+    let mut v: Vec<(PhysAddr, u32)> = blocks.into_iter().map(|(a, o)| (pa(a), o)).collect();
+    if mode >= 1 {
+        v.sort_by_key(|&(a, _)| a.0);
+    }
+    if mode >= 2 {
+        let mut end = 0u128;
+        v.retain(|&(a, o)| {
+            let ok = o <= MAX_ORDER && a.0 % (K4 << o) == 0 && u128::from(a.0) >= end;
+            if ok {
+                end = u128::from(a.0) + u128::from(K4 << o);
+            }
+            ok
+        });
+    }
+    v
+}
+
+/// Repeated insert, stopping at the first error: the result and error the bulk path must
+/// reproduce (on error the bulk path leaves `base` unchanged).
+fn insert_each(base: &PageSet, blocks: &[(PhysAddr, u32)]) -> Result<PageSet, PageSetError> {
+    let mut s = base.clone();
+    for &(a, o) in blocks {
+        s.insert(a, o)?;
+    }
+    Ok(s)
+}
+
+/// The maximal runs of consecutive pages of `pages`, computed independently of the
+/// library: `(first page, count)`.
+fn page_runs(pages: &[PhysAddr]) -> Vec<(PhysAddr, u64)> {
+    let mut runs: Vec<(PhysAddr, u64)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((s, n))
+                if u128::from(s.0) + u128::from(*n) * u128::from(K4) == u128::from(p.0) =>
+            {
+                *n += 1
+            }
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn insert_blocks_known_answers() {
+    // Sorted, several orders, across two order-0 leaves: same blocks as inserting.
+    let blocks = [
+        (pa(0x0), 0),
+        (pa(0x2000), 1),
+        (pa(0x20_0000), 9),
+        (pa(0x0800_0000), 0),
+        (pa(0x4000_0000), 18),
+    ];
+    let s = PageSet::from_blocks(&blocks).unwrap();
+    let mut t = PageSet::new();
+    for &(a, o) in &blocks {
+        t.insert(a, o).unwrap();
+    }
+    assert_eq!(s, t);
+    assert_eq!(s.iter().collect::<Vec<_>>(), blocks.to_vec());
+    check_invariants(&s);
+
+    // Unsorted but disjoint: accepted.
+    let mut rev = blocks;
+    rev.reverse();
+    assert_eq!(PageSet::from_blocks(&rev).unwrap(), t);
+
+    // A misaligned block after an overlapping one: the overlap comes first, as with
+    // repeated insert, and the set is left unchanged.
+    let mut u = t.clone();
+    let bad = [(pa(0x10_0000), 0), (pa(0x2000), 0), (pa(0x1000), 1)];
+    assert_eq!(
+        u.insert_blocks(&bad),
+        Err(PageSetError::Overlap {
+            addr: pa(0x2000),
+            order: 0,
+            existing: pa(0x2000),
+            existing_order: 1
+        })
+    );
+    assert_eq!(u, t);
+    assert!(!u.contains(pa(0x10_0000)));
+    // The same block twice in one batch.
+    assert_eq!(
+        PageSet::from_blocks(&[(pa(0x5000), 0), (pa(0x5000), 0)]),
+        Err(PageSetError::Overlap {
+            addr: pa(0x5000),
+            order: 0,
+            existing: pa(0x5000),
+            existing_order: 0
+        })
+    );
+    assert_eq!(
+        PageSet::from_blocks(&[(pa(0), 19)]),
+        Err(PageSetError::OrderTooLarge {
+            addr: pa(0),
+            order: 19,
+            max: MAX_ORDER
+        })
+    );
+}
+
+#[test]
+fn insert_pages_known_answers() {
+    // pfn 1..=10 as one run (split like insert_range) and pfn 0x100 alone.
+    let pages: Vec<_> = (1..=10u64).chain([0x100]).map(|p| pa(p << 12)).collect();
+    let s = PageSet::from_pages(&pages).unwrap();
+    assert_eq!(
+        s.iter().collect::<Vec<_>>(),
+        vec![
+            (pa(0x1000), 0),
+            (pa(0x2000), 1),
+            (pa(0x4000), 2),
+            (pa(0x8000), 1),
+            (pa(0xa000), 0),
+            (pa(0x10_0000), 0)
+        ]
+    );
+    // An unaligned page: BadRange for its run, nothing inserted even though earlier
+    // runs were fine.
+    let mut t = PageSet::new();
+    assert_eq!(
+        t.insert_pages(&[pa(0x1000), pa(0x3000), pa(0x5800)]),
+        Err(PageSetError::BadRange {
+            start: pa(0x5800),
+            pages: 1
+        })
+    );
+    assert!(t.is_empty());
+    assert_eq!(t, PageSet::new());
+    // A repeated page overlaps the block its first occurrence went into.
+    assert_eq!(
+        PageSet::from_pages(&[pa(0x2000), pa(0x3000), pa(0x3000)]),
+        Err(PageSetError::Overlap {
+            addr: pa(0x3000),
+            order: 0,
+            existing: pa(0x2000),
+            existing_order: 1
+        })
+    );
+}
+
+/// A sparse leaf is handed out as the full 512-word bitmap, the same as a full one.
+#[test]
+fn leaves_are_whole_bitmaps_however_stored() {
+    let mut sparse = PageSet::new();
+    sparse.insert(pa(0x40_0000), 0).unwrap(); // word 16, bit 0 of the first leaf
+    let (_, leaf) = sparse.leaves().next().unwrap();
+    assert_eq!(leaf.len(), 512);
+    assert_eq!(leaf[16], 1);
+    assert_eq!(leaf.iter().filter(|&&w| w != 0).count(), 1);
+    // Fill every word of one leaf (one page per 64) and compare with the same pages
+    // inserted in reverse order.
+    let pages: Vec<_> = (0..512u64).map(|w| pa((w * 64 + w % 64) << 12)).collect();
+    let a = PageSet::from_pages(&pages).unwrap();
+    let mut b = PageSet::new();
+    for &p in pages.iter().rev() {
+        b.insert(p, 0).unwrap();
+    }
+    assert_eq!(a, b);
+    let (_, la) = a.leaves().next().unwrap();
+    for (w, &word) in la.iter().enumerate() {
+        assert_eq!(word, 1 << (w % 64));
+    }
+    // Removing all but one page leaves an equal set however the leaves were grown.
+    let mut c = b.clone();
+    for &p in &pages[1..] {
+        c.remove(p, 0).unwrap();
+    }
+    assert_eq!(c, PageSet::from_pages(&pages[..1]).unwrap());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// insert_blocks = repeated insert: same set (same blocks) on success; on failure
+    /// the very same error and the set unchanged. Checked against the page reference.
+    #[test]
+    fn insert_blocks_matches_repeated_insert(
+        base in prop_oneof![1 => arb_set(), 1 => Just(PageSet::new())],
+        blocks in prop::collection::vec(arb_any_block(), 0..60),
+        mode in 0u8..3,
+    ) {
+        let batch = shape(blocks, mode);
+        let expected = insert_each(&base, &batch);
+        let mut bulk = base.clone();
+        let r = bulk.insert_blocks(&batch);
+        match expected {
+            Ok(want) => {
+                prop_assert_eq!(r, Ok(()));
+                check_invariants(&bulk);
+                prop_assert_eq!(&bulk, &want);
+                let mut reference = pfns(&base);
+                for &(a, o) in &batch {
+                    reference.extend(block_pfns(a.0, o));
+                }
+                prop_assert_eq!(pfns(&bulk), reference);
+            }
+            Err(e) => {
+                prop_assert_eq!(r, Err(e));
+                prop_assert_eq!(&bulk, &base);
+                check_invariants(&bulk);
+            }
+        }
+    }
+
+    /// insert_pages = insert_range on each run of consecutive pages, all or nothing.
+    #[test]
+    fn insert_pages_matches_insert_range(
+        base in prop_oneof![1 => arb_set(), 1 => Just(PageSet::new())],
+        runs in prop::collection::vec((0u64..(1 << 20), 1u64..80, 0u64..3), 0..20),
+        mode in 0u8..3,
+    ) {
+        // Pages of the runs; mode 0: as generated, 1: sorted, 2: sorted and deduplicated.
+        // A run whose third field is 0 starts 0x800 into its page (unaligned), now and
+        // then.
+        let mut pages: Vec<PhysAddr> = Vec::new();
+        for &(p, n, kind) in &runs {
+            let off = if kind == 0 && n % 7 == 0 { 0x800 } else { 0 };
+            pages.extend((p..p + n).map(|q| pa((q << 12) + off)));
+        }
+        if mode >= 1 {
+            pages.sort();
+        }
+        if mode >= 2 {
+            pages.dedup();
+        }
+        let mut want = base.clone();
+        let mut want_err = None;
+        for (s, n) in page_runs(&pages) {
+            if let Err(e) = want.insert_range(s, n) {
+                want_err = Some(e);
+                break;
+            }
+        }
+        let mut bulk = base.clone();
+        let r = bulk.insert_pages(&pages);
+        match want_err {
+            None => {
+                prop_assert_eq!(r, Ok(()));
+                check_invariants(&bulk);
+                prop_assert_eq!(&bulk, &want);
+                let mut reference = pfns(&base);
+                reference.extend(pages.iter().map(|p| p.0 >> 12));
+                prop_assert_eq!(pfns(&bulk), reference);
+            }
+            Some(e) => {
+                prop_assert_eq!(r, Err(e));
+                prop_assert_eq!(&bulk, &base);
+            }
+        }
+    }
+}
