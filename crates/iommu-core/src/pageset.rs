@@ -271,7 +271,11 @@ fn mask_orders(mut mask: u32) -> impl Iterator<Item = u32> {
 struct LeafBits {
     /// Index of the first stored word.
     first: usize,
-    /// The stored words; `first + words.len() <= LEAF_WORDS`.
+    /// The one stored word while `words` is empty (a window of one word needs no
+    /// allocation); zero and unused otherwise.
+    one: u64,
+    /// The stored words when the window is wider than one word;
+    /// `first + words.len() <= LEAF_WORDS`.
     words: Vec<u64>,
 }
 
@@ -280,19 +284,29 @@ impl LeafBits {
     const fn new() -> Self {
         LeafBits {
             first: 0,
+            one: 0,
             words: Vec::new(),
+        }
+    }
+
+    /// The stored words, `[first, end())`.
+    fn stored(&self) -> &[u64] {
+        if self.words.is_empty() {
+            core::slice::from_ref(&self.one)
+        } else {
+            &self.words
         }
     }
 
     /// Index one past the last stored word.
     fn end(&self) -> usize {
-        self.first + self.words.len()
+        self.first + self.stored().len()
     }
 
     /// Word `w` (< [`LEAF_WORDS`]).
     fn word(&self, w: usize) -> u64 {
         w.checked_sub(self.first)
-            .and_then(|i| self.words.get(i))
+            .and_then(|i| self.stored().get(i))
             .copied()
             .unwrap_or(0)
     }
@@ -302,9 +316,16 @@ impl LeafBits {
     /// constant time per word.
     fn word_mut(&mut self, w: usize) -> &mut u64 {
         if self.words.is_empty() {
-            self.first = w;
-            self.words.push(0);
-        } else if w < self.first || w >= self.end() {
+            if self.one == 0 {
+                // Nothing stored yet (or only zero): the window moves to `w`.
+                self.first = w;
+            }
+            if w == self.first {
+                return &mut self.one;
+            }
+            self.words.push(core::mem::take(&mut self.one));
+        }
+        if w < self.first || w >= self.end() {
             let len = self.words.len();
             let (lo, hi) = if w < self.first {
                 let lo = w.min(self.first.saturating_sub(len));
@@ -324,16 +345,16 @@ impl LeafBits {
 
     /// Whether no bit is set.
     fn is_zero(&self) -> bool {
-        self.words.iter().all(|&w| w == 0)
+        self.stored().iter().all(|&w| w == 0)
     }
 
     /// The whole bitmap: borrowed when every word is stored, else copied out.
     fn full(&self) -> Cow<'_, Leaf> {
-        match <&Leaf>::try_from(self.words.as_slice()) {
+        match <&Leaf>::try_from(self.stored()) {
             Ok(leaf) => Cow::Borrowed(leaf),
             Err(_) => {
                 let mut leaf = [0u64; LEAF_WORDS];
-                leaf[self.first..self.end()].copy_from_slice(&self.words);
+                leaf[self.first..self.end()].copy_from_slice(self.stored());
                 Cow::Owned(leaf)
             }
         }
@@ -346,7 +367,7 @@ impl LeafBits {
         if s >= e {
             return 0;
         }
-        count_bits(&self.words, s - off, e - off)
+        count_bits(self.stored(), s - off, e - off)
     }
 
     /// First set bit in `[s, e)` (bit indices within the leaf).
@@ -356,7 +377,7 @@ impl LeafBits {
         if s >= e {
             return None;
         }
-        first_bit(&self.words, s - off, e - off).map(|b| b + off)
+        first_bit(self.stored(), s - off, e - off).map(|b| b + off)
     }
 }
 
@@ -1018,7 +1039,7 @@ impl OrderCursor<'_> {
                     return Some((idx << LEAF_BITS_LOG2) | (w * 64 + b));
                 }
                 self.word += 1;
-                if let Some(&bits) = leaf.words.get(self.word) {
+                if let Some(&bits) = leaf.stored().get(self.word) {
                     self.bits = bits;
                     continue;
                 }
@@ -1026,7 +1047,7 @@ impl OrderCursor<'_> {
             let (&idx, leaf) = self.leaves.next()?;
             self.leaf = Some((idx, leaf));
             self.word = 0;
-            self.bits = leaf.words.first().copied().unwrap_or(0);
+            self.bits = leaf.stored().first().copied().unwrap_or(0);
         }
     }
 }
