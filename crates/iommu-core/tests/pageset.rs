@@ -493,3 +493,38 @@ proptest! {
         prop_assert_eq!(s, PageSet::new());
     }
 }
+
+/// A sparse leaf is handed out as the full 512-word bitmap, the same as a full one.
+#[test]
+fn leaves_are_whole_bitmaps_however_stored() {
+    let mut sparse = PageSet::new();
+    sparse.insert(pa(0x40_0000), 0).unwrap(); // word 16, bit 0 of the first leaf
+    let (_, leaf) = sparse.leaves().next().unwrap();
+    assert_eq!(leaf.len(), 512);
+    assert_eq!(leaf[16], 1);
+    assert_eq!(leaf.iter().filter(|&&w| w != 0).count(), 1);
+    // Fill every word of one leaf (one page per 64) and compare with the same pages
+    // inserted in reverse order.
+    let pages: Vec<_> = (0..512u64).map(|w| pa((w * 64 + w % 64) << 12)).collect();
+    let mut a = PageSet::new();
+    for &p in &pages {
+        a.insert(p, 0).unwrap();
+    }
+    let mut b = PageSet::new();
+    for &p in pages.iter().rev() {
+        b.insert(p, 0).unwrap();
+    }
+    assert_eq!(a, b);
+    let (_, la) = a.leaves().next().unwrap();
+    for (w, &word) in la.iter().enumerate() {
+        assert_eq!(word, 1 << (w % 64));
+    }
+    // Removing all but one page leaves an equal set however the leaves were grown.
+    let mut c = b.clone();
+    for &p in &pages[1..] {
+        c.remove(p, 0).unwrap();
+    }
+    let mut one = PageSet::new();
+    one.insert(pages[0], 0).unwrap();
+    assert_eq!(c, one);
+}
