@@ -708,7 +708,7 @@ impl Unit {
                 let q = read_qwords::<1>(hw.mem, at).map_err(merr("reading a context entry"))?;
                 let mut ce = ScalableContextEntry::from_qwords([q[0], 0, 0, 0]);
                 if ce.pre() {
-                    clear_pre(&mut ce);
+                    ce.set_pre(false);
                     hw.mem
                         .write_u64(at, ce.qword(0))
                         .map_err(merr("clearing page-request enable"))?;
@@ -817,15 +817,6 @@ impl Unit {
     }
 }
 
-/// Clears PRE (page-request enable) of a scalable-mode context entry.
-///
-/// `hw::root::ScalableContextEntry` has a `pre()` reader but no setter; the bit is bit 4
-/// of the entry as its layout documents (Linux `drivers/iommu/intel/pasid.h`:
-/// `context_set_sm_pre()` sets `BIT_ULL(4)` of the low qword).
-fn clear_pre(ce: &mut ScalableContextEntry) {
-    ce.set_bit(4, false);
-}
-
 impl core::fmt::Display for PrepareReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
@@ -849,16 +840,6 @@ impl core::fmt::Display for FreezeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clear_pre_clears_bit_4_only() {
-        // Linux pasid.h: context_set_sm_pre() -> context->lo |= BIT_ULL(4).
-        let mut ce = ScalableContextEntry::from_qwords([0x1234_5000 | 0x1f, 0, 0, 0]);
-        assert!(ce.pre());
-        clear_pre(&mut ce);
-        assert!(!ce.pre());
-        assert_eq!(ce.qword(0), 0x1234_5000 | 0x0f);
-    }
 
     #[test]
     fn runs_merge_contiguous_pages() {

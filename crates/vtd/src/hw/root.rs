@@ -293,6 +293,10 @@ impl ScalableContextEntry {
     pub fn pre(&self) -> bool {
         self.bit(4)
     }
+    /// Sets or clears page-request enable.
+    pub fn set_pre(&mut self, v: bool) {
+        self.set_bit(4, v)
+    }
     /// PASID-directory size field; the directory has `2^(PDTS + 7)` entries.
     pub fn pdts(&self) -> u64 {
         self.bits(11, 9)
@@ -445,6 +449,13 @@ mod tests {
         assert!(c.paside() && !c.pre() && !c.dte() && !c.fpd());
         assert_eq!(c.rid_pasid(), 0xabcde);
         assert_eq!(c.reserved_bits(46), [0; 4]);
+        // Linux pasid.h: context_set_sm_pre() sets BIT_ULL(4) of the low qword; QEMU
+        // VTD_CE_GET_PRE reads the same bit.
+        c.set_pre(true);
+        assert_eq!(c.qword(0), 0x55_5001 | (2 << 9) | (1 << 3) | (1 << 4));
+        assert!(c.pre());
+        c.set_pre(false);
+        assert_eq!(c.qword(0), 0x55_5001 | (2 << 9) | (1 << 3));
         let bad = ScalableContextEntry::from_qwords([0x55_5021, 1 << 21, 0, 4]);
         assert_eq!(bad.reserved_bits(46), [0x20, 1 << 21, 0, 4]);
         // RID_PRIV (bit 84) is not reserved.
