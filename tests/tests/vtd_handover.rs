@@ -1061,3 +1061,36 @@ fn random_corruption_never_panics_and_never_disables_translation() {
         );
     }
 }
+
+#[test]
+fn freeze_clears_page_request_enable_of_preserved_devices() {
+    use vtd::hw::root::ScalableContextEntry;
+    for flavor in [Flavor::ScalableSecond, Flavor::ScalableFirst] {
+        let mut w = World::new(flavor);
+        // The old kernel had page requests enabled for A (as for an SVA-capable device).
+        let at = w.unit.device(A).unwrap().context_entry;
+        {
+            let mem = w.rig.machine.mem_mut();
+            let mut ce = ScalableContextEntry::from_qwords([mem.read_u64(at).unwrap(), 0, 0, 0]);
+            ce.set_pre(true);
+            mem.write_u64(at, ce.qword(0)).unwrap();
+        }
+        let sel = w.selection();
+        let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
+        let unit = &mut w.unit;
+        w.rig
+            .hw(|hw| unit.prepare(hw, &mut kho, &sel))
+            .expect("prepare");
+        let unit = &mut w.unit;
+        let rep = w.rig.hw(|hw| unit.freeze(hw)).expect("freeze");
+        assert_eq!(rep.page_requests_cleared, 1, "{flavor:?}: {rep}");
+        let q0 = w.rig.machine.mem().read_u64(at).unwrap();
+        let ce = ScalableContextEntry::from_qwords([q0, 0, 0, 0]);
+        assert!(!ce.pre(), "{flavor:?}: PRE still set: {q0:#x}");
+        assert!(ce.present(), "{flavor:?}: the entry must stay present");
+        // DMA of A goes on, translated as before.
+        w.dma(&[A, B, C, D], 2, "after freeze");
+        assert_eq!(w.preserved_faults(), 0);
+    }
+}
