@@ -157,7 +157,8 @@ struct Run<'a> {
     s: &'a Scenario,
     machine: Machine,
     report: ModeReport,
-    workloads: Vec<(RequesterId, Workload)>,
+    /// Each device's workload with the index of its domain.
+    workloads: Vec<(usize, Workload)>,
     unpreserved: DmaAgent,
     unpreserved_iova: Iova,
     unpreserved_pa: PhysAddr,
@@ -285,12 +286,10 @@ fn run_mode(
     run.unpreserved_iova = plans[s.domains].mappings[0].iova;
     run.unpreserved_pa = plans[s.domains].mappings[0].pa;
     for (i, agent) in agents.iter().enumerate() {
-        let plan = &plans[i % s.domains];
+        let dom = i % s.domains;
         let seed = s.seed ^ ((agent.rid.sid() as u64) << 32);
-        run.workloads.push((
-            agent.rid,
-            Workload::new(*agent, plan.mappings.clone(), seed).with_max_transfer(16 << 10),
-        ));
+        run.workloads
+            .push((dom, workload(*agent, plans[dom].mappings.clone(), seed)));
     }
     run.report.devices = s.devices.len() + 1;
     run.report.preserved_devices = s.devices.len();
@@ -432,21 +431,15 @@ fn run_mode(
         )
     }) {
         Ok(()) => {
-            for (rid, w) in &mut run.workloads {
-                if plans[s.devices.iter().position(|d| d == rid).unwrap_or(0) % s.domains].did
-                    == did
-                {
-                    let agent = *w.agent();
-                    let extra = MappingSpec {
-                        iova: extra_iova,
-                        pa: spare.pa,
-                        len: 4096,
-                        perms: Perms::RW,
-                    };
-                    let mut m = plans[0].mappings.clone();
-                    m.push(extra);
-                    *w = Workload::new(agent, m, s.seed ^ 0xf1).with_max_transfer(16 << 10);
-                }
+            let mut mappings = plans[0].mappings.clone();
+            mappings.push(MappingSpec {
+                iova: extra_iova,
+                pa: spare.pa,
+                len: 4096,
+                perms: Perms::RW,
+            });
+            for (_, w) in run.workloads.iter_mut().filter(|(dom, _)| *dom == 0) {
+                *w = workload(*w.agent(), mappings.clone(), s.seed ^ 0xf1);
             }
         }
         Err(e) => run.report.problems.push(format!("map after finish: {e}")),
@@ -529,6 +522,11 @@ impl Run<'_> {
         }
         r
     }
+}
+
+/// A device's DMA workload over `mappings`, transfers up to 16 KiB.
+fn workload(agent: DmaAgent, mappings: Vec<MappingSpec>, seed: u64) -> Workload {
+    Workload::new(agent, mappings, seed).with_max_transfer(16 << 10)
 }
 
 /// Lends the driver the unit's registers, memory and a page pool for one call.
