@@ -1150,7 +1150,12 @@ impl Unit {
                 } else {
                     Flpm::Level4
                 };
-                Ok(PasidEntry::first_stage(d.root.0, flpm, d.id.0))
+                // AW is programmed for first stage too (Linux
+                // `intel_pasid_setup_first_level`); QEMU bounds first-stage input
+                // addresses by 30 + 9·AW, so AW = 0 would fault every IOVA ≥ 1 GiB.
+                let mut pe = PasidEntry::first_stage(d.root.0, flpm, d.id.0);
+                pe.set_aw(flpm.address_width().bits());
+                Ok(pe)
             }
         }
     }

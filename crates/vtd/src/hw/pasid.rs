@@ -91,6 +91,14 @@ impl Flpm {
     pub fn width(self) -> u32 {
         12 + 9 * self.levels()
     }
+    /// The PASID-entry AW value covering this paging mode's input width: 4-level
+    /// (48-bit) → AW 2, 5-level (57-bit) → AW 3 (AW encodes `30 + 9·AW` bits).
+    pub fn address_width(self) -> super::root::AddressWidth {
+        match self {
+            Self::Level4 => super::root::AddressWidth::Bits48,
+            Self::Level5 => super::root::AddressWidth::Bits57,
+        }
+    }
 }
 
 qword_struct!(
@@ -153,11 +161,17 @@ impl PasidEntry {
         e.set_aw(aw.bits());
         e
     }
-    /// A present first-stage-only entry.
+    /// A present first-stage-only entry. AW is set to the width of the paging mode
+    /// ([`Flpm::address_width`]): Linux programs AW in every PASID entry it builds,
+    /// first-stage included (`intel_pasid_setup_first_level` calls
+    /// `pasid_set_address_width`), and QEMU's intel-iommu bounds first-stage input
+    /// addresses by `30 + 9·AW`, so an entry with AW = 0 faults (0x80) every request at
+    /// or above 1 GiB there.
     pub fn first_stage(flptptr: u64, flpm: Flpm, did: u16) -> Self {
         let mut e = Self::new(Pgtt::FirstStage, did);
         e.set_flptptr(flptptr);
         e.set_flpm(flpm.bits());
+        e.set_aw(flpm.address_width().bits());
         e
     }
     /// Present bit.
@@ -176,7 +190,8 @@ impl PasidEntry {
     pub fn set_fpd(&mut self, v: bool) {
         self.set_bit(1, v)
     }
-    /// Raw second-stage AW field (bits 4:2), same encoding as the context-entry AW.
+    /// Raw AW field (bits 4:2), same encoding as the context-entry AW: the second-stage
+    /// table's width, and (QEMU) the bound on first-stage input addresses.
     pub fn aw(&self) -> u64 {
         self.bits(4, 2)
     }
@@ -345,7 +360,10 @@ mod tests {
         let mut f = PasidEntry::first_stage(0x45_6000, Flpm::Level5, 9);
         f.set_sre(true);
         f.set_wpe(true);
-        assert_eq!(f.qword(0), (1 << 6) | 1);
+        // AW (val[0] bits 4:2) is set for first stage too: Linux
+        // intel_pasid_setup_first_level → pasid_set_address_width; 5-level → AW 3.
+        assert_eq!(f.qword(0), (1 << 6) | (3 << 2) | 1);
+        assert_eq!(f.aw(), 3);
         assert_eq!(f.qword(2), 0x45_6000 | (1 << 2) | 1 | (1 << 4));
         assert_eq!(f.flptptr(), 0x45_6000);
         assert_eq!(Flpm::from_bits(f.flpm()), Some(Flpm::Level5));
@@ -357,6 +375,21 @@ mod tests {
         assert_eq!(s.qword(0) & (1 << 9), 1 << 9);
         let snoop = PasidEntry::from_qwords([1, (1 << 23) | (1 << 24), 1 << 7, 0, 0, 0, 0, 0]);
         assert!(snoop.pwsnp() && snoop.pgsnp() && snoop.eafe());
+    }
+
+    #[test]
+    fn first_stage_entry_sets_aw_like_linux() {
+        // Linux pasid.h pasid_set_address_width: val[0] GENMASK_ULL(4, 2), value agaw;
+        // QEMU intel_iommu_internal.h VTD_SM_PASID_ENTRY_AW 7ULL at bit 2, input width
+        // 30 + 9·AW (vtd_get_iova_agaw) for first- and second-stage entries alike.
+        let e = PasidEntry::first_stage(0x45_6000, Flpm::Level4, 9);
+        assert_eq!(e.qword(0), (1 << 6) | (2 << 2) | 1);
+        assert_eq!(e.aw(), 2);
+        assert_eq!(Flpm::Level4.address_width().width(), Flpm::Level4.width());
+        assert_eq!(Flpm::Level5.address_width().width(), Flpm::Level5.width());
+        let mut z = e;
+        z.set_aw(0);
+        assert_eq!(z.qword(0), (1 << 6) | 1);
     }
 
     #[test]
