@@ -1039,9 +1039,9 @@ fn scalable_fault_reasons_reach_the_recording_registers() {
         assert_eq!(rec.sid(), rid.sid());
     };
     let rig = &mut s.rig;
-    // Second stage: no write (0x85), not present (0x86 for a read), beyond width (0x83).
+    // Second stage: no write (0x85), not present (0x79, SSL.2), beyond width (0x83).
     check(rig, DEV, None, false, 0x1000, Access::Write, 0x85);
-    check(rig, DEV, None, false, 0x5000, Access::Read, 0x86);
+    check(rig, DEV, None, false, 0x5000, Access::Read, 0x79);
     check(rig, DEV, None, false, 1 << 48, Access::Read, 0x83);
     // First stage: read-only page (0x85), not present (0x71), supervisor page for a
     // user request (0x81), non-canonical (0x80), reserved bit (0x72).
@@ -1657,4 +1657,176 @@ fn reserved_or_unsupported_ttm_is_flagged_and_faults() {
     ok(rig.set_root_table(root, Ttm::Reserved));
     assert_eq!(rig.unit.diagnostics().len(), n + 1);
     assert_eq!(fault_code(rig.dma(DEV, 0, Access::Read)).0, 0x31);
+}
+
+/// Scalable-mode second-stage fault reasons by entry shape: an entry with R = W = 0
+/// (leaf or upper level, read or write) is SSL.2 = 0x79; a present entry lacking the
+/// requested right is 0x85 (write) / 0x86 (read), also at an upper level; the right is
+/// checked before the reserved bits. Sources: VirtualBox dmarDrSecondLevelTranslate
+/// (Pte_Not_Present → VTDATFAULT_SSL_2, Perm_*_Denied → SGN_6/SGN_7), Linux's 0x79
+/// string "SM: Read/Write permission error in second-level paging entry".
+#[test]
+fn scalable_second_stage_not_present_is_0x79_and_missing_right_is_0x85_0x86() {
+    let mut s = scalable_rig(VtdConfig::scalable(BASE));
+    let rig = &mut s.rig;
+    ok(rig.map_sl(s.sl, 4, 0x1000, 0x7000, PageSize::SIZE_4K, true, false));
+    ok(rig.map_sl(s.sl, 4, 0x2000, 0x8000, PageSize::SIZE_4K, false, true));
+    let code = |rig: &mut VtdRig, iova: u64, access: Access| {
+        let (c, recorded) = fault_code(rig.dma(DEV, iova, access));
+        assert!(recorded);
+        assert_eq!(take_record(rig).reason() as u32, c);
+        c
+    };
+    // Present leaf lacking the right.
+    assert_eq!(code(rig, 0x1000, Access::Write), 0x85);
+    assert_eq!(code(rig, 0x2000, Access::Read), 0x86);
+    // Not-present leaf (R = W = 0) in a present leaf table, read and write.
+    assert_eq!(code(rig, 0x3000, Access::Read), 0x79);
+    assert_eq!(code(rig, 0x3000, Access::Write), 0x79);
+    // Not-present upper-level entry (PML4 index 1).
+    assert_eq!(code(rig, 1 << 39, Access::Read), 0x79);
+    // A present PML4 entry without W stops a write there (0x85) even though the leaf
+    // below is writable; with a reserved bit as well, the missing right still wins.
+    ok(rig.map_sl(s.sl, 4, 2 << 39, 0x9000, PageSize::SIZE_4K, true, true));
+    let pml4e_at = s.sl + 2 * 8;
+    let pml4e = rig.mem.read_u64(PhysAddr(pml4e_at)).unwrap();
+    write_qwords(rig, pml4e_at, &[pml4e & !2]).unwrap();
+    assert_eq!(code(rig, 2 << 39, Access::Write), 0x85);
+    assert_eq!(
+        rig.dma(DEV, 2 << 39, Access::Read).unwrap().pa,
+        PhysAddr(0x9000)
+    );
+    // PS (bit 7) is reserved in a PML4 entry.
+    write_qwords(rig, pml4e_at, &[(pml4e & !2) | (1 << 7)]).unwrap();
+    // The read above cached a second-stage translation: domain-selective IOTLB flush.
+    ok(rig.qi_sync(&[Descriptor::Iotlb {
+        granularity: IotlbGranularity::Domain,
+        dw: false,
+        dr: false,
+        did: SM_DID,
+        addr: 0,
+        ih: false,
+        am: 0,
+    }]));
+    assert_eq!(code(rig, 2 << 39, Access::Write), 0x85);
+    assert_eq!(code(rig, 2 << 39, Access::Read), 0x7A);
+}
+
+/// A first-stage PASID entry bounds input addresses by its AW (30 + 9·AW bits), as
+/// QEMU's intel-iommu does: AW = 0 makes every IOVA at or above 1 GiB non-canonical
+/// (0x80) although the 4-level tables map it; AW = 1 bounds at 39 bits; AW 4–7 are
+/// reserved encodings (invalid PASID entry, 0x5B).
+#[test]
+fn first_stage_input_is_bounded_by_the_pasid_entry_aw() {
+    let mut s = scalable_rig(VtdConfig::scalable(BASE));
+    let fl = s.rig.alloc_table(1).unwrap();
+    ok(s.rig.map_fl(fl, 4, 0x1000, 0x9000, PageSize::SIZE_4K, true));
+    ok(s.rig
+        .map_fl(fl, 4, 0x4000_0000, 0x1_0000_0000, PageSize::SIZE_1G, true));
+    ok(s.rig
+        .map_fl(fl, 4, 1 << 39, 0xa000, PageSize::SIZE_4K, true));
+    for (pasid, aw) in [(10u32, 0u64), (11, 1), (12, 2), (13, 4)] {
+        let mut pe = PasidEntry::first_stage(fl, Flpm::Level4, FL_DID);
+        pe.set_aw(aw);
+        s.rig.set_pasid_entry(s.dir, pasid, pe).unwrap();
+    }
+    let rig = &mut s.rig;
+    let req = |rig: &mut VtdRig, pasid: u32, iova: u64| {
+        rig.request(DEV, Some(pasid), false, iova, Access::Read)
+            .map(|t| t.pa.0)
+            .map_err(|e| fault_code(Err(e)).0)
+    };
+    // AW = 0: below 1 GiB translates, the mapped 1 GiB page does not.
+    assert_eq!(req(rig, 10, 0x1008), Ok(0x9008));
+    assert_eq!(req(rig, 10, 0x4000_0008), Err(0x80));
+    // AW = 1: 39 bits.
+    assert_eq!(req(rig, 11, 0x4000_0008), Ok(0x1_0000_0008));
+    assert_eq!(req(rig, 11, 1 << 39), Err(0x80));
+    // AW = 2: 48 bits, the 4-level paging width.
+    assert_eq!(req(rig, 12, 1 << 39), Ok(0xa000));
+    // AW = 4: reserved encoding.
+    assert_eq!(req(rig, 13, 0x1008), Err(0x5B));
+}
+
+/// First-stage walks that fault leave A set in the entries above the faulting one, as
+/// x86 paging does (QEMU vtd_iova_to_flpte sets A level by level): a not-present leaf
+/// entry, a reserved bit in the leaf, and a write to a read-only leaf all leave A in
+/// the PML4E, PDPTE and PDE and nothing in the leaf. Second stage with SSADE alike.
+#[test]
+fn faulting_walks_set_accessed_in_the_entries_above() {
+    // A 48-bit host address width leaves address bits 51:48 of a leaf reserved.
+    let mut cfg = VtdConfig::scalable(BASE);
+    cfg.mgaw = 48;
+    let mut s = scalable_rig(cfg);
+    let rig = &mut s.rig;
+    let leaf_ro = rig
+        .map_fl(s.fl, 4, 0x1000, 0x9000, PageSize::SIZE_4K, false)
+        .unwrap();
+    // The PML4E → PDPTE → PDE chain above the 4K leaf table.
+    let mut chain = vec![s.fl];
+    for _ in 0..2 {
+        let v = rig.mem.read_u64(PhysAddr(*chain.last().unwrap())).unwrap();
+        chain.push(FlPte::from_raw(v).addr());
+    }
+    let flags = |rig: &mut VtdRig, at: u64| rig.mem.read_u64(PhysAddr(at)).unwrap() & (FL_A | FL_D);
+    let clear_a = |rig: &mut VtdRig, chain: &[u64]| {
+        for &at in chain {
+            let v = rig.mem.read_u64(PhysAddr(at)).unwrap();
+            write_qwords(rig, at, &[v & !(FL_A | FL_D)]).unwrap();
+        }
+    };
+    for &at in &chain {
+        assert_eq!(flags(rig, at), 0, "fresh tables carry no A");
+    }
+    // Not-present leaf entry (0x3000, same leaf table).
+    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x3000, Access::Read));
+    assert_eq!(c, 0x71);
+    for &at in &chain {
+        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
+    }
+    assert_eq!(flags(rig, leaf_ro), 0);
+    // Write to the read-only leaf: the entries above get A, the leaf neither A nor D.
+    clear_a(rig, &chain);
+    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x1000, Access::Write));
+    assert_eq!(c, 0x85);
+    for &at in &chain {
+        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
+    }
+    assert_eq!(flags(rig, leaf_ro), 0);
+    // Reserved bit in the leaf (address bit 50, above the host address width).
+    clear_a(rig, &chain);
+    let leaf_v = rig.mem.read_u64(PhysAddr(leaf_ro)).unwrap();
+    write_qwords(rig, leaf_ro, &[leaf_v | (1 << 50)]).unwrap();
+    ok(rig.qi_sync(&[Descriptor::PasidIotlb {
+        granularity: PasidIotlbGranularity::Pasid,
+        did: FL_DID,
+        pasid: PASID_FL,
+        addr: 0,
+        ih: false,
+        am: 0,
+    }]));
+    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x1000, Access::Read));
+    assert_eq!(c, 0x72);
+    for &at in &chain {
+        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
+    }
+    assert_eq!(flags(rig, leaf_ro), 0);
+
+    // Second stage with SSADE: a not-present leaf leaves A in the entries above.
+    let sl2 = rig.alloc_table(1).unwrap();
+    let mut pe = PasidEntry::second_stage(sl2, AddressWidth::Bits48, 0x30);
+    pe.set_ssade(true);
+    rig.set_pasid_entry(s.dir, 20, pe).unwrap();
+    let sl_leaf = rig
+        .map_sl(sl2, 4, 0x1000, 0x7000, PageSize::SIZE_4K, true, true)
+        .unwrap();
+    let (c, _) = fault_code(rig.request(DEV, Some(20), false, 0x3000, Access::Read));
+    assert_eq!(c, 0x79);
+    let mut at = sl2;
+    for _ in 0..3 {
+        let v = rig.mem.read_u64(PhysAddr(at)).unwrap();
+        assert_eq!(v & (SL_A | SL_D), SL_A, "second-stage entry at {at:#x}");
+        at = SlPte::from_raw(v).addr();
+    }
+    assert_eq!(rig.mem.read_u64(PhysAddr(sl_leaf)).unwrap() & SL_A, 0);
 }

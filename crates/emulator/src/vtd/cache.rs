@@ -86,7 +86,7 @@ pub(crate) enum ContextCacheEntry {
 /// What a PASID-table entry says, as cached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PasidTranslation {
-    FirstStage { root: u64, levels: u32 },
+    FirstStage { root: u64, levels: u32, width: u32 },
     SecondStage { root: u64, levels: u32, width: u32 },
     PassThrough,
 }

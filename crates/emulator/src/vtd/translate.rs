@@ -317,14 +317,32 @@ impl VtdUnit {
         write: bool,
     ) -> Step<Leaf> {
         let caps = self.pte_caps_sl();
-        // Scalable mode reports a missing permission with the generic SGN codes 0x86/0x85
-        // (Linux: "No read/write permission for Read/AtomicOp request"), as QEMU does for
-        // writes (VTD_FR_SM_WRITE); 0x79 (SSL.2) is left to nested walks, which the model
-        // does not implement.
-        let (not_read, not_write, reserved) = if scalable {
-            (FR::SmNoRead, FR::SmNoWrite, FR::SmSlEntryReserved)
-        } else {
+        // Fault reasons of a second-stage walk. Each entry's access right is checked
+        // before its reserved bits, as VirtualBox (dmarDrSecondLevelTranslate, citing the
+        // specification's section 7.1.3 so that SSL.2 and SSL.3 are told apart) and QEMU
+        // (vtd_iova_to_slpte) do. In scalable mode an entry with R = W = 0 (not present)
+        // is SSL.2, 0x79 (Linux: "SM: Read/Write permission error in second-level paging
+        // entry"; VirtualBox maps its Pte_Not_Present diagnostic to VTDATFAULT_SSL_2),
+        // while a present entry lacking the requested right is SGN.6/SGN.7, 0x85 write /
+        // 0x86 read (VirtualBox Perm_Write_Denied / Perm_Read_Denied). QEMU reports its
+        // legacy 0x5/0x6 in both modes. Legacy mode keeps 0x5/0x6 for both shapes (Linux
+        // and Xen strings, QEMU); VirtualBox maps a legacy not-present entry to LSL.2
+        // (0xC) instead, which we do not follow.
+        let (not_present, not_read, not_write, reserved) = if scalable {
             (
+                FR::SmSlPermission,
+                FR::SmNoRead,
+                FR::SmNoWrite,
+                FR::SmSlEntryReserved,
+            )
+        } else {
+            let np = if write {
+                FR::WriteNotAllowed
+            } else {
+                FR::ReadNotAllowed
+            };
+            (
+                np,
                 FR::ReadNotAllowed,
                 FR::WriteNotAllowed,
                 FR::PagingEntryReserved,
@@ -338,11 +356,24 @@ impl VtdUnit {
             let at = table + level_index(iova, level) * 8;
             let v = mem.read_u64(PhysAddr(at))?;
             let pte = SlPte::from_raw(v);
-            if !pte.present() {
-                return Err(Stop::Fault(if write { not_write } else { not_read }, fpd));
-            }
-            if pte.reserved_bits(level, &caps) != 0 {
-                return Err(Stop::Fault(reserved, fpd));
+            let refused = if !pte.present() {
+                Some(not_present)
+            } else if write && !pte.write() {
+                Some(not_write)
+            } else if !write && !pte.read() {
+                Some(not_read)
+            } else if pte.reserved_bits(level, &caps) != 0 {
+                Some(reserved)
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                // The entries above, used to reach this one, get A (x86 rule; see
+                // `set_flag_in`), when second-stage A/D is enabled.
+                if ssade {
+                    set_flag_in(mem, &visited[..n], SL_A)?;
+                }
+                return Err(Stop::Fault(reason, fpd));
             }
             perms.read &= pte.read();
             perms.write &= pte.write();
@@ -352,20 +383,15 @@ impl VtdUnit {
                 let size_mask = (1u64 << level_shift(level)) - 1;
                 let mut dirty_done = true;
                 if ssade {
-                    // Set A on every entry of the walk and D on the leaf of a write.
-                    let allowed = if write { perms.write } else { perms.read };
-                    if allowed {
-                        for (i, &(a, old)) in visited[..n].iter().enumerate() {
-                            let mut new = old | SL_A;
-                            if i == n - 1 && write {
-                                new |= SL_D;
-                            }
-                            if new != old {
-                                mem.write_u64(PhysAddr(a), new)?;
-                            }
-                        }
-                    }
-                    dirty_done = write && allowed || v & SL_D != 0;
+                    // A on every entry of the walk, D on the leaf of a write (the access
+                    // was checked entry by entry above, so it is allowed here).
+                    set_flag_in(mem, &visited[..n - 1], SL_A)?;
+                    set_flag_in(
+                        mem,
+                        &visited[n - 1..n],
+                        if write { SL_A | SL_D } else { SL_A },
+                    )?;
+                    dirty_done = write || v & SL_D != 0;
                 }
                 return Ok(Leaf {
                     pa: pte.addr() & !size_mask,
@@ -443,8 +469,11 @@ impl VtdUnit {
                     mem, req, pe.did, pasid, root, levels, pe.fpd, true, pe.ssade,
                 )
             }
-            PasidTranslation::FirstStage { root, levels } => {
-                let width = 12 + 9 * levels;
+            PasidTranslation::FirstStage {
+                root,
+                levels,
+                width,
+            } => {
                 let sign = (iova >> (width - 1)) & 1;
                 let upper = iova >> (width - 1);
                 let canonical = if sign == 0 {
@@ -575,14 +604,27 @@ impl VtdUnit {
                 if !ECAP::FLTS.is_set(self.ecap) {
                     return invalid;
                 }
-                let levels = match Flpm::from_bits(pe.flpm()) {
-                    Some(Flpm::Level4) => 4,
-                    Some(Flpm::Level5) if CAP::FL5LP.is_set(self.cap) => 5,
+                let flpm = match Flpm::from_bits(pe.flpm()) {
+                    Some(Flpm::Level4) => Flpm::Level4,
+                    Some(Flpm::Level5) if CAP::FL5LP.is_set(self.cap) => Flpm::Level5,
                     _ => return invalid,
                 };
+                // First-stage input addresses are bounded by the paging mode and by the
+                // entry's AW, as QEMU's intel-iommu does (vtd_iova_fl_check_canonical
+                // takes its limit from vtd_get_iova_agaw = 30 + 9·AW for every PGTT);
+                // Linux programs AW in first-stage entries (intel_pasid_setup_first_level
+                // → pasid_set_address_width), so both agree that AW matters here. The
+                // specification text itself is not among our sources. AW = 0 gives a
+                // 30-bit bound: every request at or above 1 GiB is non-canonical (0x80).
+                // AW 4–7 are reserved encodings (as in the context entry): invalid entry.
+                let aw = pe.aw();
+                if aw > 3 {
+                    return invalid;
+                }
                 PasidTranslation::FirstStage {
                     root: pe.flptptr(),
-                    levels,
+                    levels: flpm.levels(),
+                    width: flpm.width().min(30 + 9 * aw as u32),
                 }
             }
         };
@@ -707,11 +749,18 @@ impl VtdUnit {
             let at = table + level_index(iova, level) * 8;
             let v = mem.read_u64(PhysAddr(at))?;
             let pte = FlPte::from_raw(v);
-            if !pte.present() {
-                return Err(Stop::Fault(FR::SmFlEntryNotPresent, pe.fpd));
-            }
-            if pte.reserved_bits(level, &caps) != 0 {
-                return Err(Stop::Fault(FR::SmFlEntryReserved, pe.fpd));
+            let refused = if !pte.present() {
+                Some(FR::SmFlEntryNotPresent)
+            } else if pte.reserved_bits(level, &caps) != 0 {
+                Some(FR::SmFlEntryReserved)
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                // The entries above were used to reach this one: they get A although
+                // the walk faults (x86 rule; see `set_flag_in`).
+                set_flag_in(mem, &visited[..n], FL_A)?;
+                return Err(Stop::Fault(reason, pe.fpd));
             }
             writable &= pte.writable();
             user &= pte.user();
@@ -720,18 +769,13 @@ impl VtdUnit {
             if pte.is_leaf(level) {
                 let allowed =
                     (privileged || user) && (!write || writable || (privileged && !pe.wpe));
-                // The accessed flag is set on every entry of a successful walk, the dirty
-                // flag on the leaf of a write.
+                // Every paging-structure entry above the leaf was used, so it gets A
+                // whatever the outcome; the leaf gets A (and D for a write) only when the
+                // access is allowed (x86 rule; see `set_flag_in`).
+                set_flag_in(mem, &visited[..n - 1], FL_A)?;
                 if allowed {
-                    for (i, &(a, old)) in visited[..n].iter().enumerate() {
-                        let mut new = old | FL_A;
-                        if i == n - 1 && write {
-                            new |= FL_D;
-                        }
-                        if new != old {
-                            mem.write_u64(PhysAddr(a), new)?;
-                        }
-                    }
+                    let leaf_flags = if write { FL_A | FL_D } else { FL_A };
+                    set_flag_in(mem, &visited[n - 1..n], leaf_flags)?;
                 }
                 return Ok(Leaf {
                     pa: pte.leaf_addr(level),
@@ -749,6 +793,22 @@ impl VtdUnit {
         }
         Err(Stop::Fault(FR::SmFlEntryReserved, pe.fpd))
     }
+}
+
+/// Sets `flags` in each `(address, value read)` paging entry that lacks one of them.
+///
+/// Accessed flags follow x86 paging, which both VT-d stages copy: an entry gets A once
+/// the walk has used it to reach the next level, even if the walk then faults below it
+/// (QEMU's vtd_iova_to_flpte sets A in each first-stage entry as it passes it, before
+/// looking at the next level); the entry that faults, and a leaf whose access is
+/// refused, do not get it. D is set only in the leaf of an allowed write.
+fn set_flag_in(mem: &mut dyn PhysMem, entries: &[(u64, u64)], flags: u64) -> Result<(), MemError> {
+    for &(addr, old) in entries {
+        if old & flags != flags {
+            mem.write_u64(PhysAddr(addr), old | flags)?;
+        }
+    }
+    Ok(())
 }
 
 fn page_size(level: u32) -> PageSize {
