@@ -551,3 +551,21 @@ fn first_stage_pasid_entry_has_aw_and_dma_above_1g_lands() {
     assert_eq!(rig.faults(), 0);
     no_diags(&rig);
 }
+
+/// The driver against a unit that mirrors a real machine's registers (Intel Skylake,
+/// `ver 1:0 cap d2008c40660462 ecap f050da`, from a public dmesg log: see
+/// github.com/asokolsky/my-notes, proxmox-gpu-passthrough.md): 39-bit MGAW with only
+/// 4-level tables, one fault record at 0x400, IOTLB registers at 0x500, page walks not
+/// coherent, read/write draining.
+#[test]
+fn legacy_on_a_unit_with_real_skylake_registers() {
+    let mut cfg = VtdConfig::from_registers(BASE, 0x10, 0x00d2_008c_4066_0462, 0x00f0_50da)
+        .expect("a real unit the model can be");
+    assert!(cfg.drd && cfg.dwd && cfg.mhmv == 15 && cfg.mgaw == 39);
+    exercise(cfg, Mode::Legacy, DomainKind::SecondStage);
+    // The same unit without queued invalidation: register-based invalidation at 0x500.
+    cfg.queued_invalidation = false;
+    cfg.interrupt_remapping = false;
+    cfg.eim = false;
+    exercise(cfg, Mode::Legacy, DomainKind::SecondStage);
+}

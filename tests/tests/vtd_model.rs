@@ -4,7 +4,7 @@
 
 use emulator::machine::{Device, Machine};
 use emulator::model::{Access, DmaError, IommuModel, RegisterValue};
-use emulator::vtd::{InterruptKind, VtdConfig, VtdRestoreError, VtdUnit};
+use emulator::vtd::{InterruptKind, VtdConfig, VtdConfigError, VtdRestoreError, VtdUnit};
 use iommu_core::mem::PhysMem;
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use tests::vtd_prog::{write_qwords, MachineRig, Platform, ProgError, VtdDriver, VtdRig};
@@ -1829,4 +1829,101 @@ fn faulting_walks_set_accessed_in_the_entries_above() {
         at = SlPte::from_raw(v).addr();
     }
     assert_eq!(rig.mem.read_u64(PhysAddr(sl_leaf)).unwrap() & SL_A, 0);
+}
+
+/// VER/CAP/ECAP of a real unit: an Intel Skylake host (Xeon E3-1200 v6, "Host address
+/// width 39"), from the dmesg line `DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap
+/// d2008c40660462 ecap f050da` in github.com/asokolsky/my-notes,
+/// proxmox-gpu-passthrough.md (the same values appear in many public Linux logs).
+const SKYLAKE_VER: u32 = 0x10;
+const SKYLAKE_CAP: u64 = 0x00d2_008c_4066_0462;
+const SKYLAKE_ECAP: u64 = 0x00f0_50da;
+
+/// A unit built from a real machine's raw CAP/ECAP decodes every field (CAP.DRD,
+/// CAP.DWD and ECAP.MHMV included, which the named constructors cannot set) and reads
+/// the same values back through its registers.
+#[test]
+fn unit_from_a_real_machines_cap_ecap_decodes_its_capabilities() {
+    let c = VtdConfig::from_registers(BASE, SKYLAKE_VER, SKYLAKE_CAP, SKYLAKE_ECAP).unwrap();
+    // CAP: ND 2 (256 domains), PLMR, PHMR, SAGAW 4-level only, MGAW 39, ZLR, fault
+    // records at FRO 0x40 (0x400), SLLPS 2M+1G, PSI, one fault record, MAMV 18, DWD, DRD.
+    assert_eq!((c.version_major, c.version_minor), (1, 0));
+    assert_eq!((c.nd, c.sagaw, c.mgaw, c.sllps), (2, 0b100, 39, 0b11));
+    assert_eq!((c.fro, c.fault_records, c.mamv), (0x40, 1, 18));
+    assert!(c.plmr && c.phmr && c.zlr && c.psi && c.dwd && c.drd);
+    assert!(!c.rwbf && !c.caching_mode && !c.fl1gp && !c.fl5lp && !c.esrtps);
+    // ECAP: not coherent (C = 0), QI, IR, EIM, PT, SC, IOTLB registers at IRO 0x50
+    // (0x500), MHMV 15; no device TLB, no scalable mode.
+    assert!(!c.coherent && c.queued_invalidation && c.interrupt_remapping && c.eim);
+    assert!(c.pass_through && c.snoop_control && !c.device_tlb && !c.scalable_mode);
+    assert_eq!((c.iro, c.mhmv), (0x50, 15));
+    assert_eq!(
+        (c.ver(), c.cap(), c.ecap()),
+        (SKYLAKE_VER, SKYLAKE_CAP, SKYLAKE_ECAP)
+    );
+
+    let mut unit = VtdUnit::from_registers(BASE, SKYLAKE_VER, SKYLAKE_CAP, SKYLAKE_ECAP).unwrap();
+    let mut mem = emulator::memory::SparseMemory::new(&[(PhysAddr(0), 1 << 20)]).unwrap();
+    assert_eq!(unit.mmio_read(&mut mem, regs::VER, 4), SKYLAKE_VER as u64);
+    assert_eq!(unit.mmio_read(&mut mem, regs::CAP, 8), SKYLAKE_CAP);
+    assert_eq!(unit.mmio_read(&mut mem, regs::ECAP, 8), SKYLAKE_ECAP);
+    assert_eq!(unit.mmio_size(), 0x1000);
+    assert_eq!(regs::domain_count(unit.cap()), 256);
+    assert_eq!(regs::iotlb_offsets(unit.ecap()), (0x500, 0x508));
+    assert_eq!(regs::fault_recording_offset(unit.cap(), 0), 0x400);
+    // The named configurations round-trip through their registers.
+    for cfg in [VtdConfig::legacy(BASE), VtdConfig::scalable(BASE)] {
+        let back = VtdConfig::from_registers(BASE, cfg.ver(), cfg.cap(), cfg.ecap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+}
+
+/// Raw CAP/ECAP values the model cannot be are refused with a typed error naming the
+/// field: reserved bits (VER 31:8, CAP 58:57, ECAP 24), SAGAW without a 3/4/5-level
+/// table or with the 2-level bit, ND 7, fault-recording registers overlapping the fixed
+/// register file or the IOTLB pair, PSS above 19, and capabilities the model does not
+/// implement (CAP.AFL, CAP.PI, ECAP.NEST, ECAP.PRS, ECAP.MTS).
+#[test]
+fn unit_from_registers_refuses_what_the_model_cannot_be() {
+    let (v, c, e) = (SKYLAKE_VER, SKYLAKE_CAP, SKYLAKE_ECAP);
+    let err =
+        |ver: u32, cap: u64, ecap: u64| VtdUnit::from_registers(BASE, ver, cap, ecap).unwrap_err();
+    let reserved = |e: VtdConfigError| match e {
+        VtdConfigError::Reserved { register, bits } => (register, bits),
+        other => panic!("expected a reserved-bit error, got {other:?}"),
+    };
+    let field = |e: VtdConfigError| match e {
+        VtdConfigError::Invalid { field, .. } | VtdConfigError::Unsupported { field, .. } => field,
+        other => panic!("expected a field error, got {other:?}"),
+    };
+    assert_eq!(reserved(err(v | 0x100, c, e)), ("VER", 0x100));
+    assert_eq!(reserved(err(v, c | (1 << 57), e)), ("CAP", 1 << 57));
+    assert_eq!(reserved(err(v, c, e | (1 << 24))), ("ECAP", 1 << 24));
+    let sagaw = regs::field_mask(regs::CAP::SAGAW);
+    assert_eq!(field(err(v, c & !sagaw, e)), "CAP.SAGAW");
+    assert_eq!(field(err(v, (c & !sagaw) | (1 << 8), e)), "CAP.SAGAW");
+    assert_eq!(field(err(v, c | (1 << 8), e)), "CAP.SAGAW");
+    assert_eq!(field(err(v, c | 7, e)), "CAP.ND");
+    assert_eq!(field(err(v, c | (1 << 3), e)), "CAP.AFL");
+    assert_eq!(field(err(v, c | (1 << 59), e)), "CAP.PI");
+    assert_eq!(field(err(v, c, e | (1 << 26))), "ECAP.NEST");
+    assert_eq!(field(err(v, c, e | (1 << 29))), "ECAP.PRS");
+    assert_eq!(field(err(v, c, e | (1 << 25))), "ECAP.MTS");
+    let pss = regs::field_value(regs::ECAP::PSS, 20);
+    assert_eq!(field(err(v, c, e | pss)), "ECAP.PSS");
+    // FRO 0x8 puts the fault record at 0x80, on top of IQH.
+    let fro = regs::field_mask(regs::CAP::FRO);
+    let at = |units: u64| regs::field_value(regs::CAP::FRO, units);
+    assert!(matches!(
+        err(v, (c & !fro) | at(0x8), e),
+        VtdConfigError::Overlap {
+            a: (0x80, 0x90),
+            ..
+        }
+    ));
+    // FRO equal to IRO: the fault record and the IVA register share 0x500.
+    assert!(matches!(
+        err(v, (c & !fro) | at(0x50), e),
+        VtdConfigError::Overlap { .. }
+    ));
 }

@@ -45,7 +45,8 @@ const MAX_DIAGNOSTICS: usize = 10_000;
 /// The capabilities and placement of one modelled VT-d unit.
 ///
 /// Every field maps to a CAP/ECAP/VER field ([`VtdConfig::cap`], [`VtdConfig::ecap`]);
-/// [`VtdConfig::legacy`] and [`VtdConfig::scalable`] give sensible starting points.
+/// [`VtdConfig::legacy`] and [`VtdConfig::scalable`] give sensible starting points, and
+/// [`VtdConfig::from_registers`] decodes the raw VER/CAP/ECAP values of a real unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VtdConfig {
     /// Physical base of the register window.
@@ -82,6 +83,17 @@ pub struct VtdConfig {
     pub fl5lp: bool,
     /// CAP.ESRTPS: SRTP also invalidates every DMA-remapping cache.
     pub esrtps: bool,
+    /// CAP.DRD: read draining (IOTLB invalidations may ask to drain reads; the model
+    /// has no requests in flight, so a drain completes at once).
+    pub drd: bool,
+    /// CAP.DWD: write draining (as [`VtdConfig::drd`], for writes).
+    pub dwd: bool,
+    /// CAP.ZLR: zero-length reads (the model's agents never issue them).
+    pub zlr: bool,
+    /// CAP.PLMR: protected low-memory region registers (PMEN is latched only).
+    pub plmr: bool,
+    /// CAP.PHMR: protected high-memory region registers (PMEN is latched only).
+    pub phmr: bool,
     /// ECAP.C: page-walk coherency.
     pub coherent: bool,
     /// ECAP.QI: queued invalidation.
@@ -96,6 +108,9 @@ pub struct VtdConfig {
     pub pass_through: bool,
     /// ECAP.SC: snoop control.
     pub snoop_control: bool,
+    /// ECAP.MHMV: maximum handle-mask value of interrupt-entry-cache invalidations
+    /// (0–15; interrupt remapping itself is not modelled).
+    pub mhmv: u8,
     /// ECAP.SMTS: scalable-mode translation.
     pub scalable_mode: bool,
     /// ECAP.FLTS: first-stage translation (scalable mode).
@@ -141,6 +156,11 @@ impl VtdConfig {
             fl1gp: false,
             fl5lp: false,
             esrtps: false,
+            drd: false,
+            dwd: false,
+            zlr: false,
+            plmr: false,
+            phmr: false,
             coherent: true,
             queued_invalidation: true,
             device_tlb: false,
@@ -148,6 +168,7 @@ impl VtdConfig {
             eim: false,
             pass_through: true,
             snoop_control: false,
+            mhmv: 0,
             scalable_mode: false,
             first_stage: false,
             second_stage: false,
@@ -205,6 +226,11 @@ impl VtdConfig {
             | f(CAP::FL1GP, self.fl1gp as u64)
             | f(CAP::FL5LP, self.fl5lp as u64)
             | f(CAP::ESRTPS, self.esrtps as u64)
+            | f(CAP::DRD, self.drd as u64)
+            | f(CAP::DWD, self.dwd as u64)
+            | f(CAP::ZLR, self.zlr as u64)
+            | f(CAP::PLMR, self.plmr as u64)
+            | f(CAP::PHMR, self.phmr as u64)
     }
 
     /// The ECAP register value.
@@ -218,6 +244,7 @@ impl VtdConfig {
             | f(ECAP::PT, self.pass_through as u64)
             | f(ECAP::SC, self.snoop_control as u64)
             | f(ECAP::IRO, self.iro as u64)
+            | f(ECAP::MHMV, self.mhmv as u64)
             | f(ECAP::SRS, self.supervisor_requests as u64)
             | f(ECAP::PSS, self.pss as u64)
             | f(ECAP::PASID, self.pasid as u64)
@@ -253,6 +280,9 @@ impl VtdConfig {
                 "only 2M/1G pages and 3/4/5-level tables are defined",
             );
         }
+        if self.mhmv > 15 {
+            return invalid("mhmv", self.mhmv as u64, "ECAP.MHMV is a 4-bit field");
+        }
         if self.fro > 0x3ff || self.iro > 0x3ff {
             return invalid(
                 "fro/iro",
@@ -261,6 +291,84 @@ impl VtdConfig {
             );
         }
         check_registers(self.ver(), self.cap(), self.ecap())
+    }
+
+    /// Decodes the raw VER, CAP and ECAP values of a unit (for instance those a real
+    /// machine reports, as in Linux's `DMAR: dmar0: reg_base_addr … ver … cap … ecap …`
+    /// line) into a configuration whose [`VtdConfig::ver`], [`VtdConfig::cap`] and
+    /// [`VtdConfig::ecap`] give back exactly these values.
+    ///
+    /// Refused with a typed error naming the field: reserved bits, reserved encodings
+    /// (CAP.ND 7, SAGAW without a 3/4/5-level table, PSS above 19), fault-recording or
+    /// IOTLB registers overlapping the register file or each other, capabilities the
+    /// model does not implement (advanced fault logging, posted interrupts, nested
+    /// translation, page requests, memory types, …) and inconsistent combinations.
+    pub fn from_registers(
+        mmio_base: PhysAddr,
+        ver: u32,
+        cap: u64,
+        ecap: u64,
+    ) -> Result<Self, VtdConfigError> {
+        check_registers(ver, cap, ecap)?;
+        let config = Self {
+            mmio_base,
+            version_major: regs::VER::MAX.read(ver) as u8,
+            version_minor: regs::VER::MIN.read(ver) as u8,
+            nd: CAP::ND.read(cap) as u8,
+            sagaw: CAP::SAGAW.read(cap) as u8,
+            mgaw: (CAP::MGAW.read(cap) + 1) as u8,
+            sllps: CAP::SLLPS.read(cap) as u8,
+            fault_records: regs::fault_recording_count(cap) as u16,
+            fro: CAP::FRO.read(cap) as u16,
+            iro: ECAP::IRO.read(ecap) as u16,
+            caching_mode: CAP::CM.is_set(cap),
+            rwbf: CAP::RWBF.is_set(cap),
+            psi: CAP::PSI.is_set(cap),
+            mamv: CAP::MAMV.read(cap) as u8,
+            fl1gp: CAP::FL1GP.is_set(cap),
+            fl5lp: CAP::FL5LP.is_set(cap),
+            esrtps: CAP::ESRTPS.is_set(cap),
+            drd: CAP::DRD.is_set(cap),
+            dwd: CAP::DWD.is_set(cap),
+            zlr: CAP::ZLR.is_set(cap),
+            plmr: CAP::PLMR.is_set(cap),
+            phmr: CAP::PHMR.is_set(cap),
+            coherent: ECAP::C.is_set(ecap),
+            queued_invalidation: ECAP::QI.is_set(ecap),
+            device_tlb: ECAP::DT.is_set(ecap),
+            interrupt_remapping: ECAP::IR.is_set(ecap),
+            eim: ECAP::EIM.is_set(ecap),
+            pass_through: ECAP::PT.is_set(ecap),
+            snoop_control: ECAP::SC.is_set(ecap),
+            mhmv: ECAP::MHMV.read(ecap) as u8,
+            scalable_mode: ECAP::SMTS.is_set(ecap),
+            first_stage: ECAP::FLTS.is_set(ecap),
+            second_stage: ECAP::SLTS.is_set(ecap),
+            pasid: ECAP::PASID.is_set(ecap),
+            pss: ECAP::PSS.read(ecap) as u8,
+            supervisor_requests: ECAP::SRS.is_set(ecap),
+            sl_ad: ECAP::SLADS.is_set(ecap),
+            rps: ECAP::RPS.is_set(ecap),
+            rprivs: ECAP::RPRIVS.is_set(ecap),
+            adms: ECAP::ADMS.is_set(ecap),
+        };
+        config.validate()?;
+        // Every bit check_registers lets through is a field of the configuration; a
+        // difference here would be a bit this decoder forgot.
+        for (register, raw, rebuilt) in [
+            ("VER", ver as u64, config.ver() as u64),
+            ("CAP", cap, config.cap()),
+            ("ECAP", ecap, config.ecap()),
+        ] {
+            if raw != rebuilt {
+                return Err(VtdConfigError::Unsupported {
+                    field: register,
+                    value: raw ^ rebuilt,
+                    why: "bits the configuration cannot express",
+                });
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -274,6 +382,22 @@ pub enum VtdConfigError {
         /// Its value.
         value: u64,
         /// Why it is refused.
+        why: &'static str,
+    },
+    /// Reserved bits of a capability register are set.
+    Reserved {
+        /// The register (`VER`, `CAP` or `ECAP`).
+        register: &'static str,
+        /// The reserved bits that are set.
+        bits: u64,
+    },
+    /// A capability the model does not implement is reported.
+    Unsupported {
+        /// The field, as `REGISTER.FIELD`.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// What the model lacks.
         why: &'static str,
     },
     /// Two register ranges of the unit overlap.
@@ -291,6 +415,12 @@ impl fmt::Display for VtdConfigError {
             VtdConfigError::Invalid { field, value, why } => {
                 write!(f, "VT-d unit {field} = {value:#x}: {why}")
             }
+            VtdConfigError::Reserved { register, bits } => {
+                write!(f, "VT-d {register} has reserved bits {bits:#x} set")
+            }
+            VtdConfigError::Unsupported { field, value, why } => {
+                write!(f, "VT-d unit {field} = {value:#x}: {why}")
+            }
             VtdConfigError::Overlap { a, b } => write!(
                 f,
                 "VT-d register ranges {:#x}-{:#x} and {:#x}-{:#x} overlap",
@@ -306,7 +436,144 @@ impl std::error::Error for VtdConfigError {}
 /// at 0x100 exist only with ECAP.MTS, which the model does not report.
 const FIXED_REGS_END: u64 = 0xF0;
 
-fn check_registers(_ver: u32, cap: u64, ecap: u64) -> Result<(), VtdConfigError> {
+/// VER bits 31:8 are reserved (Linux DMAR_VER_MAJOR/MINOR use 7:0; VirtualBox
+/// iommu-intel.h VTD_BF_VER_REG_RSVD_31_8).
+const VER_RESERVED: u64 = 0xffff_ff00;
+/// CAP bits reserved in VirtualBox's iommu-intel.h layout (RSVD_15_13, RSVD_38,
+/// RSVD_58_57); Linux defines none of them either.
+const CAP_RESERVED: u64 = (0b111 << 13) | (1 << 38) | (0b11 << 57);
+/// ECAP bits reserved in VirtualBox's iommu-intel.h layout (RSVD_5, RSVD_19_18, RSVD_24
+/// and RSVD_28 — deprecated ECS/PASID of VT-d 2.x —, RSVD_27, RSVD_32, RSVD_63_54);
+/// Linux defines none of them in its current iommu.h.
+const ECAP_RESERVED: u64 =
+    (1 << 5) | (0b11 << 18) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 32) | (0x3ff << 54);
+
+/// Capabilities the model does not implement: `(register is ECAP, mask, field, why)`.
+/// Bit positions: Linux iommu.h cap_*/ecap_* macros and VirtualBox iommu-intel.h. Where
+/// they disagree the bit is refused under both names (VirtualBox: reserved).
+const UNSUPPORTED: &[(bool, u64, &str, &str)] = &[
+    (
+        false,
+        1 << 3,
+        "CAP.AFL",
+        "advanced fault logging is not modelled",
+    ),
+    (
+        false,
+        1 << 23,
+        "CAP.ISOCH",
+        "isochrony (Linux cap_isoch; reserved in VirtualBox's layout) is not modelled",
+    ),
+    (
+        false,
+        1 << 59,
+        "CAP.PI",
+        "posted interrupts are not modelled",
+    ),
+    (
+        false,
+        1 << 61,
+        "CAP.ECMDS",
+        "the enhanced command interface (Linux; reserved in VirtualBox's layout) is not modelled",
+    ),
+    (
+        false,
+        1 << 62,
+        "CAP.ESIRTPS",
+        "interrupt remapping caches are not modelled",
+    ),
+    (
+        true,
+        1 << 25,
+        "ECAP.MTS",
+        "memory-type support (MTRR registers) is not modelled",
+    ),
+    (
+        true,
+        1 << 26,
+        "ECAP.NEST",
+        "nested translation is not modelled",
+    ),
+    (true, 1 << 29, "ECAP.PRS", "page requests are not modelled"),
+    (
+        true,
+        1 << 30,
+        "ECAP.ERS",
+        "execute requests are not modelled",
+    ),
+    (
+        true,
+        1 << 33,
+        "ECAP.NWFS",
+        "the no-write flag is not modelled",
+    ),
+    (
+        true,
+        1 << 34,
+        "ECAP.EAFS",
+        "the extended-accessed flag is not modelled",
+    ),
+    (
+        true,
+        1 << 41,
+        "ECAP.DIT",
+        "device-TLB invalidation throttling is not modelled",
+    ),
+    (
+        true,
+        1 << 42,
+        "ECAP.PDS",
+        "page-request draining is not modelled",
+    ),
+    (
+        true,
+        1 << 44,
+        "ECAP.VCS",
+        "the virtual command interface is not modelled",
+    ),
+    (
+        true,
+        1 << 48,
+        "ECAP.SMPWCS",
+        "scalable-mode page-walk snooping is not modelled",
+    ),
+    (
+        true,
+        1 << 50,
+        "ECAP.TDXCS",
+        "TDX connect (Linux ecap_tdxc; reserved in VirtualBox's layout) is not modelled",
+    ),
+    (
+        true,
+        1 << 51,
+        "ECAP.PMS",
+        "performance monitoring (Linux ecap_pms; reserved in VirtualBox's layout) is not modelled",
+    ),
+];
+
+fn check_registers(ver: u32, cap: u64, ecap: u64) -> Result<(), VtdConfigError> {
+    for (register, value, reserved) in [
+        ("VER", ver as u64, VER_RESERVED),
+        ("CAP", cap, CAP_RESERVED),
+        ("ECAP", ecap, ECAP_RESERVED),
+    ] {
+        if value & reserved != 0 {
+            return Err(VtdConfigError::Reserved {
+                register,
+                bits: value & reserved,
+            });
+        }
+    }
+    for &(in_ecap, mask, field, why) in UNSUPPORTED {
+        let value = if in_ecap { ecap } else { cap };
+        if value & mask != 0 {
+            return Err(VtdConfigError::Unsupported {
+                field,
+                value: 1,
+                why,
+            });
+        }
+    }
     let mgaw = CAP::MGAW.read(cap) + 1;
     if !(39..=64).contains(&mgaw) {
         return Err(VtdConfigError::Invalid {
@@ -315,18 +582,33 @@ fn check_registers(_ver: u32, cap: u64, ecap: u64) -> Result<(), VtdConfigError>
             why: "the model needs a guest address width of 39..=64 bits",
         });
     }
-    if CAP::SAGAW.read(cap) & 0b1110 == 0 {
+    let sagaw = CAP::SAGAW.read(cap);
+    if sagaw & 0b1110 == 0 {
         return Err(VtdConfigError::Invalid {
             field: "CAP.SAGAW",
-            value: CAP::SAGAW.read(cap),
+            value: sagaw,
             why: "no 3-, 4- or 5-level second-stage table supported",
         });
     }
-    if CAP::AFL.is_set(cap) {
+    if sagaw & !0b1110 != 0 {
+        return Err(VtdConfigError::Unsupported {
+            field: "CAP.SAGAW",
+            value: sagaw,
+            why: "only 3-, 4- and 5-level tables (bits 1-3) are modelled; bit 0 (2-level) and bit 4 are not",
+        });
+    }
+    if CAP::SLLPS.read(cap) > 3 {
+        return Err(VtdConfigError::Unsupported {
+            field: "CAP.SLLPS",
+            value: CAP::SLLPS.read(cap),
+            why: "only 2 MiB and 1 GiB second-stage pages are defined",
+        });
+    }
+    if ECAP::PSS.read(ecap) > 19 {
         return Err(VtdConfigError::Invalid {
-            field: "CAP.AFL",
-            value: 1,
-            why: "advanced fault logging is not modelled",
+            field: "ECAP.PSS",
+            value: ECAP::PSS.read(ecap),
+            why: "PASIDs have at most 20 bits",
         });
     }
     if CAP::ND.read(cap) > 6 {
@@ -558,6 +840,18 @@ impl VtdUnit {
     pub fn new(config: VtdConfig) -> Result<Self, VtdConfigError> {
         config.validate()?;
         Self::from_capabilities(config.mmio_base, config.ver(), config.cap(), config.ecap())
+    }
+
+    /// A unit in its reset state whose VER, CAP and ECAP read back exactly as `ver`,
+    /// `cap` and `ecap`, e.g. a real machine's; refused as [`VtdConfig::from_registers`]
+    /// refuses.
+    pub fn from_registers(
+        mmio_base: PhysAddr,
+        ver: u32,
+        cap: u64,
+        ecap: u64,
+    ) -> Result<Self, VtdConfigError> {
+        Self::new(VtdConfig::from_registers(mmio_base, ver, cap, ecap)?)
     }
 
     fn from_capabilities(
