@@ -1778,23 +1778,22 @@ fn faulting_walks_set_accessed_in_the_entries_above() {
     for &at in &chain {
         assert_eq!(flags(rig, at), 0, "fresh tables carry no A");
     }
+    // A faulting request with the expected reason leaves A in the chain, nothing in the
+    // leaf.
+    let faults_with_a_above = |rig: &mut VtdRig, iova: u64, access: Access, code: u32| {
+        let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, iova, access));
+        assert_eq!(c, code);
+        for &at in &chain {
+            assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}, fault {code:#x}");
+        }
+        assert_eq!(flags(rig, leaf_ro), 0, "leaf, fault {code:#x}");
+        clear_a(rig, &chain);
+    };
     // Not-present leaf entry (0x3000, same leaf table).
-    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x3000, Access::Read));
-    assert_eq!(c, 0x71);
-    for &at in &chain {
-        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
-    }
-    assert_eq!(flags(rig, leaf_ro), 0);
+    faults_with_a_above(rig, 0x3000, Access::Read, 0x71);
     // Write to the read-only leaf: the entries above get A, the leaf neither A nor D.
-    clear_a(rig, &chain);
-    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x1000, Access::Write));
-    assert_eq!(c, 0x85);
-    for &at in &chain {
-        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
-    }
-    assert_eq!(flags(rig, leaf_ro), 0);
+    faults_with_a_above(rig, 0x1000, Access::Write, 0x85);
     // Reserved bit in the leaf (address bit 50, above the host address width).
-    clear_a(rig, &chain);
     let leaf_v = rig.mem.read_u64(PhysAddr(leaf_ro)).unwrap();
     write_qwords(rig, leaf_ro, &[leaf_v | (1 << 50)]).unwrap();
     ok(rig.qi_sync(&[Descriptor::PasidIotlb {
@@ -1805,12 +1804,7 @@ fn faulting_walks_set_accessed_in_the_entries_above() {
         ih: false,
         am: 0,
     }]));
-    let (c, _) = fault_code(rig.request(DEV, Some(PASID_FL), false, 0x1000, Access::Read));
-    assert_eq!(c, 0x72);
-    for &at in &chain {
-        assert_eq!(flags(rig, at), FL_A, "entry at {at:#x}");
-    }
-    assert_eq!(flags(rig, leaf_ro), 0);
+    faults_with_a_above(rig, 0x1000, Access::Read, 0x72);
 
     // Second stage with SSADE: a not-present leaf leaves A in the entries above.
     let sl2 = rig.alloc_table(1).unwrap();

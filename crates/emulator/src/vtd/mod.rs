@@ -302,7 +302,7 @@ impl VtdConfig {
     /// (CAP.ND 7, SAGAW without a 3/4/5-level table, PSS above 19), fault-recording or
     /// IOTLB registers overlapping the register file or each other, capabilities the
     /// model does not implement (advanced fault logging, posted interrupts, nested
-    /// translation, page requests, memory types, …) and inconsistent combinations.
+    /// translation, page requests, memory types, …).
     pub fn from_registers(
         mmio_base: PhysAddr,
         ver: u32,
@@ -597,26 +597,32 @@ fn check_registers(ver: u32, cap: u64, ecap: u64) -> Result<(), VtdConfigError> 
             why: "only 3-, 4- and 5-level tables (bits 1-3) are modelled; bit 0 (2-level) and bit 4 are not",
         });
     }
-    if CAP::SLLPS.read(cap) > 3 {
-        return Err(VtdConfigError::Unsupported {
-            field: "CAP.SLLPS",
-            value: CAP::SLLPS.read(cap),
-            why: "only 2 MiB and 1 GiB second-stage pages are defined",
-        });
-    }
-    if ECAP::PSS.read(ecap) > 19 {
-        return Err(VtdConfigError::Invalid {
-            field: "ECAP.PSS",
-            value: ECAP::PSS.read(ecap),
-            why: "PASIDs have at most 20 bits",
-        });
-    }
-    if CAP::ND.read(cap) > 6 {
-        return Err(VtdConfigError::Invalid {
-            field: "CAP.ND",
-            value: CAP::ND.read(cap),
-            why: "ND 7 is reserved",
-        });
+    // Fields with a largest meaningful value: (field, value, largest, unsupported, why).
+    let bounded = [
+        (
+            "CAP.SLLPS",
+            CAP::SLLPS.read(cap),
+            3,
+            true,
+            "only 2 MiB and 1 GiB second-stage pages are defined",
+        ),
+        (
+            "ECAP.PSS",
+            ECAP::PSS.read(ecap),
+            19,
+            false,
+            "PASIDs have at most 20 bits",
+        ),
+        ("CAP.ND", CAP::ND.read(cap), 6, false, "ND 7 is reserved"),
+    ];
+    for (field, value, largest, unsupported, why) in bounded {
+        if value > largest {
+            return Err(if unsupported {
+                VtdConfigError::Unsupported { field, value, why }
+            } else {
+                VtdConfigError::Invalid { field, value, why }
+            });
+        }
     }
     let fr = (
         regs::fault_recording_offset(cap, 0),
