@@ -47,7 +47,9 @@ pub struct Finding {
     /// Unit name (empty for image-wide findings).
     pub unit: String,
     /// Kind: `not-preserved`, `not-in-record`, `reachable-twice`, `bad-entry`,
-    /// `record-mismatch`, `record`.
+    /// `record-mismatch`, `record`, `adopt-refuses` (a state or record `adopt` refuses),
+    /// `run-not-preserved` (a record page run outside the preserved set), `unit-state`
+    /// (the root pointer not latched).
     pub kind: &'static str,
     /// Address concerned.
     pub addr: Option<PhysAddr>,
@@ -397,9 +399,182 @@ fn verify_unit(
         }
     }
     cx.r.checked.push((cx.unit.clone(), struct_pages, pt_pages));
+    check_unit_state(u, cx);
     if let Some(r) = record {
         check_record(us, r, cx);
+        check_adoptable(u, r, preserved, cx);
     }
+}
+
+/// What `adopt` refuses about the unit itself, record or not (`vtd::driver::Unit::probe`
+/// and the unit check of `vtd::handover::adopt`): translation disabled (GSTS.TES), a
+/// mode other than legacy or scalable, scalable mode without ECAP.SMTS, a second- or
+/// first-stage table type (ECAP.SLTS/FLTS) or queued invalidation (ECAP.QI), and no
+/// queued invalidation on a VER 6+ unit (register-based invalidation is gone there).
+/// A root pointer that was never latched (GSTS.RTPS clear) is reported too: RTADDR
+/// then is not the table the hardware uses.
+fn check_unit_state(u: &crate::vtd::Unit, cx: &mut Ctx<'_>) {
+    use vtd::hw::regs::{Ttm, ECAP, VER};
+    let refuse = |cx: &mut Ctx<'_>, what: String| cx.add("adopt-refuses", None, what);
+    let gsts = u.gsts();
+    if !u.enabled() {
+        refuse(
+            cx,
+            format!("GSTS {gsts:#010x}: translation is disabled (TES clear); adopt takes over a translating unit only"),
+        );
+    }
+    if !u.root_latched() {
+        cx.add(
+            "unit-state",
+            Some(u.root_table()),
+            format!(
+                "GSTS {gsts:#010x}: no root table pointer latched (RTPS clear); RTADDR {:#x} \
+                 is not the table the hardware uses",
+                u.rtaddr()
+            ),
+        );
+    }
+    let ecap = u.ecap();
+    match u.mode() {
+        Ttm::Legacy => {}
+        Ttm::Scalable => {
+            for (ok, why) in [
+                (ECAP::SMTS.is_set(ecap), "scalable mode needs ECAP.SMTS"),
+                (
+                    ECAP::SLTS.is_set(ecap) || ECAP::FLTS.is_set(ecap),
+                    "scalable mode needs ECAP.SLTS or ECAP.FLTS",
+                ),
+                (
+                    ECAP::QI.is_set(ecap),
+                    "scalable mode needs queued invalidation (ECAP.QI)",
+                ),
+            ] {
+                if !ok {
+                    refuse(cx, format!("ECAP {ecap:#x}: {why}"));
+                }
+            }
+        }
+        m => refuse(
+            cx,
+            format!(
+                "RTADDR.TTM is {}: adopt takes over legacy or scalable mode only",
+                crate::vtd::mode_name(m)
+            ),
+        ),
+    }
+    if let Some(ver) = u.reg(vtd::hw::regs::VER) {
+        let major = VER::MAX.read(ver as u32);
+        if major >= 6 && !ECAP::QI.is_set(ecap) {
+            refuse(
+                cx,
+                format!(
+                    "VER {ver:#x}: a version {major} unit without queued invalidation \
+                     (ECAP.QI) cannot be invalidated"
+                ),
+            );
+        }
+    }
+}
+
+/// What `adopt` refuses about a record, mirrored (`vtd::handover::adopt`): a host
+/// address width no unit can have, domain IDs beyond CAP.ND, domain 0 with caching mode, a domain ID
+/// twice, a table format the unit cannot walk, a first-stage domain on a legacy unit, a
+/// domain root that is unaligned, not preserved or outside the record's runs (a device
+/// bound to a domain the record does not hold is refused by the record decoder); and every page run of the record must lie
+/// in the preserved set (a record whose runs claim unpreserved pages would have them
+/// freed by `finish`). Checking a run costs at most the preserved pages it holds plus
+/// one: the runs are disjoint, so the whole check is bounded by the preserved set.
+fn check_adoptable(
+    u: &crate::vtd::Unit,
+    r: &Record,
+    preserved: Option<&PageSet>,
+    cx: &mut Ctx<'_>,
+) {
+    use vtd::format::{FirstStage, SecondStage};
+    let refuse = |cx: &mut Ctx<'_>, addr: Option<PhysAddr>, what: String| {
+        cx.add("adopt-refuses", addr, what)
+    };
+    // adopt compares the record's width with the new kernel's (configured, or MGAW + 1,
+    // clamped to 12..=64): which that is the image does not say, but one outside
+    // 12..=64 never matches.
+    if !(12..=64).contains(&r.haw) {
+        refuse(
+            cx,
+            None,
+            format!(
+                "record host address width {} bits: no unit's width (12 to 64 bits) matches",
+                r.haw
+            ),
+        );
+    }
+    let cm = vtd::hw::regs::CAP::CM.is_set(u.cap());
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &r.domains {
+        let did = d.id.0;
+        let mut why: Vec<String> = Vec::new();
+        if did as u32 >= u.domains() {
+            why.push(format!("beyond the unit's CAP.ND ({} IDs)", u.domains()));
+        }
+        if did == 0 && cm {
+            why.push("domain ID 0 is reserved with caching mode (CAP.CM)".into());
+        }
+        if !seen.insert(did) {
+            why.push("recorded twice".into());
+        }
+        let format = match d.kind {
+            DomainKind::SecondStage => {
+                SecondStage::for_unit(d.levels, u.cap(), u.ecap(), u.haw).map(|_| ())
+            }
+            DomainKind::FirstStage => FirstStage::for_unit(d.levels, u.cap(), u.haw).map(|_| ()),
+        };
+        if let Err(e) = format {
+            why.push(format!("{:?} {}-level tables: {e}", d.kind, d.levels));
+        }
+        if d.kind == DomainKind::FirstStage && r.mode == Mode::Legacy {
+            why.push("first-stage domain on a legacy-mode unit".into());
+        }
+        if d.root.0 % 4096 != 0 {
+            why.push(format!("root {} is not 4 KiB aligned", d.root));
+        } else {
+            if preserved.is_some_and(|set| !set.contains(d.root)) {
+                why.push(format!("root table {} is not preserved", d.root));
+            }
+            if !r.holds_page(d.root) {
+                why.push(format!(
+                    "root table {} is not in the record's page runs",
+                    d.root
+                ));
+            }
+        }
+        for w in why {
+            refuse(cx, Some(d.root), format!("record domain {did:#06x}: {w}"));
+        }
+    }
+    if let Some(set) = preserved {
+        let count = set.page_count();
+        for &(first, pages) in &r.pages {
+            if let Some(miss) = first_unpreserved(set, count, first, pages) {
+                cx.add(
+                    "run-not-preserved",
+                    Some(miss),
+                    format!(
+                        "record page run {first}+{pages} pages: page {miss} is not in the \
+                         preserved set ({count} pages); finish would free it"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The first page of the run `first`+`pages` outside `set` (of `count` pages), in at most
+/// `count + 1` lookups: at most `count` pages of the run can be in the set. The record
+/// decoder refuses runs that wrap the address space.
+fn first_unpreserved(set: &PageSet, count: u64, first: PhysAddr, pages: u64) -> Option<PhysAddr> {
+    (0..pages.min(count.saturating_add(1)))
+        .map_while(|i| i.checked_mul(4096).and_then(|o| first.0.checked_add(o)))
+        .map(PhysAddr)
+        .find(|&p| !set.contains(p))
 }
 
 fn check_record(us: &UnitState, r: &Record, cx: &mut Ctx<'_>) {

@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use iommu_core::{DomainId, PhysAddr};
 use std::path::Path;
 use std::process::{Command, Output};
+use vtd::driver::DomainKind;
+use vtd::handover::record::RecordDomain;
 
 fn inspect(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
@@ -883,4 +886,105 @@ fn pointers_at_the_top_of_the_address_space_never_panic() {
         "{}",
         stdout(&o)
     );
+}
+
+/// A record whose page runs claim 2^40 pages from address 0, or all 64 MiB of RAM,
+/// while only the rig's table pages are preserved: `verify` reports the run (adopt's
+/// and finish's input), in bounded time, instead of "ok".
+#[test]
+fn verify_refuses_record_runs_of_2_pow_40_pages_or_all_of_ram_outside_the_preserved_set() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, run) in [("huge.elf", 1u64 << 40), ("ram.elf", RAM.1 / 4096)] {
+        let (mut r, ta, tb) = sample_legacy(POOL);
+        let pages = r.pages.clone();
+        r.handover_with(
+            &pages,
+            &[(1, ta, 4), (2, tb, 4)],
+            &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+            |rec| rec.pages = vec![(PhysAddr(0), run)],
+        );
+        r.save(dir.path(), name);
+        let o = inspect(dir.path(), &["verify", name]);
+        assert_eq!(code(&o), 1, "{}", stdout(&o));
+        let s = stdout(&o);
+        let want = format!(
+            "[run-not-preserved] record page run 0x0+{run} pages: page 0x0 is not in the \
+             preserved set"
+        );
+        assert!(s.contains(&want), "missing {want:?} in\n{s}");
+    }
+}
+
+/// A unit whose GSTS reads 0 (translation disabled, root pointer never latched) with a
+/// record that otherwise matches: adopt refuses it, so verify must not say "ok".
+#[test]
+fn verify_reports_a_unit_with_translation_disabled_and_no_latched_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    let mut b = r.bytes();
+    set_note_register(&mut b, 0x1c, 0);
+    std::fs::write(dir.path().join("off.elf"), &b).unwrap();
+    let o = inspect(dir.path(), &["verify", "off.elf"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let s = stdout(&o);
+    for want in [
+        "[adopt-refuses] GSTS 0x00000000: translation is disabled (TES clear)",
+        "[unit-state] GSTS 0x00000000: no root table pointer latched (RTPS clear)",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+/// Record domains adopt refuses, one shape each: an ID beyond CAP.ND, 5-level tables
+/// the unit's SAGAW lacks, a first-stage domain on a legacy unit, an unaligned root, a
+/// root neither preserved nor in the runs. (A device bound to a domain the record does
+/// not hold is refused by the record decoder, reported as a `record` problem.)
+#[test]
+fn verify_reports_every_record_domain_and_device_adopt_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    r.handover_with(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+        |rec| {
+            let d = |id: u16, kind, levels, root: u64| RecordDomain {
+                id: DomainId(id),
+                kind,
+                levels,
+                root: PhysAddr(root),
+            };
+            rec.domains.extend([
+                d(7, DomainKind::SecondStage, 5, tb),
+                d(8, DomainKind::FirstStage, 4, ta),
+                d(9, DomainKind::SecondStage, 4, ta + 8),
+                d(10, DomainKind::SecondStage, 4, 0x3f0_0000),
+                d(0xfffe, DomainKind::SecondStage, 4, ta),
+            ]);
+        },
+    );
+    r.save(dir.path(), "doms.elf");
+    let o = inspect(dir.path(), &["verify", "doms.elf"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let s = stdout(&o);
+    for want in [
+        "record domain 0x0007: SecondStage 5-level tables",
+        "record domain 0x0008: first-stage domain on a legacy-mode unit",
+        &format!(
+            "record domain 0x0009: root {:#x} is not 4 KiB aligned",
+            ta + 8
+        ),
+        "record domain 0x000a: root table 0x3f00000 is not preserved",
+        "record domain 0x000a: root table 0x3f00000 is not in the record's page runs",
+        "record domain 0xfffe: beyond the unit's CAP.ND",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
 }

@@ -297,6 +297,17 @@ impl Rig {
         domains: &[(u16, u64, u8)],
         devices: &[(RequesterId, Option<u32>, u16)],
     ) -> PhysAddr {
+        self.handover_with(pages, domains, devices, |_| {})
+    }
+
+    /// [`Rig::handover`] with the record changed by `edit` before it is encoded.
+    pub fn handover_with(
+        &mut self,
+        pages: &[u64],
+        domains: &[(u16, u64, u8)],
+        devices: &[(RequesterId, Option<u32>, u16)],
+        edit: impl FnOnce(&mut Record),
+    ) -> PhysAddr {
         let mut set = PageSet::new();
         for &p in pages {
             set.insert(PhysAddr(p), 0).expect("page in set");
@@ -349,6 +360,8 @@ impl Rig {
                 .collect(),
             pages: runs,
         };
+        let mut rec = rec;
+        edit(&mut rec);
         let payload = rec.encode();
         let name = vtd::handover::client_name(UNIT);
         let clients = [Client {
@@ -477,4 +490,28 @@ fn device_note_desc(bytes: &[u8]) -> usize {
         pos = desc + descsz.div_ceil(4) * 4;
     }
     panic!("no device note")
+}
+
+/// Sets the value of the register at `reg` in the (first) unit note of snapshot `bytes`.
+pub fn set_note_register(bytes: &mut [u8], reg: u64, value: u64) {
+    let start = le64(bytes, phdr(0) + 8) as usize;
+    let end = start + le64(bytes, phdr(0) + 32) as usize;
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let mut pos = start;
+    while pos < end {
+        let (namesz, descsz, t) = (word(bytes, pos), word(bytes, pos + 4), word(bytes, pos + 8));
+        let desc = pos + 12 + namesz.div_ceil(4) * 4;
+        if t as u32 == emulator::snapshot::NT_IOMMU_UNIT {
+            let n = word(bytes, desc + 4);
+            for i in 0..n {
+                let e = desc + 24 + 24 * i;
+                if le64(bytes, e) == reg {
+                    bytes[e + 16..e + 24].copy_from_slice(&value.to_le_bytes());
+                    return;
+                }
+            }
+        }
+        pos = desc + descsz.div_ceil(4) * 4;
+    }
+    panic!("no register {reg:#x} in a unit note")
 }
