@@ -17,6 +17,14 @@ pub enum InspectError {
         /// The operating system's error.
         err: std::io::Error,
     },
+    /// The path is not a regular file: images are memory-mapped, so pipes, FIFOs,
+    /// sockets, devices and directories are not supported.
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
     /// The ELF file header or a program header is malformed.
     Elf {
         /// File offset of the malformed structure.
@@ -77,6 +85,12 @@ impl fmt::Display for InspectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InspectError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            InspectError::NotAFile { path, what } => write!(
+                f,
+                "{}: {what}; iommu-inspect reads memory images from regular files (save a \
+                 pipe's output to a file first)",
+                path.display()
+            ),
             InspectError::Elf { offset, what } => {
                 write!(f, "ELF structure at file offset {offset:#x}: {what}")
             }

@@ -175,8 +175,28 @@ impl Image {
             path: path.to_path_buf(),
             err,
         };
+        // A directory cannot be opened for reading on every system, and a pipe, FIFO,
+        // socket or device has no length to map: say so before trying.
+        let kind = std::fs::metadata(path).map_err(io)?.file_type();
+        if !kind.is_file() {
+            return Err(InspectError::NotAFile {
+                path: path.to_path_buf(),
+                what: if kind.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a pipe, FIFO, socket or device)"
+                },
+            });
+        }
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(InspectError::NotAFile {
+                path: path.to_path_buf(),
+                what: "not a regular file (a pipe, FIFO, socket or device)",
+            });
+        }
+        let len = meta.len();
         let backing = if len == 0 {
             Backing::Bytes(Vec::new())
         } else {

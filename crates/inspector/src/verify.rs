@@ -1,7 +1,9 @@
 //! `verify`: an image's handover state checked against its tables.
 //!
-//! The KHO blob is found by scanning the image's pages for the FDT magic and keeping
-//! the blobs whose root is compatible with `kho-v2` (or given by address); its
+//! The KHO blob is given by address (`--kho-blob`), or found by scanning pages for the
+//! FDT magic and keeping the blobs whose root is compatible with `kho-v2`: the pages of
+//! a range the user names (`--kho-scan`), or the whole image when it holds at most
+//! [`DEFAULT_SCAN_LIMIT`] bytes of memory (never an unbounded scan by default); its
 //! preserved-memory map gives the pages that survive a kexec, and its client
 //! `iommu-vtd-<base>` the VT-d handover record of each unit (decoded with
 //! `vtd::handover::record`). A record may also come from a file.
@@ -39,7 +41,15 @@ pub struct VerifyOptions {
     pub blob: Option<u64>,
     /// `--record FILE`: the record's bytes (a KHO client record, or a bare payload).
     pub record: Option<Vec<u8>>,
+    /// `--kho-scan FIRST-LAST`: scan only these physical addresses (inclusive) for the
+    /// blob. Without it (and without `blob`), the image is scanned only if it holds at
+    /// most [`DEFAULT_SCAN_LIMIT`] bytes of memory.
+    pub scan: Option<(u64, u64)>,
 }
+
+/// Most bytes of memory `verify` scans for the KHO blob unless told where to look
+/// (`--kho-blob`, `--kho-scan`): 1 GiB, about a second of reading.
+pub const DEFAULT_SCAN_LIMIT: u64 = 1 << 30;
 
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,17 +89,22 @@ impl Report {
     }
 }
 
-/// Finds KHO blobs: page-aligned FDT headers whose root is compatible with `kho-v2`.
-pub fn find_blobs(img: &Image, progress: &mut Progress) -> Vec<Handover> {
+/// Finds KHO blobs: page-aligned FDT headers whose root is compatible with `kho-v2`,
+/// among the physical addresses `range` (inclusive) holds.
+pub fn find_blobs(img: &Image, range: (u64, u64), progress: &mut Progress) -> Vec<Handover> {
     let magic = FDT_MAGIC.to_be_bytes();
     let mut found = Vec::new();
     let bytes = img.bytes();
     let mut done = 0u64;
     for s in img.segments() {
-        let Some(first) = s.paddr.checked_next_multiple_of(4096) else {
+        let seg_last = s.paddr + (s.size - 1);
+        if seg_last < range.0 || s.paddr > range.1 {
+            continue;
+        }
+        let Some(first) = s.paddr.max(range.0).checked_next_multiple_of(4096) else {
             continue;
         };
-        let last = s.paddr + (s.size - 1);
+        let last = seg_last.min(range.1);
         let mut pa = first;
         while pa.checked_add(3).is_some_and(|e| e <= last) {
             let off = (s.offset + (pa - s.paddr)) as usize;
@@ -167,8 +182,40 @@ pub fn verify(
             })?,
         ),
         None => {
-            let mut blobs = find_blobs(img, progress);
+            let range = match opts.scan {
+                Some(r) => Some(r),
+                None if img.memory_bytes() <= DEFAULT_SCAN_LIMIT => Some((0, u64::MAX)),
+                None if opts.record.is_some() => None,
+                None => {
+                    return Err(InspectError::KhoBlob(format!(
+                        "the image holds {:#x} bytes of memory, more than verify scans for the \
+                         KHO blob unless told where ({DEFAULT_SCAN_LIMIT:#x}): give the blob's \
+                         address with --kho-blob ADDR (the kexec'd kernel's KHO FDT address), \
+                         or a range to scan with --kho-scan START-END or START+SIZE",
+                        img.memory_bytes()
+                    )))
+                }
+            };
+            let mut blobs = match range {
+                Some(range) => find_blobs(img, range, progress),
+                None => {
+                    report.notes.push(format!(
+                        "the image holds more than {DEFAULT_SCAN_LIMIT:#x} bytes of memory: not \
+                         scanned for the KHO blob (give --kho-blob ADDR or --kho-scan RANGE)"
+                    ));
+                    Vec::new()
+                }
+            };
             match blobs.len() {
+                0 if opts.scan.is_some() && opts.record.is_none() => {
+                    return Err(InspectError::KhoBlob(format!(
+                        "no KHO blob (FDT compatible \"kho-v2\") at a page in \
+                         {:#x}-{:#x}; give --kho-blob ADDR, another --kho-scan range or \
+                         --record FILE",
+                        range.map_or(0, |r| r.0),
+                        range.map_or(0, |r| r.1)
+                    )))
+                }
                 0 => None,
                 1 => blobs.pop(),
                 _ => {
@@ -580,7 +627,7 @@ fn first_unpreserved(set: &PageSet, count: u64, first: PhysAddr, pages: u64) -> 
 fn check_record(us: &UnitState, r: &Record, cx: &mut Ctx<'_>) {
     let u = &us.unit;
     let mismatch = |cx: &mut Ctx<'_>, what: String| cx.add("record-mismatch", None, what);
-    if !u.assumed && r.mmio_base != u.base {
+    if u.base_known && r.mmio_base != u.base {
         mismatch(
             cx,
             format!("record is for the unit at {}, not {}", r.mmio_base, u.base),

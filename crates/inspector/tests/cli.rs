@@ -988,3 +988,148 @@ fn verify_reports_every_record_domain_and_device_adopt_refuses() {
         assert!(s.contains(want), "missing {want:?} in\n{s}");
     }
 }
+
+/// A 2 GiB sparse raw file (64 MiB of a machine's memory with a KHO handover at
+/// 0x3000000, the rest a hole) with its unit from the command line: verify does not scan
+/// it whole by default but says how to point at the blob; `--kho-scan` bounds the scan,
+/// `--kho-blob` names the blob, and `--vtd-base` names the unit so its
+/// `iommu-vtd-<base>` record is found and the state verifies.
+#[test]
+fn verify_on_a_2gib_sparse_raw_file_needs_the_blob_located_and_vtd_base_finds_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    let blob = r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    assert_eq!(blob, PhysAddr(0x300_0000));
+    // Memory as a raw dump: valid bytes, zeros for poison (partly written pages too).
+    let mut raw = vec![0u8; RAM.1 as usize];
+    let mem = r.m.mem();
+    for (i, chunk) in raw.chunks_mut(4096).enumerate() {
+        let pa = i as u64 * 4096;
+        if iommu_core::PhysMem::read(&*mem, PhysAddr(pa), chunk).is_err() {
+            for (j, piece) in chunk.chunks_mut(256).enumerate() {
+                let at = pa + 256 * j as u64;
+                if iommu_core::PhysMem::read(&*mem, PhysAddr(at), piece).is_ok() {
+                    continue;
+                }
+                for (k, b) in piece.iter_mut().enumerate() {
+                    let mut one = [0u8];
+                    if iommu_core::PhysMem::read(&*mem, PhysAddr(at + k as u64), &mut one).is_ok() {
+                        *b = one[0];
+                    }
+                }
+            }
+        }
+    }
+    drop(mem);
+    let path = dir.path().join("big.raw");
+    std::fs::write(&path, &raw).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let root = format!("{:#x}", r.root);
+    let unit = ["--base", "0", "--vtd-rtaddr", &root, "--haw", "48"];
+    let with = |extra: &[&str]| {
+        let mut a = vec!["verify", "big.raw"];
+        a.extend_from_slice(&unit);
+        a.extend_from_slice(extra);
+        inspect(dir.path(), &a)
+    };
+    assert_error(&with(&[]), "give the blob's address with --kho-blob ADDR");
+    assert_error(&with(&[]), "--kho-scan START-END");
+    // A range without the blob: a clear error, not "ok".
+    assert_error(&with(&["--kho-scan", "0x0+0x100000"]), "no KHO blob");
+    // Found in the named range; without --vtd-base the unit is at 0 and its record
+    // (iommu-vtd-0) does not exist.
+    let o = with(&["--kho-scan", "0x2000000-0x3ffffff"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("KHO blob at 0x3000000"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("iommu-vtd-0"), "{}", stdout(&o));
+    for extra in [
+        &[
+            "--kho-scan",
+            "0x2000000-0x3ffffff",
+            "--vtd-base",
+            "0xfed90000",
+        ][..],
+        &["--kho-blob", "0x3000000", "--vtd-base", "0xfed90000"][..],
+    ] {
+        let o = with(extra);
+        assert_eq!(code(&o), 0, "{extra:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).contains("ok: no problem found"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    assert_error(
+        &with(&["--kho-blob", "0x3000000", "--vtd-base", "0xfed90008"]),
+        "4 KiB aligned",
+    );
+}
+
+/// A directory and a FIFO as the image: a one-line error saying they are not supported
+/// (a regular file is), not "No such device" or "file ends at 0x0".
+#[test]
+fn directories_and_fifos_are_refused_as_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    assert_error(&inspect(dir.path(), &["dump", "d"]), "d: a directory");
+    let fifo = dir.path().join("p");
+    let ok = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(ok.success());
+    let o = inspect(dir.path(), &["dump", "p"]);
+    assert_error(&o, "p: not a regular file (a pipe, FIFO, socket or device)");
+}
+
+/// `walk --device` on PCI segment 1 of an image whose unit serves segment 0 is refused
+/// (it used to translate as if segment 0); a PASID of 2^20 is refused with exit 2.
+#[test]
+fn walk_refuses_another_pci_segment_and_pasids_of_21_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "s.elf");
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x100000", "s.elf", "--device", "0000:00:02.0"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_error(
+        &inspect(
+            dir.path(),
+            &["walk", "0x100000", "s.elf", "--device", "0001:00:02.0"],
+        ),
+        "device 0001:00:02.0 is on PCI segment 0x0001, but unit dmar0 serves segment 0x0000",
+    );
+    for cmd in [
+        &[
+            "walk", "0x1000", "s.elf", "--device", "00:02.0", "--pasid", "0x100000",
+        ][..],
+        &["dump", "s.elf", "--pasid", "1048576"][..],
+    ] {
+        let o = inspect(dir.path(), cmd);
+        assert_eq!(code(&o), 2, "{cmd:?}");
+        assert!(stderr(&o).contains("a PASID is 20 bits"), "{}", stderr(&o));
+    }
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk", "0x1000", "s.elf", "--device", "00:02.0", "--pasid", "0xfffff",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
