@@ -31,6 +31,7 @@ Examples:
   iommu-inspect diff --semantic before.elf after.elf  # translations only
   iommu-inspect verify before-kexec.elf               # handover record vs tables
   iommu-inspect dump vmcore --vtd-rtaddr 0x7f000000 --vtd-mode scalable --haw 46
+  iommu-inspect verify vmcore --vtd-rtaddr 0x7f000000 --vtd-base 0xfed90000 --kho-blob 0x2f000000
   iommu-inspect dump mem.raw --base 0x0 --vtd-rtaddr 0x100000";
 
 /// Inspect IOMMU (Intel VT-d) state in emulator snapshots, ELF memory cores and raw
