@@ -1094,6 +1094,25 @@ fn directories_and_fifos_are_refused_as_unsupported() {
     assert!(ok.success());
     let o = inspect(dir.path(), &["dump", "p"]);
     assert_error(&o, "p: not a regular file (a pipe, FIFO, socket or device)");
+    // /dev/stdin fed by a pipe is refused the same way; redirected from a file it works.
+    let (r, _, _) = sample_legacy(POOL);
+    let snap = r.save(dir.path(), "s.elf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
+        .args(["dump", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("iommu-inspect runs");
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert_error(&o, "not a regular file");
+    let o = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
+        .args(["dump", "/dev/stdin"])
+        .stdin(std::fs::File::open(&snap).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 /// `walk --device` on PCI segment 1 of an image whose unit serves segment 0 is refused
