@@ -12,7 +12,11 @@
 //!   segments. The IOMMU unit is described on the command line.
 //! - A **raw** file is memory from a base address given on the command line.
 //!
-//! The file is memory-mapped; nothing is read until a table is.
+//! Every ELF image follows the layout rules of [`iommu_core::image`], the ones the
+//! emulator's snapshot loader applies too (aligned `p_paddr`, no overlap but identical
+//! repeats, segments in RAM and devices behind existing units in a snapshot).
+//!
+//! The file is memory-mapped (a regular file only); nothing is read until a table is.
 
 use crate::error::InspectError;
 use iommu_core::image::{
