@@ -32,6 +32,9 @@ use crate::memory::{
 };
 use crate::model::{IommuModel, RegisterValue, UnitKind};
 use crate::vtd::{VtdRestoreError, VtdUnit};
+use iommu_core::image::{
+    check_device_units, check_in_ram, check_segments, LayoutError, LoadSegment,
+};
 use iommu_core::{Pasid, PhysAddr, RequesterId};
 use object::elf;
 use object::{pod, LittleEndian as LE, U16, U32, U64};
@@ -170,24 +173,10 @@ pub enum SnapshotError {
         /// The file length.
         file_len: u64,
     },
-    /// Two `PT_LOAD` segments cover the same physical address.
-    OverlappingSegments {
-        /// Offset of the first segment's program header.
-        first_offset: u64,
-        /// Its physical address.
-        first_paddr: PhysAddr,
-        /// Offset of the second segment's program header.
-        second_offset: u64,
-        /// Its physical address.
-        second_paddr: PhysAddr,
-    },
-    /// A `PT_LOAD` segment covers memory that is not RAM in the machine note's layout.
-    SegmentOutsideRam {
-        /// Offset of the program header.
-        offset: u64,
-        /// First physical address that is not RAM.
-        addr: PhysAddr,
-    },
+    /// The segments, RAM layout or devices break the layout rules every reader of
+    /// memory images shares ([`iommu_core::image`]): unaligned `p_paddr`, partial pages,
+    /// overlap, memory outside RAM, a device naming a missing unit.
+    Layout(LayoutError),
     /// The file has no `PT_NOTE` segment, or more than one.
     NoteSegmentCount {
         /// How many there are.
@@ -362,19 +351,7 @@ impl fmt::Display for SnapshotError {
                 f,
                 "program header {index} at offset {offset:#x}: segment {start:#x}+{size:#x} runs past the end of the file at {file_len:#x}"
             ),
-            E::OverlappingSegments {
-                first_offset,
-                first_paddr,
-                second_offset,
-                second_paddr,
-            } => write!(
-                f,
-                "PT_LOAD segments at program headers {first_offset:#x} (PA {first_paddr}) and {second_offset:#x} (PA {second_paddr}) overlap"
-            ),
-            E::SegmentOutsideRam { offset, addr } => write!(
-                f,
-                "program header at offset {offset:#x}: physical address {addr} is not RAM in the machine note's layout"
-            ),
+            E::Layout(e) => write!(f, "{e}"),
             E::NoteSegmentCount { found } => {
                 write!(f, "a snapshot has exactly one PT_NOTE segment; this file has {found}")
             }
@@ -1002,12 +979,7 @@ fn parse_notes<'a>(file: &File<'a>, start: u64, size: u64) -> Result<Vec<Note<'a
     Ok(notes)
 }
 
-struct Load {
-    ph_offset: u64,
-    paddr: u64,
-    size: u64,
-    file_offset: u64,
-}
+type Load = LoadSegment;
 
 /// Checks the ELF header; returns `e_machine`, `e_phoff` and the number of program
 /// headers.
@@ -1143,20 +1115,11 @@ fn read_segments(
             if ph.p_memsz.get(LE) != size {
                 return Err(seg("p_memsz must equal p_filesz", ph.p_memsz.get(LE)));
             }
-            if size == 0 || size % PAGE_SIZE != 0 {
-                return Err(seg("p_filesz must be a non-zero multiple of 4 KiB", size));
-            }
-            if paddr % PAGE_SIZE != 0 {
-                return Err(seg("p_paddr must be 4 KiB aligned", paddr));
-            }
-            if paddr.checked_add(size - 1).is_none() {
-                return Err(seg("p_paddr + p_memsz overflows", paddr));
-            }
             loads.push(Load {
-                ph_offset: offset,
+                header: offset,
                 paddr,
                 size,
-                file_offset: start,
+                offset: start,
             });
         } else {
             return Err(seg(
@@ -1173,17 +1136,8 @@ fn read_segments(
             })
         }
     };
-    loads.sort_by_key(|l| l.paddr);
-    for w in loads.windows(2) {
-        if w[0].paddr + (w[0].size - 1) >= w[1].paddr {
-            return Err(SnapshotError::OverlappingSegments {
-                first_offset: w[0].ph_offset,
-                first_paddr: PhysAddr(w[0].paddr),
-                second_offset: w[1].ph_offset,
-                second_paddr: PhysAddr(w[1].paddr),
-            });
-        }
-    }
+    // Alignment, whole pages, overlap: the rules the inspector applies too.
+    let loads = check_segments(loads, file.data, true).map_err(SnapshotError::Layout)?;
     Ok((note, loads))
 }
 
@@ -1285,14 +1239,12 @@ fn restore_memory(
     loads: &[Load],
     p: &mut Note<'_>,
 ) -> Result<(), SnapshotError> {
-    for l in loads {
-        if let Err(e) = mem.check_backed(PhysAddr(l.paddr), l.size) {
-            return Err(SnapshotError::SegmentOutsideRam {
-                offset: l.ph_offset,
-                addr: e.addr(),
-            });
-        }
-    }
+    let ram: Vec<(u64, u64)> = mem
+        .ram_ranges()
+        .iter()
+        .map(|r| (r.start(), r.size()))
+        .collect();
+    check_in_ram(loads, &ram).map_err(SnapshotError::Layout)?;
     let count = list_head(
         p,
         POISON_ENTRY,
@@ -1327,7 +1279,7 @@ fn restore_memory(
     for l in loads {
         for k in 0..l.size / PAGE_SIZE {
             let pa = l.paddr + k * PAGE_SIZE;
-            let off = l.file_offset + k * PAGE_SIZE;
+            let off = l.offset + k * PAGE_SIZE;
             let truncated = SnapshotError::Truncated {
                 offset: off,
                 needed: PAGE_SIZE,
@@ -1340,10 +1292,10 @@ fn restore_memory(
                 .map_err(|_| truncated)?;
             let valid = poison.next_if(|(q, _)| *q == pa).map(|(_, bits)| bits);
             mem.restore_page(PhysAddr(pa), data, valid).map_err(|e| {
-                SnapshotError::SegmentOutsideRam {
-                    offset: l.ph_offset,
-                    addr: e.addr(),
-                }
+                SnapshotError::Layout(LayoutError::OutsideRam {
+                    header: l.header,
+                    addr: e.addr().0,
+                })
             })?;
         }
     }
@@ -1493,7 +1445,11 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
                 error,
             })?;
     }
-    for (offset, device) in read_devices(&mut notes.devices, counts.devices)? {
+    let devices = read_devices(&mut notes.devices, counts.devices)?;
+    let bases: Vec<u64> = machine.units().map(|u| u.mmio_base().0).collect();
+    check_device_units(devices.iter().map(|(_, d)| d.unit.0), &bases)
+        .map_err(SnapshotError::Layout)?;
+    for (offset, device) in devices {
         machine
             .add_device(device)
             .map_err(|error| SnapshotError::Machine { offset, error })?;

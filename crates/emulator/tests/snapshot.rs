@@ -12,6 +12,7 @@ use emulator::snapshot::{
     self, RestoreError, SnapshotError, NT_IOMMU_DEVICES, NT_IOMMU_MACHINE, NT_IOMMU_POISON,
     NT_IOMMU_UNIT,
 };
+use iommu_core::image::LayoutError;
 use iommu_core::mem::PhysMem;
 use iommu_core::{Iova, Pasid, PhysAddr, RequesterId};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
@@ -306,13 +307,13 @@ fn each_kind_of_damage_gets_its_own_error() {
         Err(SnapshotError::SegmentBeyondFile { index: 1, offset, .. }) if offset == phdr(1) as u64
     ));
 
-    // Two PT_LOADs at the same physical address.
+    // Two PT_LOADs of one page at the same physical address, with different bytes.
     let mut b = bytes.clone();
     let paddr1 = u64::from_le_bytes(b[phdr(1) + 24..phdr(1) + 32].try_into().unwrap());
     put_u64(&mut b, phdr(2) + 24, paddr1);
     assert!(matches!(
         load(&b),
-        Err(SnapshotError::OverlappingSegments { .. })
+        Err(SnapshotError::Layout(LayoutError::RepeatDiffers { .. }))
     ));
 
     // A PT_LOAD outside RAM.
@@ -320,10 +321,10 @@ fn each_kind_of_damage_gets_its_own_error() {
     put_u64(&mut b, phdr(1) + 24, 0x8000_0000);
     assert!(matches!(
         load(&b),
-        Err(SnapshotError::SegmentOutsideRam {
-            addr: PhysAddr(0x8000_0000),
+        Err(SnapshotError::Layout(LayoutError::OutsideRam {
+            addr: 0x8000_0000,
             ..
-        })
+        }))
     ));
 
     // A PT_LOAD with an unaligned physical address.
@@ -331,7 +332,7 @@ fn each_kind_of_damage_gets_its_own_error() {
     put_u64(&mut b, phdr(1) + 24, paddr1 + 8);
     assert!(matches!(
         load(&b),
-        Err(SnapshotError::BadSegment { index: 1, .. })
+        Err(SnapshotError::Layout(LayoutError::UnalignedPaddr { header, .. })) if header == phdr(1) as u64
     ));
 
     // A note whose descriptor runs past the note segment.
@@ -420,7 +421,10 @@ fn each_kind_of_damage_gets_its_own_error() {
     put_u64(&mut b, dev_note.2 + 8 + 16, 0x1000);
     assert!(matches!(
         load(&b),
-        Err(SnapshotError::Machine { offset, .. }) if offset == dev_note.2 as u64 + 8
+        Err(SnapshotError::Layout(LayoutError::NoSuchUnit {
+            device: 0,
+            unit: 0x1000
+        }))
     ));
 
     // A poison entry for a page outside every PT_LOAD.
@@ -574,4 +578,62 @@ fn a_vtd_unit_survives_a_snapshot_with_translation_on() {
         assert_eq!(r.read32(GSTS) & (TE | SRTP), TE | SRTP);
     }
     assert_eq!(fault_code(&mut l), ROOT_NOT_PRESENT);
+}
+
+/// The layout rules the inspector shares (`iommu_core::image`): a PT_LOAD repeating a
+/// page another PT_LOAD holds is dropped when its bytes are identical and refused when
+/// they differ; an unaligned `p_paddr` and a device behind a missing unit are refused.
+/// The inspector's tests feed it the same damaged files.
+#[test]
+fn shared_layout_rules_repeats_alignment_and_device_units() {
+    let bytes = snapshot::to_bytes(&sample());
+    let phdr = |i: usize| 64 + 56 * i;
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let (p1, p2) = (phdr(1), phdr(2));
+    let paddr1 = word(&bytes, p1 + 24);
+    assert_eq!(word(&bytes, p1 + 32), 4096, "first PT_LOAD is one page");
+    // PT_LOAD 2 becomes a repeat of PT_LOAD 1's page, its bytes pointing at PT_LOAD 1's.
+    let mut same = bytes.clone();
+    put_u64(&mut same, p2 + 24, paddr1);
+    put_u64(&mut same, p2 + 32, 4096);
+    put_u64(&mut same, p2 + 40, 4096);
+    let mut differ = same.clone();
+    put_u64(&mut same, p2 + 8, word(&bytes, p1 + 8));
+    // Its own bytes (PT_LOAD 2's first page) differ from PT_LOAD 1's page.
+    let off2 = word(&bytes, p2 + 8) as usize;
+    let off1 = word(&bytes, p1 + 8) as usize;
+    differ[off2..off2 + 4096].copy_from_slice(&bytes[off1..off1 + 4096]);
+    differ[off2 + 7] ^= 0xff;
+    assert!(matches!(
+        load(&differ),
+        Err(SnapshotError::Layout(LayoutError::RepeatDiffers { first, second, addr }))
+            if first == p1 as u64 && second == p2 as u64 && addr == paddr1 + 7
+    ));
+    // The identical repeat is dropped; what PT_LOAD 2 held is gone, so a poison entry
+    // or a page there may now be refused for that reason, never for the repeat.
+    match load(&same) {
+        Ok(_) => {}
+        Err(SnapshotError::Layout(e)) => panic!("identical repeat refused: {e}"),
+        Err(_) => {}
+    }
+    let mut unaligned = bytes.clone();
+    put_u64(&mut unaligned, p1 + 24, paddr1 + 8);
+    assert!(matches!(
+        load(&unaligned),
+        Err(SnapshotError::Layout(LayoutError::UnalignedPaddr { header, paddr }))
+            if header == p1 as u64 && paddr == paddr1 + 8
+    ));
+    let dev = notes(&bytes)
+        .into_iter()
+        .find(|n| n.1 == NT_IOMMU_DEVICES)
+        .unwrap();
+    let mut orphan = bytes.clone();
+    put_u64(&mut orphan, dev.2 + 8 + 16, 0xdead_0000);
+    assert!(matches!(
+        load(&orphan),
+        Err(SnapshotError::Layout(LayoutError::NoSuchUnit {
+            device: 0,
+            unit: 0xdead_0000
+        }))
+    ));
 }

@@ -1,9 +1,9 @@
 //! Errors of the inspector: every one names the file offset or physical address and
 //! what was wrong, and prints as one line.
 
+use iommu_core::image::LayoutError;
 use iommu_core::kho::KhoError;
 use iommu_core::mem::MemError;
-use iommu_core::PhysAddr;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -16,6 +16,14 @@ pub enum InspectError {
         path: PathBuf,
         /// The operating system's error.
         err: std::io::Error,
+    },
+    /// The path is not a regular file: images are memory-mapped, so pipes, FIFOs,
+    /// sockets, devices and directories are not supported.
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
     },
     /// The ELF file header or a program header is malformed.
     Elf {
@@ -42,15 +50,10 @@ pub enum InspectError {
         /// What is wrong.
         what: String,
     },
-    /// Two load segments claim overlapping physical memory.
-    OverlappingSegments {
-        /// File offset of the first program header.
-        first: u64,
-        /// File offset of the second program header.
-        second: u64,
-        /// First physical address both claim.
-        addr: PhysAddr,
-    },
+    /// The load segments, RAM layout or devices break the layout rules every reader
+    /// shares ([`iommu_core::image`]): overlap, unaligned `p_paddr`, memory outside RAM,
+    /// a device naming a missing unit.
+    Layout(LayoutError),
     /// The image has no IOMMU unit and none was described on the command line.
     NoUnits {
         /// What the user can do about it.
@@ -82,6 +85,12 @@ impl fmt::Display for InspectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InspectError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            InspectError::NotAFile { path, what } => write!(
+                f,
+                "{}: {what}; iommu-inspect reads memory images from regular files (save a \
+                 pipe's output to a file first)",
+                path.display()
+            ),
             InspectError::Elf { offset, what } => {
                 write!(f, "ELF structure at file offset {offset:#x}: {what}")
             }
@@ -98,15 +107,7 @@ impl fmt::Display for InspectError {
             InspectError::Note { offset, what } => {
                 write!(f, "IOMMU note at file offset {offset:#x}: {what}")
             }
-            InspectError::OverlappingSegments {
-                first,
-                second,
-                addr,
-            } => write!(
-                f,
-                "load segments with program headers at file offsets {first:#x} and {second:#x} \
-                 both claim physical address {addr}"
-            ),
+            InspectError::Layout(e) => write!(f, "{e}"),
             InspectError::NoUnits { hint } => write!(f, "no IOMMU unit in the image: {hint}"),
             InspectError::Usage(s) => f.write_str(s),
             InspectError::Memory { what, err } => write!(f, "{what}: {err}"),

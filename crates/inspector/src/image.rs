@@ -12,9 +12,16 @@
 //!   segments. The IOMMU unit is described on the command line.
 //! - A **raw** file is memory from a base address given on the command line.
 //!
-//! The file is memory-mapped; nothing is read until a table is.
+//! Every ELF image follows the layout rules of [`iommu_core::image`], the ones the
+//! emulator's snapshot loader applies too (aligned `p_paddr`, no overlap but identical
+//! repeats, segments in RAM and devices behind existing units in a snapshot).
+//!
+//! The file is memory-mapped (a regular file only); nothing is read until a table is.
 
 use crate::error::InspectError;
+use iommu_core::image::{
+    check_device_units, check_in_ram, check_segments, in_runs, ram_runs, LoadSegment,
+};
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::{Pasid, PhysAddr, RequesterId};
 use object::elf;
@@ -133,6 +140,8 @@ pub struct Image {
     backing: Backing,
     segments: Vec<Segment>,
     ram: Vec<(u64, u64)>,
+    /// `ram` coalesced into sorted inclusive runs.
+    ram_runs: Vec<(u64, u64)>,
     /// Page address -> file offset of its validity bitmap.
     poison: BTreeMap<u64, u64>,
     units: Vec<UnitNote>,
@@ -170,8 +179,28 @@ impl Image {
             path: path.to_path_buf(),
             err,
         };
+        // A directory cannot be opened for reading on every system, and a pipe, FIFO,
+        // socket or device has no length to map: say so before trying.
+        let kind = std::fs::metadata(path).map_err(io)?.file_type();
+        if !kind.is_file() {
+            return Err(InspectError::NotAFile {
+                path: path.to_path_buf(),
+                what: if kind.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a pipe, FIFO, socket or device)"
+                },
+            });
+        }
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(InspectError::NotAFile {
+                path: path.to_path_buf(),
+                what: "not a regular file (a pipe, FIFO, socket or device)",
+            });
+        }
+        let len = meta.len();
         let backing = if len == 0 {
             Backing::Bytes(Vec::new())
         } else {
@@ -198,6 +227,7 @@ impl Image {
             backing,
             segments: Vec::new(),
             ram: Vec::new(),
+            ram_runs: Vec::new(),
             poison: BTreeMap::new(),
             units: Vec::new(),
             devices: Vec::new(),
@@ -345,7 +375,7 @@ impl Image {
                 offset: phoff,
                 what: err.to_string(),
             })?;
-        let mut segs: Vec<(Segment, u64)> = Vec::new();
+        let mut segs: Vec<LoadSegment> = Vec::new();
         let mut notes: Vec<(u64, u64)> = Vec::new();
         for (i, ph) in phdrs.iter().enumerate() {
             let at = phoff + 56 * i as u64;
@@ -361,27 +391,12 @@ impl Image {
                             filesz,
                         ));
                     }
-                    if filesz == 0 {
-                        continue;
-                    }
-                    let paddr = ph.p_paddr(e);
-                    if paddr.checked_add(filesz - 1).is_none() {
-                        return Err(InspectError::Elf {
-                            offset: at,
-                            what: format!(
-                                "load segment at physical {paddr:#x} of {filesz:#x} bytes \
-                                 overflows 64 bits"
-                            ),
-                        });
-                    }
-                    segs.push((
-                        Segment {
-                            paddr,
-                            size: filesz,
-                            offset: off,
-                        },
-                        at,
-                    ));
+                    segs.push(LoadSegment {
+                        header: at,
+                        paddr: ph.p_paddr(e),
+                        size: filesz,
+                        offset: off,
+                    });
                 }
                 elf::PT_NOTE => {
                     if !in_file {
@@ -396,31 +411,31 @@ impl Image {
                 _ => {}
             }
         }
-        // Sort by address; drop segments wholly inside another (a vmcore's kernel-text
-        // segment repeats part of a RAM segment); refuse partial overlaps.
-        segs.sort_by_key(|(s, _)| (s.paddr, std::cmp::Reverse(s.size)));
-        let mut kept: Vec<(Segment, u64)> = Vec::with_capacity(segs.len());
-        for (s, at) in segs {
-            if let Some((p, pat)) = kept.last() {
-                if s.paddr <= p.last() {
-                    if s.last() <= p.last() {
-                        continue;
-                    }
-                    return Err(InspectError::OverlappingSegments {
-                        first: *pat,
-                        second: at,
-                        addr: PhysAddr(s.paddr),
-                    });
-                }
-            }
-            kept.push((s, at));
-        }
-        self.segments = kept.into_iter().map(|(s, _)| s).collect();
         self.kind = ImageKind::ElfCore;
         for (off, len) in notes {
             self.parse_notes(off, len)?;
         }
-        if self.kind == ImageKind::Snapshot {
+        // The layout rules every reader shares (iommu_core::image): a snapshot holds
+        // whole pages; another core may have segments with no bytes in the file
+        // (p_filesz 0), which hold nothing here.
+        let snapshot = self.kind == ImageKind::Snapshot;
+        if !snapshot {
+            segs.retain(|s| s.size != 0);
+        }
+        let kept = check_segments(segs, self.bytes(), snapshot).map_err(InspectError::Layout)?;
+        if snapshot {
+            check_in_ram(&kept, &self.ram).map_err(InspectError::Layout)?;
+        }
+        self.segments = kept
+            .into_iter()
+            .map(|s| Segment {
+                paddr: s.paddr,
+                size: s.size,
+                offset: s.offset,
+            })
+            .collect();
+        self.ram_runs = ram_runs(&self.ram);
+        if snapshot {
             self.check_snapshot()?;
         }
         Ok(())
@@ -644,22 +659,9 @@ impl Image {
     }
 
     fn check_snapshot(&self) -> Result<(), InspectError> {
-        for s in &self.segments {
-            let inside = self
-                .ram
-                .iter()
-                .any(|&(b, z)| s.paddr >= b && s.last() <= b + (z - 1));
-            if !inside {
-                return Err(note_err(
-                    0,
-                    &format!(
-                        "load segment at physical {:#x} ({:#x} bytes) lies outside the RAM the \
-                         machine note lists",
-                        s.paddr, s.size
-                    ),
-                ));
-            }
-        }
+        let bases: Vec<u64> = self.units.iter().map(|u| u.base.0).collect();
+        check_device_units(self.devices.iter().map(|d| d.unit.0), &bases)
+            .map_err(InspectError::Layout)?;
         for &page in self.poison.keys() {
             if self.segment_of(page).is_none() {
                 return Err(note_err(
@@ -679,7 +681,7 @@ impl Image {
     }
 
     fn in_ram(&self, addr: u64) -> bool {
-        self.ram.iter().any(|&(b, z)| addr >= b && addr - b < z)
+        in_runs(&self.ram_runs, addr)
     }
 
     /// The first invalid byte in `[addr, addr + len)` of one segment, by the poison note.

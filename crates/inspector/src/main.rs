@@ -31,6 +31,7 @@ Examples:
   iommu-inspect diff --semantic before.elf after.elf  # translations only
   iommu-inspect verify before-kexec.elf               # handover record vs tables
   iommu-inspect dump vmcore --vtd-rtaddr 0x7f000000 --vtd-mode scalable --haw 46
+  iommu-inspect verify vmcore --vtd-rtaddr 0x7f000000 --vtd-base 0xfed90000 --kho-blob 0x2f000000
   iommu-inspect dump mem.raw --base 0x0 --vtd-rtaddr 0x100000";
 
 /// Inspect IOMMU (Intel VT-d) state in emulator snapshots, ELF memory cores and raw
@@ -60,6 +61,9 @@ struct ImageOpts {
     /// ECAP register value of that unit (default: permissive, every feature).
     #[arg(long = "vtd-ecap", value_parser = num)]
     vtd_ecap: Option<u64>,
+    /// MMIO base of that unit: names its KHO record (`iommu-vtd-<base>`) for verify.
+    #[arg(long = "vtd-base", value_parser = num)]
+    vtd_base: Option<u64>,
     /// Host address width in bits for reserved-bit checks (default CAP.MGAW + 1, or 52
     /// for a unit given on the command line).
     #[arg(long)]
@@ -90,8 +94,8 @@ enum Cmd {
         /// Only this device ([segment:]bus:device.function, hex).
         #[arg(long, value_parser = bdf)]
         device: Option<RequesterId>,
-        /// Only this PASID (scalable mode).
-        #[arg(long, value_parser = num32)]
+        /// Only this PASID (scalable mode; 20 bits).
+        #[arg(long, value_parser = pasid20)]
         pasid: Option<u32>,
         /// Only devices of this domain ID.
         #[arg(long, value_parser = num16)]
@@ -116,8 +120,8 @@ enum Cmd {
         /// The requester ([segment:]bus:device.function, hex).
         #[arg(long, value_parser = bdf)]
         device: RequesterId,
-        /// The request's PASID (scalable mode); none = request without PASID.
-        #[arg(long, value_parser = num32)]
+        /// The request's PASID (scalable mode; 20 bits); none = request without PASID.
+        #[arg(long, value_parser = pasid20)]
         pasid: Option<u32>,
         /// Translate a write (default: a read).
         #[arg(long)]
@@ -151,9 +155,14 @@ enum Cmd {
     Verify {
         /// The image.
         image: PathBuf,
-        /// Address of the KHO blob (default: scan the image for it).
+        /// Address of the KHO blob (the KHO FDT the kexec'd kernel was given). Default:
+        /// scan the image for it if it holds at most 1 GiB of memory.
         #[arg(long = "kho-blob", value_parser = num)]
         kho_blob: Option<u64>,
+        /// Scan only this physical range for the KHO blob: START-END (inclusive),
+        /// START+SIZE or ADDR.
+        #[arg(long = "kho-scan", value_parser = phys_range, conflicts_with = "kho_blob")]
+        kho_scan: Option<(u64, u64)>,
         /// The VT-d record from a file (a KHO client record or a bare payload).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -173,9 +182,13 @@ fn bdf(s: &str) -> Result<RequesterId, String> {
     s.parse::<RequesterId>().map_err(|e| e.to_string())
 }
 
-fn num32(s: &str) -> Result<u32, String> {
+/// A PASID: 20 bits (VT-d PASIDs are 20-bit; ECAP.PSS can only narrow that).
+fn pasid20(s: &str) -> Result<u32, String> {
     let v = parse_u64(s)?;
-    u32::try_from(v).map_err(|_| format!("{s} does not fit 32 bits"))
+    if v >= 1 << 20 {
+        return Err(format!("{s}: a PASID is 20 bits (at most 0xfffff)"));
+    }
+    Ok(v as u32)
 }
 
 fn num16(s: &str) -> Result<u16, String> {
@@ -185,6 +198,10 @@ fn num16(s: &str) -> Result<u16, String> {
 
 fn range(s: &str) -> Result<(u64, u64), String> {
     parse_range(s)
+}
+
+fn phys_range(s: &str) -> Result<(u64, u64), String> {
+    parse_range(s).map_err(|e| e.replace("IOVA range", "physical range"))
 }
 
 fn load_opts(o: &ImageOpts) -> LoadOptions {
@@ -202,6 +219,7 @@ fn load_opts(o: &ImageOpts) -> LoadOptions {
             haw: o.haw,
             cap: o.vtd_cap,
             ecap: o.vtd_ecap,
+            base: o.vtd_base,
         },
     }
 }
@@ -277,6 +295,13 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
                     }
                 }
             };
+            if device.segment != us.unit.segment {
+                return Err(InspectError::Usage(format!(
+                    "device {device} is on PCI segment {:#06x}, but unit {} serves segment \
+                     {:#06x}",
+                    device.segment, us.unit.name, us.unit.segment
+                )));
+            }
             let access = if write { Access::Write } else { Access::Read };
             let t = walk(&us.unit, &l.image, device, pasid, Iova(iova), access);
             if json {
@@ -307,6 +332,7 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
         Cmd::Verify {
             image,
             kho_blob,
+            kho_scan,
             record,
             img,
             json,
@@ -318,16 +344,29 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
                 None => None,
             };
             let l = open(&image, &img)?;
-            let mut p = Progress::new(
-                "searching for the KHO blob",
-                l.image.memory_bytes(),
-                l.image.file_size(),
-            );
+            let scanned = match kho_scan {
+                Some((a, b)) => l
+                    .image
+                    .segments()
+                    .iter()
+                    .map(|s| {
+                        let (lo, hi) = (s.paddr.max(a), (s.paddr + (s.size - 1)).min(b));
+                        if lo <= hi {
+                            hi - lo + 1
+                        } else {
+                            0
+                        }
+                    })
+                    .sum(),
+                None => l.image.memory_bytes(),
+            };
+            let mut p = Progress::new("searching for the KHO blob", scanned, l.image.file_size());
             let r = verify::verify(
                 &l,
                 &VerifyOptions {
                     blob: kho_blob,
                     record,
+                    scan: kho_scan,
                 },
                 &mut p,
             )?;

@@ -1,7 +1,9 @@
 //! `verify`: an image's handover state checked against its tables.
 //!
-//! The KHO blob is found by scanning the image's pages for the FDT magic and keeping
-//! the blobs whose root is compatible with `kho-v2` (or given by address); its
+//! The KHO blob is given by address (`--kho-blob`), or found by scanning pages for the
+//! FDT magic and keeping the blobs whose root is compatible with `kho-v2`: the pages of
+//! a range the user names (`--kho-scan`), or the whole image when it holds at most
+//! [`DEFAULT_SCAN_LIMIT`] bytes of memory (never an unbounded scan by default); its
 //! preserved-memory map gives the pages that survive a kexec, and its client
 //! `iommu-vtd-<base>` the VT-d handover record of each unit (decoded with
 //! `vtd::handover::record`). A record may also come from a file.
@@ -39,7 +41,15 @@ pub struct VerifyOptions {
     pub blob: Option<u64>,
     /// `--record FILE`: the record's bytes (a KHO client record, or a bare payload).
     pub record: Option<Vec<u8>>,
+    /// `--kho-scan FIRST-LAST`: scan only these physical addresses (inclusive) for the
+    /// blob. Without it (and without `blob`), the image is scanned only if it holds at
+    /// most [`DEFAULT_SCAN_LIMIT`] bytes of memory.
+    pub scan: Option<(u64, u64)>,
 }
+
+/// Most bytes of memory `verify` scans for the KHO blob unless told where to look
+/// (`--kho-blob`, `--kho-scan`): 1 GiB, about a second of reading.
+pub const DEFAULT_SCAN_LIMIT: u64 = 1 << 30;
 
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +57,9 @@ pub struct Finding {
     /// Unit name (empty for image-wide findings).
     pub unit: String,
     /// Kind: `not-preserved`, `not-in-record`, `reachable-twice`, `bad-entry`,
-    /// `record-mismatch`, `record`.
+    /// `record-mismatch`, `record`, `adopt-refuses` (a state or record `adopt` refuses),
+    /// `run-not-preserved` (a record page run outside the preserved set), `unit-state`
+    /// (the root pointer not latched).
     pub kind: &'static str,
     /// Address concerned.
     pub addr: Option<PhysAddr>,
@@ -77,17 +89,22 @@ impl Report {
     }
 }
 
-/// Finds KHO blobs: page-aligned FDT headers whose root is compatible with `kho-v2`.
-pub fn find_blobs(img: &Image, progress: &mut Progress) -> Vec<Handover> {
+/// Finds KHO blobs: page-aligned FDT headers whose root is compatible with `kho-v2`,
+/// among the physical addresses `range` (inclusive) holds.
+pub fn find_blobs(img: &Image, range: (u64, u64), progress: &mut Progress) -> Vec<Handover> {
     let magic = FDT_MAGIC.to_be_bytes();
     let mut found = Vec::new();
     let bytes = img.bytes();
     let mut done = 0u64;
     for s in img.segments() {
-        let Some(first) = s.paddr.checked_next_multiple_of(4096) else {
+        let seg_last = s.paddr + (s.size - 1);
+        if seg_last < range.0 || s.paddr > range.1 {
+            continue;
+        }
+        let Some(first) = s.paddr.max(range.0).checked_next_multiple_of(4096) else {
             continue;
         };
-        let last = s.paddr + (s.size - 1);
+        let last = seg_last.min(range.1);
         let mut pa = first;
         while pa.checked_add(3).is_some_and(|e| e <= last) {
             let off = (s.offset + (pa - s.paddr)) as usize;
@@ -165,8 +182,40 @@ pub fn verify(
             })?,
         ),
         None => {
-            let mut blobs = find_blobs(img, progress);
+            let range = match opts.scan {
+                Some(r) => Some(r),
+                None if img.memory_bytes() <= DEFAULT_SCAN_LIMIT => Some((0, u64::MAX)),
+                None if opts.record.is_some() => None,
+                None => {
+                    return Err(InspectError::KhoBlob(format!(
+                        "the image holds {:#x} bytes of memory, more than verify scans for the \
+                         KHO blob unless told where ({DEFAULT_SCAN_LIMIT:#x}): give the blob's \
+                         address with --kho-blob ADDR (the kexec'd kernel's KHO FDT address), \
+                         or a range to scan with --kho-scan START-END or START+SIZE",
+                        img.memory_bytes()
+                    )))
+                }
+            };
+            let mut blobs = match range {
+                Some(range) => find_blobs(img, range, progress),
+                None => {
+                    report.notes.push(format!(
+                        "the image holds more than {DEFAULT_SCAN_LIMIT:#x} bytes of memory: not \
+                         scanned for the KHO blob (give --kho-blob ADDR or --kho-scan RANGE)"
+                    ));
+                    Vec::new()
+                }
+            };
             match blobs.len() {
+                0 if opts.scan.is_some() && opts.record.is_none() => {
+                    return Err(InspectError::KhoBlob(format!(
+                        "no KHO blob (FDT compatible \"kho-v2\") at a page in \
+                         {:#x}-{:#x}; give --kho-blob ADDR, another --kho-scan range or \
+                         --record FILE",
+                        range.map_or(0, |r| r.0),
+                        range.map_or(0, |r| r.1)
+                    )))
+                }
                 0 => None,
                 1 => blobs.pop(),
                 _ => {
@@ -397,15 +446,188 @@ fn verify_unit(
         }
     }
     cx.r.checked.push((cx.unit.clone(), struct_pages, pt_pages));
+    check_unit_state(u, cx);
     if let Some(r) = record {
         check_record(us, r, cx);
+        check_adoptable(u, r, preserved, cx);
     }
+}
+
+/// What `adopt` refuses about the unit itself, record or not (`vtd::driver::Unit::probe`
+/// and the unit check of `vtd::handover::adopt`): translation disabled (GSTS.TES), a
+/// mode other than legacy or scalable, scalable mode without ECAP.SMTS, a second- or
+/// first-stage table type (ECAP.SLTS/FLTS) or queued invalidation (ECAP.QI), and no
+/// queued invalidation on a VER 6+ unit (register-based invalidation is gone there).
+/// A root pointer that was never latched (GSTS.RTPS clear) is reported too: RTADDR
+/// then is not the table the hardware uses.
+fn check_unit_state(u: &crate::vtd::Unit, cx: &mut Ctx<'_>) {
+    use vtd::hw::regs::{Ttm, ECAP, VER};
+    let refuse = |cx: &mut Ctx<'_>, what: String| cx.add("adopt-refuses", None, what);
+    let gsts = u.gsts();
+    if !u.enabled() {
+        refuse(
+            cx,
+            format!("GSTS {gsts:#010x}: translation is disabled (TES clear); adopt takes over a translating unit only"),
+        );
+    }
+    if !u.root_latched() {
+        cx.add(
+            "unit-state",
+            Some(u.root_table()),
+            format!(
+                "GSTS {gsts:#010x}: no root table pointer latched (RTPS clear); RTADDR {:#x} \
+                 is not the table the hardware uses",
+                u.rtaddr()
+            ),
+        );
+    }
+    let ecap = u.ecap();
+    match u.mode() {
+        Ttm::Legacy => {}
+        Ttm::Scalable => {
+            for (ok, why) in [
+                (ECAP::SMTS.is_set(ecap), "scalable mode needs ECAP.SMTS"),
+                (
+                    ECAP::SLTS.is_set(ecap) || ECAP::FLTS.is_set(ecap),
+                    "scalable mode needs ECAP.SLTS or ECAP.FLTS",
+                ),
+                (
+                    ECAP::QI.is_set(ecap),
+                    "scalable mode needs queued invalidation (ECAP.QI)",
+                ),
+            ] {
+                if !ok {
+                    refuse(cx, format!("ECAP {ecap:#x}: {why}"));
+                }
+            }
+        }
+        m => refuse(
+            cx,
+            format!(
+                "RTADDR.TTM is {}: adopt takes over legacy or scalable mode only",
+                crate::vtd::mode_name(m)
+            ),
+        ),
+    }
+    if let Some(ver) = u.reg(vtd::hw::regs::VER) {
+        let major = VER::MAX.read(ver as u32);
+        if major >= 6 && !ECAP::QI.is_set(ecap) {
+            refuse(
+                cx,
+                format!(
+                    "VER {ver:#x}: a version {major} unit without queued invalidation \
+                     (ECAP.QI) cannot be invalidated"
+                ),
+            );
+        }
+    }
+}
+
+/// What `adopt` refuses about a record, mirrored (`vtd::handover::adopt`): a host
+/// address width no unit can have, domain IDs beyond CAP.ND, domain 0 with caching mode, a domain ID
+/// twice, a table format the unit cannot walk, a first-stage domain on a legacy unit, a
+/// domain root that is unaligned, not preserved or outside the record's runs (a device
+/// bound to a domain the record does not hold is refused by the record decoder); and every page run of the record must lie
+/// in the preserved set (a record whose runs claim unpreserved pages would have them
+/// freed by `finish`). Checking a run costs at most the preserved pages it holds plus
+/// one: the runs are disjoint, so the whole check is bounded by the preserved set.
+fn check_adoptable(
+    u: &crate::vtd::Unit,
+    r: &Record,
+    preserved: Option<&PageSet>,
+    cx: &mut Ctx<'_>,
+) {
+    use vtd::format::{FirstStage, SecondStage};
+    let refuse = |cx: &mut Ctx<'_>, addr: Option<PhysAddr>, what: String| {
+        cx.add("adopt-refuses", addr, what)
+    };
+    // adopt compares the record's width with the new kernel's (configured, or MGAW + 1,
+    // clamped to 12..=64): which that is the image does not say, but one outside
+    // 12..=64 never matches.
+    if !(12..=64).contains(&r.haw) {
+        refuse(
+            cx,
+            None,
+            format!(
+                "record host address width {} bits: no unit's width (12 to 64 bits) matches",
+                r.haw
+            ),
+        );
+    }
+    let cm = vtd::hw::regs::CAP::CM.is_set(u.cap());
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &r.domains {
+        let did = d.id.0;
+        let mut why: Vec<String> = Vec::new();
+        if did as u32 >= u.domains() {
+            why.push(format!("beyond the unit's CAP.ND ({} IDs)", u.domains()));
+        }
+        if did == 0 && cm {
+            why.push("domain ID 0 is reserved with caching mode (CAP.CM)".into());
+        }
+        if !seen.insert(did) {
+            why.push("recorded twice".into());
+        }
+        let format = match d.kind {
+            DomainKind::SecondStage => {
+                SecondStage::for_unit(d.levels, u.cap(), u.ecap(), u.haw).map(|_| ())
+            }
+            DomainKind::FirstStage => FirstStage::for_unit(d.levels, u.cap(), u.haw).map(|_| ()),
+        };
+        if let Err(e) = format {
+            why.push(format!("{:?} {}-level tables: {e}", d.kind, d.levels));
+        }
+        if d.kind == DomainKind::FirstStage && r.mode == Mode::Legacy {
+            why.push("first-stage domain on a legacy-mode unit".into());
+        }
+        if d.root.0 % 4096 != 0 {
+            why.push(format!("root {} is not 4 KiB aligned", d.root));
+        } else {
+            if preserved.is_some_and(|set| !set.contains(d.root)) {
+                why.push(format!("root table {} is not preserved", d.root));
+            }
+            if !r.holds_page(d.root) {
+                why.push(format!(
+                    "root table {} is not in the record's page runs",
+                    d.root
+                ));
+            }
+        }
+        for w in why {
+            refuse(cx, Some(d.root), format!("record domain {did:#06x}: {w}"));
+        }
+    }
+    if let Some(set) = preserved {
+        let count = set.page_count();
+        for &(first, pages) in &r.pages {
+            if let Some(miss) = first_unpreserved(set, count, first, pages) {
+                cx.add(
+                    "run-not-preserved",
+                    Some(miss),
+                    format!(
+                        "record page run {first}+{pages} pages: page {miss} is not in the \
+                         preserved set ({count} pages); finish would free it"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The first page of the run `first`+`pages` outside `set` (of `count` pages), in at most
+/// `count + 1` lookups: at most `count` pages of the run can be in the set. The record
+/// decoder refuses runs that wrap the address space.
+fn first_unpreserved(set: &PageSet, count: u64, first: PhysAddr, pages: u64) -> Option<PhysAddr> {
+    (0..pages.min(count.saturating_add(1)))
+        .map_while(|i| i.checked_mul(4096).and_then(|o| first.0.checked_add(o)))
+        .map(PhysAddr)
+        .find(|&p| !set.contains(p))
 }
 
 fn check_record(us: &UnitState, r: &Record, cx: &mut Ctx<'_>) {
     let u = &us.unit;
     let mismatch = |cx: &mut Ctx<'_>, what: String| cx.add("record-mismatch", None, what);
-    if !u.assumed && r.mmio_base != u.base {
+    if u.base_known && r.mmio_base != u.base {
         mismatch(
             cx,
             format!("record is for the unit at {}, not {}", r.mmio_base, u.base),

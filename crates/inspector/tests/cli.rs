@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use iommu_core::{DomainId, PhysAddr};
 use std::path::Path;
 use std::process::{Command, Output};
+use vtd::driver::DomainKind;
+use vtd::handover::record::RecordDomain;
 
 fn inspect(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
@@ -883,4 +886,269 @@ fn pointers_at_the_top_of_the_address_space_never_panic() {
         "{}",
         stdout(&o)
     );
+}
+
+/// A record whose page runs claim 2^40 pages from address 0, or all 64 MiB of RAM,
+/// while only the rig's table pages are preserved: `verify` reports the run (adopt's
+/// and finish's input), in bounded time, instead of "ok".
+#[test]
+fn verify_refuses_record_runs_of_2_pow_40_pages_or_all_of_ram_outside_the_preserved_set() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, run) in [("huge.elf", 1u64 << 40), ("ram.elf", RAM.1 / 4096)] {
+        let (mut r, ta, tb) = sample_legacy(POOL);
+        let pages = r.pages.clone();
+        r.handover_with(
+            &pages,
+            &[(1, ta, 4), (2, tb, 4)],
+            &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+            |rec| rec.pages = vec![(PhysAddr(0), run)],
+        );
+        r.save(dir.path(), name);
+        let o = inspect(dir.path(), &["verify", name]);
+        assert_eq!(code(&o), 1, "{}", stdout(&o));
+        let s = stdout(&o);
+        let want = format!(
+            "[run-not-preserved] record page run 0x0+{run} pages: page 0x0 is not in the \
+             preserved set"
+        );
+        assert!(s.contains(&want), "missing {want:?} in\n{s}");
+    }
+}
+
+/// A unit whose GSTS reads 0 (translation disabled, root pointer never latched) with a
+/// record that otherwise matches: adopt refuses it, so verify must not say "ok".
+#[test]
+fn verify_reports_a_unit_with_translation_disabled_and_no_latched_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    let mut b = r.bytes();
+    set_note_register(&mut b, 0x1c, 0);
+    std::fs::write(dir.path().join("off.elf"), &b).unwrap();
+    let o = inspect(dir.path(), &["verify", "off.elf"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let s = stdout(&o);
+    for want in [
+        "[adopt-refuses] GSTS 0x00000000: translation is disabled (TES clear)",
+        "[unit-state] GSTS 0x00000000: no root table pointer latched (RTPS clear)",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+/// Record domains adopt refuses, one shape each: an ID beyond CAP.ND, 5-level tables
+/// the unit's SAGAW lacks, a first-stage domain on a legacy unit, an unaligned root, a
+/// root neither preserved nor in the runs. (A device bound to a domain the record does
+/// not hold is refused by the record decoder, reported as a `record` problem.)
+#[test]
+fn verify_reports_every_record_domain_and_device_adopt_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    r.handover_with(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+        |rec| {
+            let d = |id: u16, kind, levels, root: u64| RecordDomain {
+                id: DomainId(id),
+                kind,
+                levels,
+                root: PhysAddr(root),
+            };
+            rec.domains.extend([
+                d(7, DomainKind::SecondStage, 5, tb),
+                d(8, DomainKind::FirstStage, 4, ta),
+                d(9, DomainKind::SecondStage, 4, ta + 8),
+                d(10, DomainKind::SecondStage, 4, 0x3f0_0000),
+                d(0xfffe, DomainKind::SecondStage, 4, ta),
+            ]);
+        },
+    );
+    r.save(dir.path(), "doms.elf");
+    let o = inspect(dir.path(), &["verify", "doms.elf"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let s = stdout(&o);
+    for want in [
+        "record domain 0x0007: SecondStage 5-level tables",
+        "record domain 0x0008: first-stage domain on a legacy-mode unit",
+        &format!(
+            "record domain 0x0009: root {:#x} is not 4 KiB aligned",
+            ta + 8
+        ),
+        "record domain 0x000a: root table 0x3f00000 is not preserved",
+        "record domain 0x000a: root table 0x3f00000 is not in the record's page runs",
+        "record domain 0xfffe: beyond the unit's CAP.ND",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+/// A 2 GiB sparse raw file (64 MiB of a machine's memory with a KHO handover at
+/// 0x3000000, the rest a hole) with its unit from the command line: verify does not scan
+/// it whole by default but says how to point at the blob; `--kho-scan` bounds the scan,
+/// `--kho-blob` names the blob, and `--vtd-base` names the unit so its
+/// `iommu-vtd-<base>` record is found and the state verifies.
+#[test]
+fn verify_on_a_2gib_sparse_raw_file_needs_the_blob_located_and_vtd_base_finds_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, ta, tb) = sample_legacy(POOL);
+    let pages = r.pages.clone();
+    let blob = r.handover(
+        &pages,
+        &[(1, ta, 4), (2, tb, 4)],
+        &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+    );
+    assert_eq!(blob, PhysAddr(0x300_0000));
+    // Memory as a raw dump: valid bytes, zeros for poison (partly written pages too).
+    let mut raw = vec![0u8; RAM.1 as usize];
+    let mem = r.m.mem();
+    for (i, chunk) in raw.chunks_mut(4096).enumerate() {
+        let pa = i as u64 * 4096;
+        if iommu_core::PhysMem::read(&*mem, PhysAddr(pa), chunk).is_err() {
+            for (j, piece) in chunk.chunks_mut(256).enumerate() {
+                let at = pa + 256 * j as u64;
+                if iommu_core::PhysMem::read(&*mem, PhysAddr(at), piece).is_ok() {
+                    continue;
+                }
+                for (k, b) in piece.iter_mut().enumerate() {
+                    let mut one = [0u8];
+                    if iommu_core::PhysMem::read(&*mem, PhysAddr(at + k as u64), &mut one).is_ok() {
+                        *b = one[0];
+                    }
+                }
+            }
+        }
+    }
+    drop(mem);
+    let path = dir.path().join("big.raw");
+    std::fs::write(&path, &raw).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let root = format!("{:#x}", r.root);
+    let unit = ["--base", "0", "--vtd-rtaddr", &root, "--haw", "48"];
+    let with = |extra: &[&str]| {
+        let mut a = vec!["verify", "big.raw"];
+        a.extend_from_slice(&unit);
+        a.extend_from_slice(extra);
+        inspect(dir.path(), &a)
+    };
+    assert_error(&with(&[]), "give the blob's address with --kho-blob ADDR");
+    assert_error(&with(&[]), "--kho-scan START-END");
+    // A range without the blob: a clear error, not "ok".
+    assert_error(&with(&["--kho-scan", "0x0+0x100000"]), "no KHO blob");
+    // Found in the named range; without --vtd-base the unit is at 0 and its record
+    // (iommu-vtd-0) does not exist.
+    let o = with(&["--kho-scan", "0x2000000-0x3ffffff"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("KHO blob at 0x3000000"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("iommu-vtd-0"), "{}", stdout(&o));
+    for extra in [
+        &[
+            "--kho-scan",
+            "0x2000000-0x3ffffff",
+            "--vtd-base",
+            "0xfed90000",
+        ][..],
+        &["--kho-blob", "0x3000000", "--vtd-base", "0xfed90000"][..],
+    ] {
+        let o = with(extra);
+        assert_eq!(code(&o), 0, "{extra:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).contains("ok: no problem found"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    assert_error(
+        &with(&["--kho-blob", "0x3000000", "--vtd-base", "0xfed90008"]),
+        "4 KiB aligned",
+    );
+}
+
+/// A directory and a FIFO as the image: a one-line error saying they are not supported
+/// (a regular file is), not "No such device" or "file ends at 0x0".
+#[test]
+fn directories_and_fifos_are_refused_as_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    assert_error(&inspect(dir.path(), &["dump", "d"]), "d: a directory");
+    let fifo = dir.path().join("p");
+    let ok = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(ok.success());
+    let o = inspect(dir.path(), &["dump", "p"]);
+    assert_error(&o, "p: not a regular file (a pipe, FIFO, socket or device)");
+    // /dev/stdin fed by a pipe is refused the same way; redirected from a file it works.
+    let (r, _, _) = sample_legacy(POOL);
+    let snap = r.save(dir.path(), "s.elf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
+        .args(["dump", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("iommu-inspect runs");
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert_error(&o, "not a regular file");
+    let o = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
+        .args(["dump", "/dev/stdin"])
+        .stdin(std::fs::File::open(&snap).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+/// `walk --device` on PCI segment 1 of an image whose unit serves segment 0 is refused
+/// (it used to translate as if segment 0); a PASID of 2^20 is refused with exit 2.
+#[test]
+fn walk_refuses_another_pci_segment_and_pasids_of_21_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _, _) = sample_legacy(POOL);
+    r.save(dir.path(), "s.elf");
+    let o = inspect(
+        dir.path(),
+        &["walk", "0x100000", "s.elf", "--device", "0000:00:02.0"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_error(
+        &inspect(
+            dir.path(),
+            &["walk", "0x100000", "s.elf", "--device", "0001:00:02.0"],
+        ),
+        "device 0001:00:02.0 is on PCI segment 0x0001, but unit dmar0 serves segment 0x0000",
+    );
+    for cmd in [
+        &[
+            "walk", "0x1000", "s.elf", "--device", "00:02.0", "--pasid", "0x100000",
+        ][..],
+        &["dump", "s.elf", "--pasid", "1048576"][..],
+    ] {
+        let o = inspect(dir.path(), cmd);
+        assert_eq!(code(&o), 2, "{cmd:?}");
+        assert!(stderr(&o).contains("a PASID is 20 bits"), "{}", stderr(&o));
+    }
+    let o = inspect(
+        dir.path(),
+        &[
+            "walk", "0x1000", "s.elf", "--device", "00:02.0", "--pasid", "0xfffff",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }

@@ -57,6 +57,7 @@ proptest! {
                 haw: Some(haw),
                 cap: None,
                 ecap: None,
+                base: None,
             },
         };
         let img = Image::from_bytes("f.raw", bytes.clone(), opts.open).unwrap();

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use inspector::image::{Image, ImageKind, OpenAs};
 use inspector::InspectError;
+use iommu_core::image::LayoutError;
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::PhysAddr;
 
@@ -113,8 +114,8 @@ fn overlapping_load_segments_are_refused_and_contained_ones_dropped() {
     partial[ph0 + 32..ph0 + 40].copy_from_slice(&size1.to_le_bytes());
     partial[ph0 + 40..ph0 + 48].copy_from_slice(&size1.to_le_bytes());
     match Image::from_bytes("p.elf", partial, OpenAs::Elf) {
-        Err(InspectError::OverlappingSegments { addr, .. }) => {
-            assert_eq!(addr, PhysAddr(paddr1 + 0x1000))
+        Err(InspectError::Layout(LayoutError::Overlap { addr, .. })) => {
+            assert_eq!(addr, paddr1 + 0x1000)
         }
         other => panic!("expected an overlap error, got {other:?}"),
     }
@@ -129,4 +130,153 @@ fn overlapping_load_segments_are_refused_and_contained_ones_dropped() {
     assert_eq!(img.kind(), ImageKind::ElfCore);
     assert_eq!(img.segments().len(), 1);
     assert_eq!(img.segments()[0].size, size1);
+}
+
+/// The same damaged snapshots (a repeated page with other bytes, an unaligned
+/// `p_paddr`, a device behind a missing unit) are refused by the inspector and by the
+/// emulator's loader, with the same layout error: one set of rules for both readers.
+#[test]
+fn both_readers_refuse_the_same_layout_breaking_files_with_the_same_error() {
+    let (mut r, _, _) = sample_legacy(POOL);
+    // A second run of memory, so the snapshot has two PT_LOADs.
+    r.m.mem_mut()
+        .write(PhysAddr(0x200_0000), &[0x11; 4096])
+        .unwrap();
+    let bytes = r.bytes();
+    assert!(Image::from_bytes("ok.elf", bytes.clone(), OpenAs::Elf).is_ok());
+    for (name, bad) in layout_breaking_files(&bytes) {
+        let inspector = match Image::from_bytes(name, bad.clone(), OpenAs::Elf) {
+            Err(InspectError::Layout(e)) => e,
+            other => panic!("{name}: inspector gave {other:?}"),
+        };
+        let emulator = match emulator::snapshot::from_bytes(&bad) {
+            Err(emulator::snapshot::SnapshotError::Layout(e)) => e,
+            Err(e) => panic!("{name}: emulator gave {e}"),
+            Ok(_) => panic!("{name}: emulator loaded it"),
+        };
+        assert_eq!(inspector, emulator, "{name}");
+        let expected = match name {
+            "repeat-other-bytes" => matches!(inspector, LayoutError::RepeatDiffers { .. }),
+            "unaligned-paddr" => matches!(inspector, LayoutError::UnalignedPaddr { .. }),
+            _ => matches!(
+                inspector,
+                LayoutError::NoSuchUnit {
+                    device: 0,
+                    unit: 0xdead_0000
+                }
+            ),
+        };
+        assert!(expected, "{name}: {inspector:?}");
+    }
+}
+
+/// A minimal emulator snapshot: a machine note with `ram` and no unit or device, one
+/// PT_LOAD per `(paddr, size)` of `loads`, all reading the same zero bytes of the file.
+fn many_segment_snapshot(ram: &[(u64, u64)], loads: &[(u64, u64)]) -> Vec<u8> {
+    let phnum = 1 + loads.len();
+    let mut desc = Vec::new();
+    for w in [1u32, ram.len() as u32, 0, 0] {
+        desc.extend_from_slice(&w.to_le_bytes());
+    }
+    for &(b, z) in ram {
+        desc.extend_from_slice(&b.to_le_bytes());
+        desc.extend_from_slice(&z.to_le_bytes());
+    }
+    let mut note = Vec::new();
+    for w in [6u32, desc.len() as u32, 0x494f_4d01] {
+        note.extend_from_slice(&w.to_le_bytes());
+    }
+    note.extend_from_slice(b"IOMMU\0\0\0");
+    note.extend_from_slice(&desc);
+    let note_off = 64 + 56 * phnum as u64;
+    let data_off = (note_off + note.len() as u64).next_multiple_of(4096);
+    let max = loads.iter().map(|l| l.1).max().unwrap_or(0);
+    let mut f = vec![0u8; 64];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2;
+    f[5] = 1;
+    f[6] = 1;
+    f[16..18].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes());
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+    let mut ph = |t: u32, off: u64, paddr: u64, size: u64| {
+        let mut h = [0u8; 56];
+        h[..4].copy_from_slice(&t.to_le_bytes());
+        h[8..16].copy_from_slice(&off.to_le_bytes());
+        h[16..24].copy_from_slice(&paddr.to_le_bytes());
+        h[24..32].copy_from_slice(&paddr.to_le_bytes());
+        h[32..40].copy_from_slice(&size.to_le_bytes());
+        h[40..48].copy_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&h);
+    };
+    ph(4, note_off, 0, note.len() as u64);
+    for &(paddr, size) in loads {
+        ph(1, data_off, paddr, size);
+    }
+    f.extend_from_slice(&note);
+    f.resize((data_off + max) as usize, 0);
+    f
+}
+
+/// 20,000 one-page RAM ranges with gaps between them, a PT_LOAD in each, and one
+/// two-page PT_LOAD spanning two adjacent RAM ranges: accepted, every segment kept. The
+/// same file with one segment moved into a gap, or grown into its neighbour, is refused
+/// naming that segment. (The check is a sort and a sweep, not segments × ranges.)
+#[test]
+fn twenty_thousand_segments_in_twenty_thousand_ram_ranges_are_checked_by_a_sweep() {
+    const N: u64 = 20_000;
+    let span = N * 0x2000;
+    let mut ram: Vec<(u64, u64)> = (0..N).map(|i| (i * 0x2000, 0x1000)).collect();
+    ram.push((span, 0x1000));
+    ram.push((span + 0x1000, 0x1000));
+    // Listed in reverse: the readers sort.
+    ram.reverse();
+    let mut loads: Vec<(u64, u64)> = (0..N).map(|i| (i * 0x2000, 0x1000)).collect();
+    loads.push((span, 0x2000));
+    loads.reverse();
+    let img = Image::from_bytes("many.elf", many_segment_snapshot(&ram, &loads), OpenAs::Elf)
+        .expect("accepted");
+    assert_eq!(img.kind(), ImageKind::Snapshot);
+    assert_eq!(img.segments().len(), N as usize + 1);
+    assert_eq!(img.ram().len(), N as usize + 2);
+    assert!(img.segments().windows(2).all(|w| w[0].paddr < w[1].paddr));
+    let mut b = [0u8; 8];
+    img.read(PhysAddr(span + 0x1ff8), &mut b).unwrap();
+    assert!(matches!(
+        img.read(PhysAddr(0x1000), &mut b),
+        Err(MemError::Unbacked { .. })
+    ));
+    // Segment 7777 (program header index 1 + N - 7777 after the reverse) moved into the
+    // gap after it.
+    let header = |i: u64| 64 + 56 * (1 + (N - i)); // loads[k] has paddr (N - k) * 0x2000
+    let mut moved = loads.clone();
+    let k = moved.iter().position(|l| l.0 == 7777 * 0x2000).unwrap();
+    moved[k].0 += 0x1000;
+    match Image::from_bytes("gap.elf", many_segment_snapshot(&ram, &moved), OpenAs::Elf) {
+        Err(InspectError::Layout(LayoutError::OutsideRam { header: h, addr })) => {
+            assert_eq!(addr, 7777 * 0x2000 + 0x1000);
+            assert_eq!(h, header(7777));
+        }
+        other => panic!("expected outside-RAM, got {other:?}"),
+    }
+    // Segment 12345 grown to three pages and 12346 to two: they overlap partly.
+    let mut grown = loads.clone();
+    let k = grown.iter().position(|l| l.0 == 12345 * 0x2000).unwrap();
+    grown[k].1 = 0x3000;
+    grown[k - 1].1 = 0x2000;
+    match Image::from_bytes(
+        "grown.elf",
+        many_segment_snapshot(&ram, &grown),
+        OpenAs::Elf,
+    ) {
+        Err(InspectError::Layout(LayoutError::Overlap { first, addr, .. })) => {
+            assert_eq!(addr, 12346 * 0x2000);
+            assert_eq!(first, header(12345));
+        }
+        other => panic!("expected an overlap, got {other:?}"),
+    }
 }

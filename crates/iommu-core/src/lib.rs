@@ -11,6 +11,7 @@
 //!   walker that turns a table tree into coalesced mapping runs and its set of table pages;
 //! - [`pageset`]: [`pageset::PageSet`], a set of preserved physical pages modelled on
 //!   Linux KHO's radix tree;
+//! - [`image`]: the layout rules of ELF memory images shared by every reader;
 //! - [`kho`]: the kexec-handover blob (a flattened device tree in KHO's layout) and the
 //!   versioned client records it points to.
 #![no_std]
@@ -19,6 +20,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod image;
 pub mod kho;
 pub mod mem;
 pub mod pageset;

@@ -28,6 +28,9 @@ pub struct Unit {
     pub regs: Vec<RegValue>,
     /// Whether the registers were made up from command-line options (no unit note).
     pub assumed: bool,
+    /// Whether the MMIO base is known: from a unit note, or `--vtd-base` for a unit made
+    /// up from options (otherwise it is 0).
+    pub base_known: bool,
     /// Host address width in bits: pointer bits at or above it are reserved.
     pub haw: u32,
     /// PCI segment of the unit's devices (from the snapshot's device note; 0 otherwise).
@@ -60,6 +63,8 @@ pub struct UnitOverride {
     pub cap: Option<u64>,
     /// `--vtd-ecap`.
     pub ecap: Option<u64>,
+    /// `--vtd-base`: the unit's MMIO base (names its `iommu-vtd-<base>` KHO record).
+    pub base: Option<u64>,
 }
 
 impl Unit {
@@ -124,9 +129,10 @@ impl Unit {
         if let Some(rta) = ov.rtaddr {
             return Ok(vec![Self::assumed(rta, ov)?]);
         }
-        if ov.mode.is_some() || ov.cap.is_some() || ov.ecap.is_some() {
+        if ov.mode.is_some() || ov.cap.is_some() || ov.ecap.is_some() || ov.base.is_some() {
             return Err(InspectError::Usage(
-                "--vtd-mode, --vtd-cap and --vtd-ecap describe a unit given with --vtd-rtaddr"
+                "--vtd-mode, --vtd-cap, --vtd-ecap and --vtd-base describe a unit given with \
+                 --vtd-rtaddr"
                     .into(),
             ));
         }
@@ -147,6 +153,7 @@ impl Unit {
                     base: u.base,
                     regs: u.regs.clone(),
                     assumed: false,
+                    base_known: true,
                     segment: 0,
                     haw: ov.haw.unwrap_or(CAP::MGAW.read(cap) as u32 + 1),
                 }
@@ -209,10 +216,17 @@ impl Unit {
             width,
             value,
         };
+        if let Some(b) = ov.base {
+            if b & 0xfff != 0 {
+                return Err(InspectError::Usage(format!(
+                    "--vtd-base {b:#x}: a VT-d unit's register window is 4 KiB aligned"
+                )));
+            }
+        }
         Ok(Unit {
             index: 0,
             name: "dmar0".into(),
-            base: PhysAddr(0),
+            base: PhysAddr(ov.base.unwrap_or(0)),
             regs: vec![
                 r(vtd::hw::regs::CAP, 8, cap),
                 r(vtd::hw::regs::ECAP, 8, ecap),
@@ -220,6 +234,7 @@ impl Unit {
                 r(vtd::hw::regs::RTADDR, 8, rtaddr),
             ],
             assumed: true,
+            base_known: ov.base.is_some(),
             haw,
             segment: 0,
         })

@@ -393,6 +393,7 @@ mod tests {
             base: PhysAddr(0xfed9_0000),
             regs,
             assumed: false,
+            base_known: true,
             haw: 48,
             segment: 0,
         }

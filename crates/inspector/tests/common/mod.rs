@@ -297,6 +297,17 @@ impl Rig {
         domains: &[(u16, u64, u8)],
         devices: &[(RequesterId, Option<u32>, u16)],
     ) -> PhysAddr {
+        self.handover_with(pages, domains, devices, |_| {})
+    }
+
+    /// [`Rig::handover`] with the record changed by `edit` before it is encoded.
+    pub fn handover_with(
+        &mut self,
+        pages: &[u64],
+        domains: &[(u16, u64, u8)],
+        devices: &[(RequesterId, Option<u32>, u16)],
+        edit: impl FnOnce(&mut Record),
+    ) -> PhysAddr {
         let mut set = PageSet::new();
         for &p in pages {
             set.insert(PhysAddr(p), 0).expect("page in set");
@@ -349,6 +360,8 @@ impl Rig {
                 .collect(),
             pages: runs,
         };
+        let mut rec = rec;
+        edit(&mut rec);
         let payload = rec.encode();
         let name = vtd::handover::client_name(UNIT);
         let clients = [Client {
@@ -418,4 +431,87 @@ pub fn sample_scalable() -> (Rig, u64, u64) {
     r.map(t0, 4, 0x2000, 0xc0_1000, 1, true, true);
     r.map(t7, 3, 0x4000_0000, 0x4000_0000, 3, true, false);
     (r, t0, t7)
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// File offset of program header `i`.
+pub fn phdr(i: usize) -> usize {
+    64 + 56 * i
+}
+
+/// Damaged copies of an emulator snapshot `bytes` (its PT_NOTE is program header 0 and it
+/// has at least two PT_LOADs, the first holding more than one page), each breaking one
+/// layout rule both readers share, named by the rule:
+/// - `repeat-other-bytes`: PT_LOAD 2 repeats the second page of PT_LOAD 1 (wholly
+///   inside it) but its file bytes differ;
+/// - `unaligned-paddr`: PT_LOAD 1's `p_paddr` is 8 bytes past a page boundary;
+/// - `device-without-unit`: the first device of the device note is behind a unit at
+///   0xdead_0000, which the machine does not have.
+pub fn layout_breaking_files(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let (p1, p2) = (phdr(1), phdr(2));
+    let paddr1 = le64(bytes, p1 + 24);
+    let size1 = le64(bytes, p1 + 32);
+    let off2 = le64(bytes, p2 + 8) as usize;
+    assert!(size1 > 4096, "PT_LOAD 1 has more than one page");
+    let mut repeat = bytes.to_vec();
+    repeat[p2 + 24..p2 + 32].copy_from_slice(&(paddr1 + 4096).to_le_bytes());
+    repeat[p2 + 32..p2 + 40].copy_from_slice(&4096u64.to_le_bytes());
+    repeat[p2 + 40..p2 + 48].copy_from_slice(&4096u64.to_le_bytes());
+    let second_page = le64(bytes, p1 + 8) as usize + 4096;
+    repeat[off2..off2 + 4096].copy_from_slice(&bytes[second_page..second_page + 4096]);
+    repeat[off2 + 100] ^= 0x5a;
+    let mut unaligned = bytes.to_vec();
+    unaligned[p1 + 24..p1 + 32].copy_from_slice(&(paddr1 + 8).to_le_bytes());
+    let mut orphan = bytes.to_vec();
+    let dev_entry = device_note_desc(bytes) + 8;
+    orphan[dev_entry + 16..dev_entry + 24].copy_from_slice(&0xdead_0000u64.to_le_bytes());
+    vec![
+        ("repeat-other-bytes", repeat),
+        ("unaligned-paddr", unaligned),
+        ("device-without-unit", orphan),
+    ]
+}
+
+/// File offset of the device note's descriptor.
+fn device_note_desc(bytes: &[u8]) -> usize {
+    let start = le64(bytes, phdr(0) + 8) as usize;
+    let end = start + le64(bytes, phdr(0) + 32) as usize;
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let mut pos = start;
+    while pos < end {
+        let (namesz, descsz, t) = (word(pos), word(pos + 4), word(pos + 8) as u32);
+        let desc = pos + 12 + namesz.div_ceil(4) * 4;
+        if t == emulator::snapshot::NT_IOMMU_DEVICES {
+            return desc;
+        }
+        pos = desc + descsz.div_ceil(4) * 4;
+    }
+    panic!("no device note")
+}
+
+/// Sets the value of the register at `reg` in the (first) unit note of snapshot `bytes`.
+pub fn set_note_register(bytes: &mut [u8], reg: u64, value: u64) {
+    let start = le64(bytes, phdr(0) + 8) as usize;
+    let end = start + le64(bytes, phdr(0) + 32) as usize;
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let mut pos = start;
+    while pos < end {
+        let (namesz, descsz, t) = (word(bytes, pos), word(bytes, pos + 4), word(bytes, pos + 8));
+        let desc = pos + 12 + namesz.div_ceil(4) * 4;
+        if t as u32 == emulator::snapshot::NT_IOMMU_UNIT {
+            let n = word(bytes, desc + 4);
+            for i in 0..n {
+                let e = desc + 24 + 24 * i;
+                if le64(bytes, e) == reg {
+                    bytes[e + 16..e + 24].copy_from_slice(&value.to_le_bytes());
+                    return;
+                }
+            }
+        }
+        pos = desc + descsz.div_ceil(4) * 4;
+    }
+    panic!("no register {reg:#x} in a unit note")
 }
