@@ -252,6 +252,17 @@ impl Layout {
                 .checked_add(ps.bytes())
                 .ok_or_else(|| overflow("map-size", map()))?;
         }
+        if last_end > 1 << IOVA_BITS {
+            return Err(ConfigError::new(
+                "map-size",
+                map(),
+                format!(
+                    "the mappings of a domain reach IOVA {last_end:#x}, beyond the domain \
+                     tables' {IOVA_BITS}-bit input range (they start at {IOVA_START:#x}, one \
+                     run per page size)"
+                ),
+            ));
+        }
         // The mapping after finish: at 1 TiB, or past the last mapping when that
         // reaches 1 TiB, aligned to 512 GiB so it needs tables of its own.
         let extra = if last_end <= EXTRA_IOVA {
@@ -274,14 +285,9 @@ impl Layout {
 
         // DMA targets, largest pages first so alignment wastes least.
         let domains = s.domains + 1;
-        let end = base.0 + size;
-        let mut free = Free(vec![(base.0.saturating_add(FIRMWARE).min(end), end)]);
-        let mut order: Vec<usize> = (0..s.page_sizes.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(s.page_sizes[i].bytes()));
-        let mut targets = vec![vec![PhysAddr(0); s.page_sizes.len()]; domains];
+        let mut lens = Vec::new();
         let mut data_bytes: u64 = 0;
-        for &i in &order {
-            let ps = s.page_sizes[i];
+        for &ps in &s.page_sizes {
             let len = s
                 .map_bytes
                 .checked_next_multiple_of(ps.bytes())
@@ -290,46 +296,53 @@ impl Layout {
                 .checked_mul(domains as u64)
                 .and_then(|b| b.checked_add(data_bytes))
                 .ok_or_else(|| overflow("map-size", map()))?;
+            lens.push(len);
+        }
+        let too_small = |part: String| {
+            ConfigError::new(
+                "ram",
+                ram(),
+                format!(
+                    "too small for this scenario: {part} does not fit. The scenario needs \
+                     {data_bytes:#x} bytes of DMA targets ({domains} domains, each target \
+                     aligned to its page size), {:#x} bytes for the old kernel's page pool \
+                     ({} pages: {} of domain tables, {} of root and context tables, {} of \
+                     PASID tables, {} of invalidation queue, {} of KHO blob), {:#x} bytes \
+                     for the new kernel's and {FIRMWARE:#x} bytes of firmware",
+                    needs.old * PAGE,
+                    needs.old,
+                    needs.tables,
+                    needs.context,
+                    needs.pasid,
+                    needs.queue,
+                    needs.kho,
+                    needs.new * PAGE,
+                ),
+            )
+        };
+        let end = base.0 + size;
+        let mut free = Free(vec![(base.0.saturating_add(FIRMWARE).min(end), end)]);
+        let mut order: Vec<usize> = (0..s.page_sizes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(s.page_sizes[i].bytes()));
+        let mut targets = vec![vec![PhysAddr(0); s.page_sizes.len()]; domains];
+        for &i in &order {
+            let (ps, len) = (s.page_sizes[i], lens[i]);
             for (d, t) in targets.iter_mut().enumerate() {
-                let Some(at) = free.take(len, ps.bytes()) else {
-                    return Err(ConfigError::new(
-                        "ram",
-                        ram(),
-                        format!(
-                            "too small for this scenario: the DMA targets need {domains} x \
-                             {len:#x} bytes of {ps} pages, each {ps}-aligned inside RAM \
-                             (domain {d} does not fit; all targets: {data_bytes:#x} bytes \
-                             so far), plus {:#x} bytes of page pools and {FIRMWARE:#x} of \
-                             firmware",
-                            (needs.old + needs.new) * PAGE
-                        ),
-                    ));
-                };
+                let at = free.take(len, ps.bytes()).ok_or_else(|| {
+                    too_small(format!(
+                        "the {len:#x}-byte DMA target of {ps} pages ({ps}-aligned) of domain \
+                         {d}"
+                    ))
+                })?;
                 t[i] = PhysAddr(at);
             }
         }
-        let mut pool = |pages: u64, what: &str| {
-            free.take(pages * PAGE, PAGE).ok_or_else(|| {
-                ConfigError::new(
-                    "ram",
-                    ram(),
-                    format!(
-                        "too small for this scenario: {what} needs {:#x} bytes ({pages} \
-                         pages: {} of domain tables, {} of context tables, {} of PASID \
-                         tables, {} of invalidation queue, {} of KHO blob) after the DMA \
-                         targets ({data_bytes:#x} bytes) and firmware ({FIRMWARE:#x})",
-                        pages * PAGE,
-                        needs.tables,
-                        needs.context,
-                        needs.pasid,
-                        needs.queue,
-                        needs.kho,
-                    ),
-                )
-            })
-        };
-        let old = pool(needs.old, "the old kernel's page pool")?;
-        let new = pool(needs.new, "the new kernel's page pool")?;
+        let old = free
+            .take(needs.old * PAGE, PAGE)
+            .ok_or_else(|| too_small("the old kernel's page pool".into()))?;
+        let new = free
+            .take(needs.new * PAGE, PAGE)
+            .ok_or_else(|| too_small("the new kernel's page pool".into()))?;
         Ok(Self {
             old_pool: (PhysAddr(old), needs.old * PAGE),
             new_pool: (PhysAddr(new), needs.new * PAGE),
