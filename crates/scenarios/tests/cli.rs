@@ -236,7 +236,7 @@ fn ten_thousand_scalable_mode_devices_run_clean() {
 #[test]
 fn ram_above_the_units_address_width_is_refused() {
     assert_refused(
-        &["--mode", "legacy", "--ram", "0x1000000000000:64M"],
+        &["--mode", "legacy", "--ram", "0xffff00000000:8G"],
         &["--ram", "48-bit address width", "CAP.MGAW"],
     );
 }
