@@ -116,6 +116,13 @@ fn kho_tree_pages(ram_pages: u64) -> u64 {
 }
 
 /// What the pools must hold, in pages, for scenario `s` in `mode`.
+///
+/// Every count is an upper bound derived from what the driver allocates (tables at up
+/// to 5 levels with one extra per level for a straddled boundary, one context table per
+/// bus or bus half, a PASID directory and table per scalable-mode device, a one-page
+/// queue and its status page) and from the KHO formats (record entry sizes, the
+/// preserved-memory tree's node coverage), rather than a guessed margin: a scenario that
+/// fits runs without exhausting a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolNeeds {
     /// Domain tables (roots and every level below).
@@ -160,18 +167,27 @@ impl PoolNeeds {
         };
         let context = context + 1;
         let queue = 2;
-        let structures = tables + context + pasid + queue;
-        // The record: a 0x38-byte header and 16 bytes per domain, device and page run
-        // (at most one run per structure page), in a KHO record with a small header
-        // (256 bytes allowed); the FDT with one client node fits in a page (two
-        // allowed).
+        let structures = tables
+            .checked_add(context)?
+            .checked_add(pasid)?
+            .checked_add(queue)?;
+        // The unit's record: a 0x38-byte header and 16 bytes per domain, device and page
+        // run (at most one run per structure page), in a KHO record with a small header
+        // (256 bytes allowed). Another client (guest memory, preserved by its owner) may
+        // add a record of one 16-byte entry per target range, with its own header and
+        // page. The FDT with a few client nodes fits in a page (two allowed).
+        let ranges = domains.checked_mul(s.page_sizes.len() as u64)?;
         let record_bytes = structures
             .checked_add(domains + devices)?
             .checked_mul(16)?
             .checked_add(0x38 + 256)?;
+        let other_bytes = ranges.checked_mul(16)?.checked_add(256)?;
         let ram_pages = s.ram.1 / PAGE;
-        let kho = 2 + record_bytes.div_ceil(PAGE) + kho_tree_pages(ram_pages);
+        let kho = (2 + 1 + record_bytes.div_ceil(PAGE) + other_bytes.div_ceil(PAGE))
+            .checked_add(kho_tree_pages(ram_pages))?;
         let old = structures.checked_add(kho)?;
+        // Both pools must be addressable in bytes.
+        old.checked_mul(PAGE)?;
         // New kernel: an empty root table, the queue, and the tables of one 4K mapping.
         let new = 1 + queue + (MAX_LEVELS as u64 - 1);
         Some(Self {
@@ -320,7 +336,10 @@ impl Layout {
                 ),
             )
         };
-        let end = base.0 + size;
+        let end = base
+            .0
+            .checked_add(size)
+            .ok_or_else(|| ConfigError::new("ram", ram(), "overflows"))?;
         let mut free = Free(vec![(base.0.saturating_add(FIRMWARE).min(end), end)]);
         let mut order: Vec<usize> = (0..s.page_sizes.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(s.page_sizes[i].bytes()));
@@ -337,6 +356,7 @@ impl Layout {
                 t[i] = PhysAddr(at);
             }
         }
+        // `PoolNeeds::of` checked that the pools' byte sizes fit in 64 bits.
         let old = free
             .take(needs.old * PAGE, PAGE)
             .ok_or_else(|| too_small("the old kernel's page pool".into()))?;
@@ -366,7 +386,10 @@ pub fn check_unit(s: &Scenario) -> Result<(), ConfigError> {
         ));
     }
     let (base, size) = s.ram;
-    let ram_end = base.0 + size;
+    let ram_end = base
+        .0
+        .checked_add(size)
+        .ok_or_else(|| ConfigError::new("ram", format!("{base}+{size:#x}"), "overflows"))?;
     let unit = s.unit_base;
     if unit.0 % PAGE != 0 {
         return Err(ConfigError::new(
