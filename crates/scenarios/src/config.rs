@@ -2,6 +2,7 @@
 //! mappings, the DMA workload and the seed. Built-in scenarios are named presets of it;
 //! every field can be overridden from the command line to mirror a real machine.
 
+use crate::layout::{MAX_DEVICES, MAX_DMA_STEPS, MAX_STEPS_PER_PHASE};
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use std::fmt;
 
@@ -112,7 +113,9 @@ impl Scenario {
         Self {
             name: "default".into(),
             seed: 0x10_4d_0c,
-            ram: (PhysAddr(0), 8 << 30),
+            // Above 4 GiB, clear of the unit's registers below it (as on a PC, where
+            // RAM below 4 GiB stops at the MMIO hole).
+            ram: (PhysAddr(1 << 32), 8 << 30),
             unit_base: PhysAddr(0xfed9_0000),
             modes: Mode::ALL.to_vec(),
             devices: vec![
@@ -159,8 +162,9 @@ impl Scenario {
         "many-domains",
     ];
 
-    /// Checks that the scenario can run: devices distinct, at least one domain per
-    /// device group, sizes aligned, RAM large enough for the mappings.
+    /// Checks the scenario on its own: devices distinct and not too many, domains
+    /// between 1 and the devices, sizes aligned, DMA steps between 1 and the limits.
+    /// What the unit and the RAM must hold is checked by [`crate::layout`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.modes.is_empty() {
             return Err(ConfigError::new("mode", "", "at least one mode is needed"));
@@ -172,8 +176,16 @@ impl Scenario {
                 "at least one device is needed",
             ));
         }
-        for (i, d) in self.devices.iter().enumerate() {
-            if self.devices[..i].contains(d) {
+        if self.devices.len() > MAX_DEVICES {
+            return Err(ConfigError::new(
+                "device",
+                format!("({} devices)", self.devices.len()),
+                format!("at most {MAX_DEVICES} devices (MAX_DEVICES)"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.devices {
+            if !seen.insert(*d) {
                 return Err(ConfigError::new("device", d.to_string(), "listed twice"));
             }
             if d.segment != 0 {
@@ -223,6 +235,29 @@ impl Scenario {
                 "ram",
                 format!("{base}+{size:#x}"),
                 "overflows",
+            ));
+        }
+        if self.dma_steps == 0 || self.dma_steps > MAX_DMA_STEPS {
+            return Err(ConfigError::new(
+                "dma-steps",
+                self.dma_steps.to_string(),
+                format!(
+                    "need 1 to {MAX_DMA_STEPS} (MAX_DMA_STEPS): every phase must check the \
+                     preserved devices' DMA"
+                ),
+            ));
+        }
+        let steps = self.dma_steps as u64 * self.devices.len() as u64;
+        if steps > MAX_STEPS_PER_PHASE {
+            return Err(ConfigError::new(
+                "dma-steps",
+                self.dma_steps.to_string(),
+                format!(
+                    "{} devices x {} steps = {steps} DMA steps per phase, more than \
+                     {MAX_STEPS_PER_PHASE} (MAX_STEPS_PER_PHASE)",
+                    self.devices.len(),
+                    self.dma_steps
+                ),
             ));
         }
         if self.map_bytes == 0 || self.map_bytes % 4096 != 0 {

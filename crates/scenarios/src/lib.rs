@@ -8,9 +8,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod layout;
 pub mod report;
 pub mod runner;
 
 pub use config::{Mode, Scenario};
 pub use report::Report;
-pub use runner::{run, RunError, RunOptions};
+pub use runner::{run, RunError, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};

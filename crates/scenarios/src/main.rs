@@ -3,7 +3,8 @@
 use clap::Parser;
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use scenarios::config::{parse_page_sizes, parse_ram, parse_size, parse_u64, Mode, Scenario};
-use scenarios::{run, RunOptions};
+use scenarios::{run, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,8 +14,10 @@ use std::process::ExitCode;
 /// Without options it runs the built-in default scenario: legacy, scalable second-stage
 /// and scalable first-stage mode, four preserved devices in two domains with 4K, 2M and
 /// 1G mappings, plus one device that is not preserved and must fault after freeze.
-/// Exit status: 0 when every mode ran clean, 1 when a fault, a wrong byte or an error
-/// was seen, 2 on a bad command line.
+/// Exit status: 0 when every mode ran clean; 1 when a fault, a wrong byte or an error
+/// was seen; 2 when the command line (or the scenario it makes) cannot work, with the
+/// reason, before anything runs; 3 on an I/O error (a snapshot or the report could not
+/// be written, e.g. a full disk).
 #[derive(Parser, Debug)]
 #[command(
     name = "iommu-emu",
@@ -25,7 +28,13 @@ use std::process::ExitCode;
   iommu-emu --mode scalable-fs --device 00:02.0 --device 3b:00.1 --domains 2
   iommu-emu --ram 0x100000000:64G --unit-base 0xfed91000 --map-size 1G --page-sizes 2M,1G
   iommu-emu --save-snapshots /tmp/snaps      # ELF cores before kexec and after adopt
-  iommu-emu --list"
+  iommu-emu --list
+
+Exit status:
+  0  every mode ran clean
+  1  a fault of a preserved device, a wrong byte or an error was seen
+  2  the command line or the scenario cannot work (the reason is printed; nothing ran)
+  3  an I/O error: a snapshot or the report could not be written (e.g. disk full)"
 )]
 struct Cli {
     /// Built-in scenario to start from (see --list).
@@ -59,7 +68,7 @@ struct Cli {
     /// Page sizes, e.g. 4K,2M,1G.
     #[arg(long, value_parser = |s: &str| parse_page_sizes(s).map(PageSizes))]
     page_sizes: Option<PageSizes>,
-    /// DMA steps per device and phase.
+    /// DMA steps per device and phase (1 to 65536; devices x steps at most 2^20).
     #[arg(long)]
     dma_steps: Option<u32>,
     /// Write ELF snapshots (before the kexec, after adopt) into this directory.
@@ -78,17 +87,15 @@ fn parse_rid(s: &str) -> Result<RequesterId, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list {
-        for n in Scenario::BUILTIN {
-            println!("{n}");
-        }
-        return ExitCode::SUCCESS;
+        let text: String = Scenario::BUILTIN.iter().map(|n| format!("{n}\n")).collect();
+        return print(&text, ExitCode::SUCCESS);
     }
     let Some(mut s) = Scenario::builtin(&cli.scenario) else {
         eprintln!(
             "iommu-emu: no built-in scenario {:?} (try --list)",
             cli.scenario
         );
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     };
     if let Some(v) = cli.seed {
         s.seed = v;
@@ -122,16 +129,29 @@ fn main() -> ExitCode {
     };
     match run(&s, &opts) {
         Ok(report) => {
-            println!("{report}");
-            if report.is_clean() {
-                ExitCode::SUCCESS
+            let code = if report.is_clean() {
+                EXIT_OK
             } else {
-                ExitCode::from(1)
-            }
+                EXIT_FAILED
+            };
+            print(&format!("{report}\n"), ExitCode::from(code))
         }
         Err(e) => {
             eprintln!("iommu-emu: {e}");
-            ExitCode::from(2)
+            ExitCode::from(e.exit_status())
+        }
+    }
+}
+
+/// Writes `text` to standard output and returns `code`, or [`EXIT_IO`] when the output
+/// cannot be written (a full disk, a closed pipe).
+fn print(text: &str, code: ExitCode) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) => {
+            eprintln!("iommu-emu: writing the report to standard output: {e}");
+            ExitCode::from(EXIT_IO)
         }
     }
 }

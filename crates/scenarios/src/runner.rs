@@ -2,19 +2,18 @@
 //! kernel, the live-update handover, a kexec, the driver of the new kernel adopting the
 //! unit, and DMA agents checking every byte in every phase.
 //!
-//! Memory layout, from the RAM base: 16 MiB left to "firmware", then the old kernel's
-//! page pool (tables, invalidation queue, KHO blob), then the new kernel's pool, then
-//! the DMA targets (guest memory, preserved across the kexec like a VMM's guest memory).
+//! Memory layout: see [`crate::layout`]; everything lies inside the scenario's RAM.
 
 use crate::config::{ConfigError, Mode, Scenario};
+use crate::layout::{check_unit, unit_config, Layout};
 use crate::report::{ModeReport, PhaseReport, Report};
 use emulator::dma::{DmaAgent, DmaChecker, ExpectedFailure, MappingSpec, Workload};
 use emulator::machine::{Device, Machine};
 use emulator::model::Access;
 use emulator::snapshot;
-use emulator::vtd::{VtdConfig, VtdUnit};
+use emulator::vtd::VtdUnit;
 use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
-use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RequesterId};
+use iommu_core::{DomainId, Iova, PageSize, PhysAddr};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use vtd::driver::{DomainKind, Hw, Mode as DriverMode, PagePool, Unit, UnitConfig};
@@ -55,69 +54,33 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
+/// Exit status of `iommu-emu` when every mode ran clean.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when a run found a problem (a fault, a wrong byte, an error).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of a command line (or scenario) that cannot work; nothing was run.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of an I/O error (a snapshot or the report could not be written).
+pub const EXIT_IO: u8 = 3;
+
+impl RunError {
+    /// The exit status `iommu-emu` gives this error: [`EXIT_USAGE`] for a scenario
+    /// that cannot work, [`EXIT_IO`] for a file that could not be written.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            RunError::Config(_) => EXIT_USAGE,
+            RunError::Snapshot { .. } => EXIT_IO,
+        }
+    }
+}
+
 impl From<ConfigError> for RunError {
     fn from(e: ConfigError) -> Self {
         RunError::Config(e)
     }
 }
 
-/// The device added to every run that is attached but not preserved: its DMA must
-/// fault from freeze on.
-pub const UNPRESERVED_DEVICE: RequesterId = RequesterId::new(0, 0xf0, 0x1f, 7);
-
-const FIRMWARE: u64 = 16 << 20;
-
-/// Where everything goes in RAM.
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    old_pool: (PhysAddr, u64),
-    new_pool: (PhysAddr, u64),
-    data: PhysAddr,
-}
-
-impl Layout {
-    fn plan(s: &Scenario) -> Result<Self, ConfigError> {
-        // Tables: one 4K leaf table per 2 MiB of 4K mappings, one 2M-leaf table per
-        // 1 GiB, plus upper levels, context/PASID pages and the queue: generously 2x.
-        let per_domain: u64 = s
-            .page_sizes
-            .iter()
-            .map(|p| {
-                let span = p.bytes() * 512;
-                s.map_bytes.div_ceil(span) + 4
-            })
-            .sum();
-        let pool = (64 << 20) + 2 * 4096 * per_domain * (s.domains as u64 + 1);
-        let (base, size) = s.ram;
-        let old = base.0 + FIRMWARE;
-        let new = old + pool;
-        let data = (new + pool).next_multiple_of(1 << 30);
-        let need = data + Self::data_bytes(s) - base.0;
-        if need > size {
-            return Err(ConfigError::new(
-                "ram",
-                format!("{base}+{size:#x}"),
-                format!("too small for this scenario: {need:#x} bytes needed"),
-            ));
-        }
-        Ok(Self {
-            old_pool: (PhysAddr(old), pool),
-            new_pool: (PhysAddr(new), pool),
-            data: PhysAddr(data),
-        })
-    }
-
-    /// Guest memory: every domain maps `map_bytes` rounded up per page size, each
-    /// chunk aligned to its page size.
-    fn data_bytes(s: &Scenario) -> u64 {
-        let per_domain: u64 = s
-            .page_sizes
-            .iter()
-            .map(|p| s.map_bytes.next_multiple_of(p.bytes()) + p.bytes())
-            .sum();
-        per_domain * (s.domains as u64 + 1)
-    }
-}
+pub use crate::layout::UNPRESERVED_DEVICE;
 
 /// One domain as the scenario set it up.
 #[derive(Clone, Debug)]
@@ -129,8 +92,22 @@ struct DomainPlan {
 /// Runs every mode of `s` and reports.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
     s.validate()?;
+    check_unit(s)?;
     let layout = Layout::plan(s)?;
     if let Some(dir) = &opts.save_snapshots {
+        // A path through an existing file is a bad option, not an I/O error.
+        if let Some(file) = dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
+            return Err(ConfigError::new(
+                "save-snapshots",
+                dir.display().to_string(),
+                format!(
+                    "{} exists and is not a directory (snapshots are written into a \
+                     directory, created if missing)",
+                    file.display()
+                ),
+            )
+            .into());
+        }
         std::fs::create_dir_all(dir).map_err(|e| RunError::Snapshot {
             path: dir.clone(),
             error: snapshot::SnapshotError::Io {
@@ -147,7 +124,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         modes: Vec::new(),
     };
     for &mode in &s.modes {
-        report.modes.push(run_mode(s, mode, layout, opts)?);
+        report.modes.push(run_mode(s, mode, &layout, opts)?);
     }
     Ok(report)
 }
@@ -167,7 +144,7 @@ struct Run<'a> {
 fn run_mode(
     s: &Scenario,
     mode: Mode,
-    layout: Layout,
+    layout: &Layout,
     opts: &RunOptions,
 ) -> Result<ModeReport, RunError> {
     let base = s.unit_base;
@@ -176,10 +153,7 @@ fn run_mode(
         Ok(m) => m,
         Err(e) => return Err(ConfigError::new("ram", format!("{ram_base}"), e.to_string()).into()),
     };
-    let cfg = match mode {
-        Mode::Legacy => VtdConfig::legacy(base),
-        Mode::ScalableSecondStage | Mode::ScalableFirstStage => VtdConfig::scalable(base),
-    };
+    let cfg = unit_config(mode, base);
     let unit = VtdUnit::new(cfg)
         .map_err(|e| ConfigError::new("unit-base", base.to_string(), e.to_string()))?;
     machine
@@ -229,7 +203,6 @@ fn run_mode(
         })
         .map_err(|e| format!("bring-up: {e}"))?;
         let mut plans = Vec::new();
-        let mut data = layout.data.0;
         // One extra domain for the unpreserved device.
         for d in 0..=s.domains {
             let did = with_hw(&mut run.machine, base, &mut pool, |hw| {
@@ -240,23 +213,19 @@ fn run_mode(
                 did,
                 mappings: Vec::new(),
             };
-            let mut iova = 1u64 << 32;
-            for &ps in &s.page_sizes {
+            for (i, &ps) in s.page_sizes.iter().enumerate() {
                 let len = s.map_bytes.next_multiple_of(ps.bytes());
-                iova = iova.next_multiple_of(ps.bytes());
-                data = data.next_multiple_of(ps.bytes());
+                let (iova, data) = (layout.iovas[d][i], layout.targets[d][i]);
                 with_hw(&mut run.machine, base, &mut pool, |hw| {
-                    unit.map(hw, did, Iova(iova), PhysAddr(data), len, ps, Perms::RW)
+                    unit.map(hw, did, iova, data, len, ps, Perms::RW)
                 })
                 .map_err(|e| format!("map {len:#x} bytes of {ps} pages in {did}: {e}"))?;
                 plan.mappings.push(MappingSpec {
-                    iova: Iova(iova),
-                    pa: PhysAddr(data),
+                    iova,
+                    pa: data,
                     len,
                     perms: Perms::RW,
                 });
-                iova += len + ps.bytes();
-                data += len;
             }
             plans.push(plan);
         }
@@ -416,7 +385,7 @@ fn run_mode(
     if let Err(e) = with_hw(&mut run.machine, base, &mut pool, |hw| unit.finish(hw)) {
         run.report.problems.push(format!("finish: {e}"));
     }
-    let extra_iova = Iova(1u64 << 40);
+    let extra_iova = layout.extra_iova;
     let did = preserved_dids[0];
     let spare = plans[0].mappings[0];
     match with_hw(&mut run.machine, base, &mut pool, |hw| {

@@ -74,3 +74,42 @@ fn a_scenario_that_does_not_fit_is_refused_with_the_option_named() {
     let e = run(&s, &RunOptions::default()).unwrap_err();
     assert!(e.to_string().contains("--ram"), "{e}");
 }
+
+/// 65,535 devices (every BDF of segment 0 but the unpreserved device's) are refused
+/// before anything is allocated for them, with the limit named.
+#[test]
+fn sixty_five_thousand_devices_are_refused_naming_the_limit() {
+    let mut s = Scenario::default_scenario();
+    s.devices = (0u32..=0xffff)
+        .map(|i| {
+            iommu_core::RequesterId::new(0, (i >> 8) as u8, ((i >> 3) & 31) as u8, (i & 7) as u8)
+        })
+        .filter(|&d| d != scenarios::runner::UNPRESERVED_DEVICE)
+        .collect();
+    assert_eq!(s.devices.len(), 65_535);
+    let e = run(&s, &RunOptions::default()).unwrap_err();
+    assert_eq!(e.exit_status(), scenarios::EXIT_USAGE);
+    assert!(e.to_string().contains("MAX_DEVICES"), "{e}");
+}
+
+/// Exit statuses through the library: a bad scenario is 2, a snapshot that hit a full
+/// disk (ENOSPC) is an I/O error, 3.
+#[test]
+fn a_full_disk_while_writing_a_snapshot_maps_to_the_io_exit_status() {
+    let mut s = small(Scenario::default_scenario());
+    s.dma_steps = 0;
+    let e = run(&s, &RunOptions::default()).unwrap_err();
+    assert_eq!(e.exit_status(), scenarios::EXIT_USAGE);
+    let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+    let e = scenarios::RunError::Snapshot {
+        path: "/snap/legacy-before-kexec.elf".into(),
+        error: emulator::snapshot::SnapshotError::Io {
+            path: "/snap/legacy-before-kexec.elf".into(),
+            op: "writing",
+            kind: full.kind(),
+            message: full.to_string(),
+        },
+    };
+    assert_eq!(e.exit_status(), scenarios::EXIT_IO);
+    assert_eq!(scenarios::EXIT_IO, 3);
+}
