@@ -2,7 +2,9 @@
 //! layout of Linux's debugfs files.
 //!
 //! Mappings are streamed from the walker to the output: a dump holds one table per level
-//! in memory, not the mappings.
+//! in memory, not the mappings. Each distinct page-table tree is walked and listed once;
+//! the other devices that use it refer to it, so the output grows with the tables, not
+//! with the number of devices sharing them.
 
 use crate::json::Json;
 use crate::model::{walk_table_with, Filter, Loaded, UnitState};
@@ -11,7 +13,7 @@ use crate::tree::walk_tree;
 use crate::vtd::regs::decode;
 use crate::vtd::scan::{Context, Translation};
 use crate::vtd::walk::{walk, Access, WalkResult};
-use crate::vtd::{mode_name, Unit};
+use crate::vtd::{mode_name, PageTable, Unit};
 use iommu_core::pgtable::{Mapping, WalkError};
 use iommu_core::{Iova, RequesterId};
 use std::io::{self, Write};
@@ -22,14 +24,16 @@ pub enum OutputFormat {
     /// Aligned human-readable text.
     #[default]
     Text,
-    /// JSON (schema `iommu-inspect/dump/v1`).
+    /// JSON (schema [`DUMP_SCHEMA`]).
     Json,
     /// Linux debugfs `dmar_translation_struct` then `domain_translation_struct`.
     Linux,
 }
 
-/// Schema name of the JSON dump.
-pub const DUMP_SCHEMA: &str = "iommu-inspect/dump/v1";
+/// Schema name of the JSON dump. v2: each distinct page-table tree is listed once per
+/// unit (`page_tables`, with its mappings) and devices refer to it by `page_table.id`;
+/// v1 repeated the mappings under every device.
+pub const DUMP_SCHEMA: &str = "iommu-inspect/dump/v2";
 
 fn hex16(v: u64) -> String {
     format!("{v:#018x}")
@@ -93,8 +97,21 @@ fn context_summary(c: &Context) -> String {
     }
 }
 
+/// What a dump did, for callers that check its cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Page-table trees walked: each distinct tree (see [`crate::model::TreeKey`]) of
+    /// the devices shown is walked once, however many devices share it.
+    pub tree_walks: u64,
+}
+
 /// Writes the dump of `l` in `fmt`.
-pub fn dump(l: &Loaded, filter: &Filter, fmt: OutputFormat, out: &mut dyn Write) -> io::Result<()> {
+pub fn dump(
+    l: &Loaded,
+    filter: &Filter,
+    fmt: OutputFormat,
+    out: &mut dyn Write,
+) -> io::Result<DumpStats> {
     dump_with_progress(l, filter, fmt, out, &mut Progress::hidden())
 }
 
@@ -103,21 +120,22 @@ pub fn work(l: &Loaded) -> u64 {
     l.units.iter().map(|u| u.scan.contexts.len() as u64).sum()
 }
 
-/// [`dump`], advancing `progress` by one per device entry walked (see [`work`]).
+/// [`dump`], advancing `progress` by one per device entry (see [`work`]).
 pub fn dump_with_progress(
     l: &Loaded,
     filter: &Filter,
     fmt: OutputFormat,
     out: &mut dyn Write,
     progress: &mut Progress,
-) -> io::Result<()> {
+) -> io::Result<DumpStats> {
+    let mut stats = DumpStats::default();
     let r = match fmt {
-        OutputFormat::Text => text(l, filter, out, progress),
-        OutputFormat::Json => json(l, filter, out, progress),
-        OutputFormat::Linux => linux(l, filter, out, progress),
+        OutputFormat::Text => text(l, filter, out, progress, &mut stats),
+        OutputFormat::Json => json(l, filter, out, progress, &mut stats),
+        OutputFormat::Linux => linux(l, filter, out, progress, &mut stats),
     };
     progress.finish();
-    r
+    r.map(|()| stats)
 }
 
 // ----- text ----------------------------------------------------------------------------
@@ -293,11 +311,66 @@ fn ce_is_scalable(c: &Context) -> bool {
     c.context_entry.1.len() == 4
 }
 
+/// The mappings of one page-table tree, its problems and a summary line.
+fn text_tree(
+    us: &UnitState,
+    l: &Loaded,
+    pt: &PageTable,
+    filter: &Filter,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "      {:<37}  {:<37}  {:>14}  prm  page",
+        "IOVA range", "PA range", "size"
+    )?;
+    let mut err: Option<io::Error> = None;
+    let mut runs = 0u64;
+    let w = walk_table_with(&us.unit, &l.image, pt, |m| {
+        if err.is_some() {
+            return;
+        }
+        if let Some(m) = filter.clip(m) {
+            runs += 1;
+            if let Err(e) = write_mapping(out, &m) {
+                err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(f) = &w.fatal {
+        writeln!(out, "      !! page table not walked: {f}")?;
+    }
+    for p in &w.problems {
+        writeln!(out, "      !! {}", walk_problem(p))?;
+    }
+    let problems = w.problems.len() + w.fatal.is_some() as usize;
+    writeln!(
+        out,
+        "      {runs} mapping run{}, {} table page{}, {problems} problem{}",
+        plural(runs as usize),
+        w.tables.len(),
+        plural(w.tables.len()),
+        plural(problems),
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 fn text(
     l: &Loaded,
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     writeln!(
@@ -331,7 +404,9 @@ fn text(
         }
         writeln!(out, "  devices:")?;
         let mut shown = 0;
-        for c in us.scan.contexts.iter() {
+        // Where each tree's mappings were listed (the first device shown that uses it).
+        let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
+        for (ci, c) in us.scan.contexts.iter().enumerate() {
             done += 1;
             progress.set(done);
             if !filter.context(c) {
@@ -351,49 +426,20 @@ fn text(
                 context_summary(c),
                 if c.fpd { "  FPD" } else { "" }
             )?;
-            let Translation::Tables(pt) = &c.translation else {
+            let Some(t) = us.trees.of_context[ci] else {
                 continue;
             };
-            writeln!(
-                out,
-                "      {:<37}  {:<37}  {:>14}  prm  page",
-                "IOVA range", "PA range", "size"
-            )?;
-            let mut err: Option<io::Error> = None;
-            let mut runs = 0u64;
-            let w = walk_table_with(&us.unit, &l.image, pt, |m| {
-                if err.is_some() {
-                    return;
-                }
-                if let Some(m) = filter.clip(m) {
-                    runs += 1;
-                    if let Err(e) = write_mapping(out, &m) {
-                        err = Some(e);
-                    }
-                }
-            });
-            if let Some(e) = err {
-                return Err(e);
+            if let Some(first) = listed[t] {
+                writeln!(
+                    out,
+                    "      same page table as {} (mappings above)",
+                    us.scan.contexts[first].label()
+                )?;
+                continue;
             }
-            if let Some(f) = &w.fatal {
-                writeln!(out, "      !! page table not walked: {f}")?;
-            }
-            for p in &w.problems {
-                writeln!(out, "      !! {}", walk_problem(p))?;
-            }
-            writeln!(
-                out,
-                "      {runs} mapping run{}, {} table page{}, {} problem{}",
-                if runs == 1 { "" } else { "s" },
-                w.tables.len(),
-                if w.tables.len() == 1 { "" } else { "s" },
-                w.problems.len() + w.fatal.is_some() as usize,
-                if w.problems.len() + w.fatal.is_some() as usize == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            )?;
+            listed[t] = Some(ci);
+            stats.tree_walks += 1;
+            text_tree(us, l, &us.trees.tables[t], filter, out)?;
         }
         for (rid, pasid) in uncovered(us, filter) {
             shown += 1;
@@ -423,13 +469,7 @@ fn text(
 
 // ----- JSON ----------------------------------------------------------------------------
 
-fn json_context<W: Write>(
-    j: &mut Json<W>,
-    us: &UnitState,
-    l: &Loaded,
-    c: &Context,
-    filter: &Filter,
-) -> io::Result<()> {
+fn json_context<W: Write>(j: &mut Json<W>, c: &Context, tree: Option<usize>) -> io::Result<()> {
     j.begin_object(false)?;
     j.kv_str("bdf", &c.rid.to_string())?;
     j.key("pasid")?;
@@ -487,23 +527,38 @@ fn json_context<W: Write>(
         _ => j.null()?,
     }
     j.key("page_table")?;
-    let Translation::Tables(pt) = &c.translation else {
+    let (Translation::Tables(pt), Some(id)) = (&c.translation, tree) else {
         j.null()?;
-        j.key("mappings")?;
-        j.begin_array(false)?;
-        j.end_array()?;
-        j.kv_uint("table_pages", 0)?;
-        j.key("problems")?;
-        j.begin_array(false)?;
-        j.end_array()?;
         return j.end_object();
     };
     j.begin_object(true)?;
+    j.kv_uint("id", id as u64)?;
     j.kv_str("stage", pt.stage.name())?;
     j.kv_hex("root", pt.root.0)?;
     j.kv_uint("levels", pt.levels as u64)?;
     j.kv_uint("input_width", pt.width as u64)?;
     j.end_object()?;
+    j.end_object()
+}
+
+/// One distinct page-table tree: its identity, mappings (clipped to the filter), table
+/// page count and problems.
+fn json_tree<W: Write>(
+    j: &mut Json<W>,
+    us: &UnitState,
+    l: &Loaded,
+    id: usize,
+    users: usize,
+    filter: &Filter,
+) -> io::Result<()> {
+    let pt = &us.trees.tables[id];
+    j.begin_object(false)?;
+    j.kv_uint("id", id as u64)?;
+    j.kv_str("stage", pt.stage.name())?;
+    j.kv_hex("root", pt.root.0)?;
+    j.kv_uint("levels", pt.levels as u64)?;
+    j.kv_bool("exec", pt.exec)?;
+    j.kv_uint("devices", users as u64)?;
     j.key("mappings")?;
     j.begin_array(false)?;
     let mut err: Option<io::Error> = None;
@@ -563,6 +618,7 @@ fn json(
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     let mut j = Json::new(out);
@@ -655,11 +711,25 @@ fn json(
         j.end_array()?;
         j.key("devices")?;
         j.begin_array(false)?;
-        for c in us.scan.contexts.iter() {
+        // Devices shown per tree: a tree is listed once, if a device shown uses it.
+        let mut users = vec![0usize; us.trees.len()];
+        for (c, &tree) in us.scan.contexts.iter().zip(&us.trees.of_context) {
             done += 1;
             progress.set(done);
             if filter.context(c) {
-                json_context(&mut j, us, l, c, filter)?;
+                json_context(&mut j, c, tree)?;
+                if let Some(t) = tree {
+                    users[t] += 1;
+                }
+            }
+        }
+        j.end_array()?;
+        j.key("page_tables")?;
+        j.begin_array(false)?;
+        for (id, &n) in users.iter().enumerate() {
+            if n > 0 {
+                stats.tree_walks += 1;
+                json_tree(&mut j, us, l, id, n, filter)?;
             }
         }
         j.end_array()?;
@@ -700,6 +770,7 @@ fn linux(
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     // dmar_translation_struct (drivers/iommu/intel/debugfs.c, dmar_translation_struct_show).
@@ -745,13 +816,16 @@ fn linux(
     }
     // domain_translation_struct, one block per device with a page table.
     for us in &l.units {
-        for c in us.scan.contexts.iter() {
+        // The device whose block listed each tree's entries.
+        let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
+        for (ci, c) in us.scan.contexts.iter().enumerate() {
             done += 1;
             progress.set(done);
             if !filter.context(c) {
                 continue;
             }
-            let Translation::Tables(pt) = &c.translation else {
+            let (Translation::Tables(pt), Some(tree)) = (&c.translation, us.trees.of_context[ci])
+            else {
                 continue;
             };
             if c.pasid.is_some() && !c.rid_pasid && filter.pasid.is_none() {
@@ -771,6 +845,24 @@ fn linux(
                 Some(p) => writeln!(out, "with pasid {p:x} @{:#x}", pt.root.0)?,
                 None => writeln!(out, "@{:#x}", pt.root.0)?,
             }
+            if let Some(first) = listed[tree] {
+                // A shared table is listed once (Linux repeats it in every device's file).
+                let f = &us.scan.contexts[first];
+                writeln!(
+                    out,
+                    "same page table as Device {:04x}:{:02x}:{:02x}.{:x}{} (entries above)",
+                    f.rid.segment,
+                    f.rid.bus,
+                    f.rid.device(),
+                    f.rid.function(),
+                    f.pasid
+                        .map_or(String::new(), |p| format!(" with pasid {p:x}"))
+                )?;
+                writeln!(out)?;
+                continue;
+            }
+            listed[tree] = Some(ci);
+            stats.tree_walks += 1;
             writeln!(
                 out,
                 "{:<17}\t{:<18}\t{:<18}\t{:<18}\t{:<18}\tPTE",

@@ -4,9 +4,10 @@
 use crate::error::InspectError;
 use crate::image::{DeviceNote, Image, OpenAs};
 use crate::vtd::scan::{self, Context, Scan};
-use crate::vtd::{PageTable, Unit, UnitOverride};
+use crate::vtd::{PageTable, Stage, Unit, UnitOverride};
 use iommu_core::pgtable::{walk_with, Mapping, TablePage, WalkError, WalkLimits};
 use iommu_core::{PhysAddr, RequesterId};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// How to open an image and describe its units.
@@ -27,6 +28,79 @@ pub struct UnitState {
     pub scan: Scan,
     /// Devices the snapshot's device note puts behind it.
     pub devices: Vec<DeviceNote>,
+    /// The distinct page-table trees its entries point to, and which entry uses which.
+    pub trees: Trees,
+}
+
+/// Identity of a page-table tree on a unit: everything that changes what a walk of it
+/// decodes (the unit's CAP/ECAP and host address width are the unit's own). Entries with
+/// the same key share one tree: it is walked once and they refer to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TreeKey {
+    /// Stage (entry format).
+    pub stage: Stage,
+    /// Root table address.
+    pub root: PhysAddr,
+    /// Levels.
+    pub levels: u8,
+    /// Execute permission decoded (second stage with SLEE).
+    pub exec: bool,
+}
+
+impl TreeKey {
+    /// The identity of `pt`'s tree.
+    pub fn of(pt: &PageTable) -> Self {
+        Self {
+            stage: pt.stage,
+            root: pt.root,
+            levels: pt.levels,
+            exec: pt.exec,
+        }
+    }
+}
+
+/// The distinct page-table trees of a unit's entries, in order of first use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trees {
+    /// One page table per distinct tree (the first entry's, input width included).
+    pub tables: Vec<PageTable>,
+    /// How many entries use each tree.
+    pub users: Vec<usize>,
+    /// For each of the scan's contexts (same order), the index of its tree.
+    pub of_context: Vec<Option<usize>>,
+}
+
+impl Trees {
+    /// Groups the page tables of `contexts` by [`TreeKey`].
+    pub fn index(contexts: &[Context]) -> Self {
+        let mut t = Trees::default();
+        let mut ids: HashMap<TreeKey, usize> = HashMap::new();
+        t.of_context.reserve_exact(contexts.len());
+        for c in contexts {
+            let id = c.translation.table().map(|pt| {
+                *ids.entry(TreeKey::of(pt)).or_insert_with(|| {
+                    t.tables.push(*pt);
+                    t.users.push(0);
+                    t.tables.len() - 1
+                })
+            });
+            if let Some(i) = id {
+                t.users[i] += 1;
+            }
+            t.of_context.push(id);
+        }
+        t
+    }
+
+    /// Number of distinct trees.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether no entry has a page table.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
 }
 
 /// An opened image with its units scanned.
@@ -61,10 +135,12 @@ impl Loaded {
                     unit.segment = d.rid.segment;
                 }
                 let scan = scan::scan(&unit, &image);
+                let trees = Trees::index(&scan.contexts);
                 UnitState {
                     unit,
                     scan,
                     devices,
+                    trees,
                 }
             })
             .collect();
