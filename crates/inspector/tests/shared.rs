@@ -1,0 +1,147 @@
+//! Images whose devices share structures: many functions in one domain (one page-table
+//! tree), and scalable-mode PASID directories whose entries all point at one PASID
+//! table. Each distinct structure is walked and listed once; the output and the work
+//! grow with the distinct structures, not with the number of devices referring to them.
+//! (Issue 7 item 6: before, every device walked and printed its own copy.)
+
+mod common;
+
+use common::*;
+use inspector::diff::{diff, write_json, write_text};
+use inspector::dump::{dump, OutputFormat};
+use inspector::image::{Image, OpenAs};
+use inspector::model::{Filter, LoadOptions, Loaded};
+use iommu_core::mem::PhysMem;
+use iommu_core::PhysAddr;
+use vtd::hw::pte::SlPte;
+
+/// Leaves of the shared table: 4 full leaf tables of non-coalescing 4 KiB pages.
+const LEAVES: u64 = 2048;
+
+/// Fills the 4-level second-stage table at `root` with `n` 4 KiB leaves from IOVA 0,
+/// IOVA page i to PA page 2i + 1 (no two coalesce), a leaf table at a time.
+fn fill(r: &mut Rig, root: u64, n: u64) {
+    for t in 0..n.div_ceil(512) {
+        let iova = t * 512 * 4096;
+        r.map(root, 4, iova, 0x1_0000_0000, 1, true, true);
+        let leaf_table = r.leaf_entry(root, 4, iova) & !0xfff;
+        let mut page = [0u8; 4096];
+        for i in 0..512.min(n - t * 512) {
+            let k = t * 512 + i;
+            let pte = SlPte::page(0x1_0000_0000 + (2 * k + 1) * 4096, true, true).raw();
+            page[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&pte.to_le_bytes());
+        }
+        r.m.mem_mut()
+            .write(PhysAddr(leaf_table), &page)
+            .expect("leaf table");
+    }
+}
+
+fn load(r: &Rig, name: &str) -> Loaded {
+    let image = Image::from_bytes(name, r.bytes(), OpenAs::Elf).expect("snapshot");
+    Loaded::from_image(image, &LoadOptions::default()).expect("units")
+}
+
+fn dump_string(l: &Loaded, fmt: OutputFormat) -> (String, u64) {
+    let mut out = Vec::new();
+    let stats = dump(l, &Filter::default(), fmt, &mut out).expect("dump");
+    (String::from_utf8(out).expect("utf-8"), stats.tree_walks)
+}
+
+/// Lines of a text dump that list a mapping run (`      0x…-0x…  0x…`).
+fn text_mapping_lines(s: &str) -> usize {
+    s.lines().filter(|l| l.starts_with("      0x")).count()
+}
+
+/// A legacy machine whose 256 functions of bus 0 all point at one domain's table of
+/// [`LEAVES`] 4 KiB mappings; returns the rig and the table root.
+fn legacy_256_functions_one_domain() -> (Rig, u64) {
+    let mut r = Rig::legacy();
+    let root = r.legacy_context(rid(0, 0, 0), 1, 4);
+    for devfn in 1..=255u8 {
+        r.legacy_context_to(rid(0, devfn >> 3, devfn & 7), 1, 4, root);
+    }
+    fill(&mut r, root, LEAVES);
+    (r, root)
+}
+
+#[test]
+fn legacy_256_functions_sharing_one_domain_dump_walks_and_lists_the_table_once() {
+    let (r, _) = legacy_256_functions_one_domain();
+    let l = load(&r, "shared.elf");
+    let us = &l.units[0];
+    assert_eq!(us.scan.contexts.len(), 256);
+    assert_eq!(us.trees.len(), 1, "one distinct tree");
+    assert_eq!(us.trees.users, vec![256]);
+
+    let (text, walks) = dump_string(&l, OutputFormat::Text);
+    assert_eq!(walks, 1);
+    assert_eq!(
+        text_mapping_lines(&text),
+        LEAVES as usize,
+        "mappings listed once"
+    );
+    assert_eq!(text.matches("same page table as 0000:00:00.0").count(), 255);
+    // Registers and structures (~60 lines), 256 context entries, 2 lines a device,
+    // the table once: nowhere near 256 copies of it.
+    let lines = text.lines().count();
+    assert!(lines < LEAVES as usize + 256 * 3 + 100, "{lines} lines");
+
+    let (json, walks) = dump_string(&l, OutputFormat::Json);
+    assert_eq!(walks, 1);
+    assert_eq!(json.matches("\"iova_last\"").count(), LEAVES as usize);
+    assert_eq!(json.matches("\"page_table\": {\"id\": 0,").count(), 256);
+    assert!(json.contains("\"devices\": 256,"), "tree lists its users");
+
+    let (linux, walks) = dump_string(&l, OutputFormat::Linux);
+    assert_eq!(walks, 1);
+    let rows = linux.lines().filter(|l| l.starts_with("0x")).count();
+    assert_eq!(rows, LEAVES as usize, "leaf rows listed once");
+    assert_eq!(
+        linux
+            .matches("same page table as Device 0000:00:00.0 (entries above)")
+            .count(),
+        255
+    );
+}
+
+#[test]
+fn legacy_256_functions_sharing_one_domain_diff_compares_the_table_once() {
+    let (r, root) = legacy_256_functions_one_domain();
+    let a = load(&r, "a.elf");
+    let (mut r2, _) = legacy_256_functions_one_domain();
+    // One leaf changes target in B; every function sees the change.
+    let leaf = r2.leaf_entry(root, 4, 0x5000);
+    r2.poke(leaf, SlPte::page(0x7000_0000, true, false).raw());
+    let b = load(&r2, "b.elf");
+
+    let d = diff(&a, &b, false);
+    assert_eq!(d.tree_walks, (1, 1), "each image's tree walked once");
+    assert_eq!(d.tables.len(), 1, "one pair of trees compared");
+    assert_eq!(d.tables[0].mappings.len(), 1);
+    assert_eq!(d.devices.len(), 256);
+    assert!(d.devices.iter().all(|x| x.table_diff == Some(0)));
+
+    let mut out = Vec::new();
+    write_text(&d, "a.elf", "b.elf", &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("  ~ iova")).count(),
+        1
+    );
+    assert_eq!(
+        text.matches("page tables differ as for device").count(),
+        255
+    );
+
+    let mut out = Vec::new();
+    write_json(&d, "a.elf", "b.elf", &mut out).unwrap();
+    let json = String::from_utf8(out).unwrap();
+    assert_eq!(json.matches("\"change\": \"changed\"").count(), 1);
+    assert_eq!(json.matches("\"table_diff\": 0").count(), 256);
+
+    // The same image against itself: same, still one walk a side.
+    let d = diff(&a, &load(&r, "a2.elf"), false);
+    assert!(d.same(), "{d:?}");
+    assert_eq!(d.tree_walks, (1, 1));
+}
