@@ -341,6 +341,11 @@ pub struct DevDiff {
     pub changes: Vec<AttrChange>,
     /// Index in [`Diff::tables`] of the differences of its page tables, if they differ.
     pub table_diff: Option<usize>,
+    /// Last PASID of a run of the device's PASIDs with the same differences (`key.pasid`
+    /// is the first); `None` for one entry.
+    pub pasid_last: Option<u32>,
+    /// Number of entries in the run (1 for one).
+    pub entries: usize,
 }
 
 /// Differences of one unit.
@@ -465,6 +470,8 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
             status,
             changes: vec![],
             table_diff: None,
+            pasid_last: None,
+            entries: 1,
         };
         let dd = match (sa.devices.get(k), sb.devices.get(k)) {
             (Some(_), None) => only("only-in-a"),
@@ -498,10 +505,28 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
                     status: "changed",
                     changes,
                     table_diff,
+                    pasid_last: None,
+                    entries: 1,
                 }
             }
             (None, None) => continue,
         };
+        // A device's PASIDs with the same differences (PASID entries that share a PASID
+        // table or directory, or a page table) make one run.
+        if let Some(p) = d.devices.last_mut() {
+            if let (Some(_), Some(pasid)) = (p.key.pasid, dd.key.pasid) {
+                if p.key.unit == dd.key.unit
+                    && p.key.rid == dd.key.rid
+                    && p.status == dd.status
+                    && p.changes == dd.changes
+                    && p.table_diff == dd.table_diff
+                {
+                    p.pasid_last = Some(pasid);
+                    p.entries += 1;
+                    continue;
+                }
+            }
+        }
         d.devices.push(dd);
     }
     d
@@ -591,10 +616,15 @@ fn side_text(s: &Side) -> String {
     format!("pa {:#x} {} {}", s.pa.0, s.perms, s.page_size)
 }
 
-fn dev_label(k: &DevKey) -> String {
-    match k.pasid {
-        Some(p) => format!("{} pasid {p:#x} ({})", k.rid, k.unit_name),
-        None => format!("{} ({})", k.rid, k.unit_name),
+fn dev_label(dd: &DevDiff) -> String {
+    let k = &dd.key;
+    match (k.pasid, dd.pasid_last) {
+        (Some(p), Some(q)) => format!(
+            "{} pasids {p:#x}-{q:#x} ({} entries, {})",
+            k.rid, dd.entries, k.unit_name
+        ),
+        (Some(p), None) => format!("{} pasid {p:#x} ({})", k.rid, k.unit_name),
+        (None, _) => format!("{} ({})", k.rid, k.unit_name),
     }
 }
 
@@ -663,14 +693,14 @@ pub fn write_text(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
     for (di, dd) in d.devices.iter().enumerate() {
         match dd.status {
             "only-in-a" => {
-                writeln!(out, "device {}: only in {a}", dev_label(&dd.key))?;
+                writeln!(out, "device {}: only in {a}", dev_label(dd))?;
                 continue;
             }
             "only-in-b" => {
-                writeln!(out, "device {}: only in {b}", dev_label(&dd.key))?;
+                writeln!(out, "device {}: only in {b}", dev_label(dd))?;
                 continue;
             }
-            _ => writeln!(out, "device {}:", dev_label(&dd.key))?,
+            _ => writeln!(out, "device {}:", dev_label(dd))?,
         }
         for c in &dd.changes {
             writeln!(out, "  {} {} -> {}", c.what, c.a, c.b)?;
@@ -682,7 +712,7 @@ pub fn write_text(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             writeln!(
                 out,
                 "  page tables differ as for device {} (above)",
-                dev_label(&d.devices[first].key)
+                dev_label(&d.devices[first])
             )?;
             continue;
         }
@@ -751,6 +781,12 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             Some(p) => j.uint(p as u64)?,
             None => j.null()?,
         }
+        j.key("pasid_last")?;
+        match dd.pasid_last.or(dd.key.pasid) {
+            Some(p) => j.uint(p as u64)?,
+            None => j.null()?,
+        }
+        j.kv_uint("entries", dd.entries as u64)?;
         j.kv_str("status", dd.status)?;
         json_changes(&mut j, &dd.changes)?;
         j.key("table_diff")?;

@@ -7,11 +7,13 @@
 //! with the number of devices sharing them.
 
 use crate::json::Json;
-use crate::model::{walk_table_with, Filter, Loaded, UnitState};
+use crate::model::{
+    listing, walk_table_with, Filter, Listed, Loaded, SharedRun, SharedStructure, UnitState,
+};
 use crate::progress::Progress;
 use crate::tree::walk_tree;
 use crate::vtd::regs::decode;
-use crate::vtd::scan::{Context, Translation};
+use crate::vtd::scan::{Context, Scan, Translation};
 use crate::vtd::walk::{walk, Access, WalkResult};
 use crate::vtd::{mode_name, PageTable, Unit};
 use iommu_core::pgtable::{Mapping, WalkError};
@@ -228,8 +230,14 @@ fn text_unit_header(us: &UnitState, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
+fn text_structures(
+    us: &UnitState,
+    filter: &Filter,
+    items: &[Listed],
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let s = &us.scan;
+    let mut next = 0usize;
     if s.skipped.is_some() {
         return Ok(());
     }
@@ -261,11 +269,16 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
             hex16(r.raw[0]),
             tables.join(", ")
         )?;
+        while items.get(next).is_some_and(|i| item_bus(s, i) < r.bus) {
+            next += 1;
+        }
         let mut last_ctx = None;
-        for c in s.contexts.iter().filter(|c| c.rid.bus == r.bus) {
-            if !filter.context(c) {
-                continue;
-            }
+        while let Some(item) = items.get(next).filter(|i| item_bus(s, i) == r.bus) {
+            next += 1;
+            let c = &s.contexts[match item {
+                Listed::Context(ci) => *ci,
+                Listed::Shared(run) => run.start,
+            }];
             let ce = &c.context_entry;
             if last_ctx != Some(ce.0) {
                 last_ctx = Some(ce.0);
@@ -287,7 +300,9 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
                     what
                 )?;
             }
-            if let (Some(p), Some(pe)) = (c.pasid, &c.pasid_entry) {
+            if let Listed::Shared(run) = item {
+                writeln!(out, "        {}", shared_text(s, run))?;
+            } else if let (Some(p), Some(pe)) = (c.pasid, &c.pasid_entry) {
                 writeln!(
                     out,
                     "        PASID {:#07x}{}  entry {} = {}:{}:{}  {}",
@@ -305,6 +320,35 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
         }
     }
     Ok(())
+}
+
+fn item_bus(s: &Scan, i: &Listed) -> u8 {
+    match i {
+        Listed::Context(ci) => s.contexts[*ci].rid.bus,
+        Listed::Shared(run) => run.rid.bus,
+    }
+}
+
+/// `PASIDs 0x40-0x1fff (64 entries): same PASID table 0x103000 as 0000:00:04.0 pasid 0x0
+/// (above)`.
+fn shared_text(s: &Scan, run: &SharedRun) -> String {
+    let what = match run.what {
+        SharedStructure::Directory(a, n) => format!("PASID directory {a} ({n} entries)"),
+        SharedStructure::Table(a) => format!("PASID table {a}"),
+    };
+    format!(
+        "PASIDs {:#x}-{:#x}{} ({} entr{}): same {what} as {} (above)",
+        run.pasids.0,
+        run.pasids.1,
+        if run.rid_pasid {
+            ", RID_PASID among them"
+        } else {
+            ""
+        },
+        run.entries,
+        if run.entries == 1 { "y" } else { "ies" },
+        s.contexts[run.same_as].label()
+    )
 }
 
 fn ce_is_scalable(c: &Context) -> bool {
@@ -386,7 +430,8 @@ fn text(
     for us in &l.units {
         writeln!(out)?;
         text_unit_header(us, out)?;
-        text_structures(us, filter, out)?;
+        let items = listing(&us.scan.contexts, filter);
+        text_structures(us, filter, &items, out)?;
         if !us.scan.problems.is_empty() {
             writeln!(out, "  problems:")?;
             for p in &us.scan.problems {
@@ -406,13 +451,18 @@ fn text(
         let mut shown = 0;
         // Where each tree's mappings were listed (the first device shown that uses it).
         let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
-        for (ci, c) in us.scan.contexts.iter().enumerate() {
-            done += 1;
-            progress.set(done);
-            if !filter.context(c) {
-                continue;
-            }
+        for item in &items {
             shown += 1;
+            let ci = match item {
+                Listed::Context(ci) => *ci,
+                Listed::Shared(run) => {
+                    progress.set(done + run.start as u64);
+                    writeln!(out, "    {}  {}", run.rid, shared_text(&us.scan, run))?;
+                    continue;
+                }
+            };
+            progress.set(done + ci as u64);
+            let c = &us.scan.contexts[ci];
             let pasid = match c.pasid {
                 Some(p) if c.rid_pasid => format!("pasid {p:#x} (RID_PASID)"),
                 Some(p) => format!("pasid {p:#x}"),
@@ -441,6 +491,7 @@ fn text(
             stats.tree_walks += 1;
             text_tree(us, l, &us.trees.tables[t], filter, out)?;
         }
+        done += us.scan.contexts.len() as u64;
         for (rid, pasid) in uncovered(us, filter) {
             shown += 1;
             let t = walk(&us.unit, &l.image, rid, pasid, Iova(0), Access::Read);
@@ -711,17 +762,48 @@ fn json(
         j.end_array()?;
         j.key("devices")?;
         j.begin_array(false)?;
-        // Devices shown per tree: a tree is listed once, if a device shown uses it.
+        // Devices listed per tree: a tree is listed once, if a device listed uses it.
         let mut users = vec![0usize; us.trees.len()];
-        for (c, &tree) in us.scan.contexts.iter().zip(&us.trees.of_context) {
-            done += 1;
-            progress.set(done);
-            if filter.context(c) {
-                json_context(&mut j, c, tree)?;
-                if let Some(t) = tree {
-                    users[t] += 1;
-                }
+        let items = listing(&us.scan.contexts, filter);
+        for item in &items {
+            let Listed::Context(ci) = *item else {
+                continue;
+            };
+            progress.set(done + ci as u64);
+            let tree = us.trees.of_context[ci];
+            json_context(&mut j, &us.scan.contexts[ci], tree)?;
+            if let Some(t) = tree {
+                users[t] += 1;
             }
+        }
+        done += us.scan.contexts.len() as u64;
+        j.end_array()?;
+        j.key("shared_pasid_runs")?;
+        j.begin_array(false)?;
+        for item in &items {
+            let Listed::Shared(run) = item else {
+                continue;
+            };
+            let first = &us.scan.contexts[run.same_as];
+            j.begin_object(true)?;
+            j.kv_str("bdf", &run.rid.to_string())?;
+            j.kv_uint("pasid_first", run.pasids.0 as u64)?;
+            j.kv_uint("pasid_last", run.pasids.1 as u64)?;
+            j.kv_uint("entries", run.entries as u64)?;
+            j.kv_bool("rid_pasid", run.rid_pasid)?;
+            let (kind, addr) = match run.what {
+                SharedStructure::Directory(a, _) => ("pasid_directory", a),
+                SharedStructure::Table(a) => ("pasid_table", a),
+            };
+            j.kv_str("shares", kind)?;
+            j.kv_hex("addr", addr.0)?;
+            j.kv_str("same_as_bdf", &first.rid.to_string())?;
+            j.key("same_as_pasid")?;
+            match first.pasid {
+                Some(p) => j.uint(p as u64)?,
+                None => j.null()?,
+            }
+            j.end_object()?;
         }
         j.end_array()?;
         j.key("page_tables")?;
@@ -789,7 +871,22 @@ fn linux(
             out,
             "B.D.F\tRoot_entry\t\t\t\tContext_entry\t\t\t\tPASID\tPASID_table_entry"
         )?;
-        for c in us.scan.contexts.iter().filter(|c| filter.context(c)) {
+        for item in listing(&us.scan.contexts, filter) {
+            let c = match item {
+                Listed::Context(ci) => &us.scan.contexts[ci],
+                Listed::Shared(run) => {
+                    // Linux prints every PASID entry; a repeated structure is referred to.
+                    writeln!(
+                        out,
+                        "{:02x}:{:02x}.{:x}\t{}",
+                        run.rid.bus,
+                        run.rid.device(),
+                        run.rid.function(),
+                        shared_text(&us.scan, &run)
+                    )?;
+                    continue;
+                }
+            };
             let re = c.root_entry.1;
             let ce = &c.context_entry.1;
             write!(

@@ -145,3 +145,145 @@ fn legacy_256_functions_sharing_one_domain_diff_compares_the_table_once() {
     assert!(d.same(), "{d:?}");
     assert_eq!(d.tree_walks, (1, 1));
 }
+
+/// Directory entries of the shared PASID directory (PDTS 0: 128 entries), all present.
+const DIR_ENTRIES: u64 = 128;
+/// Context entries (bus 0, devfn 0x20..) pointing at the one directory.
+const SM_DEVICES: u8 = 4;
+/// Leaves of the one second-stage table every PASID entry points at.
+const SM_LEAVES: u64 = 512;
+
+/// A scalable-mode machine whose [`SM_DEVICES`] context entries point at one PASID
+/// directory, whose [`DIR_ENTRIES`] entries all point at one PASID table, whose 64
+/// entries all point at one second-stage table: 4 × 128 × 64 = 32768 PASIDs through
+/// three distinct structures and one page table. `twin_dir` gives device 1 its own
+/// copy of the directory (same entries), so the PASID table is met through two
+/// directories.
+fn scalable_one_pasid_table(twin_dir: bool) -> (Rig, u64) {
+    let mut r = Rig::scalable();
+    let first = rid(0, 4, 0);
+    let root = r.scalable_context(first, 0, 5, 4);
+    fill(&mut r, root, SM_LEAVES);
+    let ct = r.peek(r.root) & !0xfff;
+    let ce_at = ct + first.devfn as u64 * 32;
+    let ce: Vec<u64> = (0..4).map(|i| r.peek(ce_at + 8 * i)).collect();
+    let dir = ce[0] & !0xfff;
+    let de = r.peek(dir);
+    let table = de & !0xfff;
+    let pe: Vec<u64> = (0..8).map(|i| r.peek(table + 8 * i)).collect();
+    for e in 1..64u64 {
+        for (i, q) in pe.iter().enumerate() {
+            r.poke(table + e * 64 + 8 * i as u64, *q);
+        }
+    }
+    for e in 1..DIR_ENTRIES {
+        r.poke(dir + 8 * e, de);
+    }
+    let twin = r.page();
+    for e in 0..DIR_ENTRIES {
+        r.poke(twin + 8 * e, de);
+    }
+    for d in 1..SM_DEVICES {
+        let at = ct + (first.devfn as u64 + d as u64) * 32;
+        for (i, q) in ce.iter().enumerate() {
+            let q = if i == 0 && d == 1 && twin_dir {
+                (q & 0xfff) | twin
+            } else {
+                *q
+            };
+            r.poke(at + 8 * i as u64, q);
+        }
+    }
+    (r, root)
+}
+
+#[test]
+fn scalable_pasid_directory_entries_all_pointing_at_one_pasid_table_dump_is_bounded() {
+    let (r, _) = scalable_one_pasid_table(true);
+    let l = load(&r, "sm.elf");
+    let us = &l.units[0];
+    let pasids = SM_DEVICES as usize * DIR_ENTRIES as usize * 64;
+    assert_eq!(us.scan.contexts.len(), pasids, "every PASID is reachable");
+    assert_eq!(us.trees.len(), 1);
+
+    let (text, walks) = dump_string(&l, OutputFormat::Text);
+    assert_eq!(walks, 1);
+    assert_eq!(text_mapping_lines(&text), SM_LEAVES as usize);
+    // The PASID table's 64 entries are listed once in the structures and once among
+    // the devices; every other directory entry, directory and device refers to them.
+    assert_eq!(
+        text.matches("        PASID 0x").count(),
+        64,
+        "entries in full"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("    0000:")).count(),
+        64 + 4
+    );
+    // Device 0: directory entries 1-127 repeat the table (one run); device 1 (its own
+    // directory): one run; devices 2 and 3 repeat device 0's directory.
+    assert_eq!(text.matches("same PASID table 0x").count(), 2 * 2);
+    assert_eq!(text.matches("same PASID directory 0x").count(), 2 * 2);
+    assert!(text
+        .contains("PASIDs 0x0-0x1fff, RID_PASID among them (8192 entries): same PASID directory"));
+    let lines = text.lines().count();
+    assert!(lines < SM_LEAVES as usize + 2 * 64 + 200, "{lines} lines");
+
+    let (json, walks) = dump_string(&l, OutputFormat::Json);
+    assert_eq!(walks, 1);
+    assert_eq!(json.matches("\"iova_last\"").count(), SM_LEAVES as usize);
+    assert_eq!(
+        json.matches("\"bdf\": ").count(),
+        64 + 4,
+        "64 entries, 4 runs"
+    );
+    assert_eq!(json.matches("\"shares\": \"pasid_table\"").count(), 2);
+    assert_eq!(json.matches("\"shares\": \"pasid_directory\"").count(), 2);
+
+    let (linux, walks) = dump_string(&l, OutputFormat::Linux);
+    assert_eq!(walks, 1);
+    assert_eq!(
+        linux.lines().filter(|l| l.starts_with("0x")).count(),
+        SM_LEAVES as usize
+    );
+    assert!(linux.lines().count() < SM_LEAVES as usize + 64 + 100);
+}
+
+#[test]
+fn scalable_pasid_directory_entries_all_pointing_at_one_pasid_table_diff_is_bounded() {
+    let (r, root) = scalable_one_pasid_table(false);
+    let a = load(&r, "a.elf");
+    let (mut r2, _) = scalable_one_pasid_table(false);
+    let leaf = r2.leaf_entry(root, 4, 0x3000);
+    r2.poke(leaf, SlPte::page(0x7000_0000, true, true).raw());
+    let b = load(&r2, "b.elf");
+
+    let d = diff(&a, &b, false);
+    assert_eq!(d.tree_walks, (1, 1));
+    assert_eq!(d.tables.len(), 1);
+    assert_eq!(d.tables[0].mappings.len(), 1);
+    // One run per device: all its PASIDs have the same difference.
+    assert_eq!(d.devices.len(), SM_DEVICES as usize);
+    for x in &d.devices {
+        assert_eq!((x.key.pasid, x.pasid_last), (Some(0), Some(0x1fff)));
+        assert_eq!(x.entries, DIR_ENTRIES as usize * 64);
+        assert_eq!(x.table_diff, Some(0));
+    }
+    let mut out = Vec::new();
+    write_text(&d, "a.elf", "b.elf", &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("  ~ iova")).count(),
+        1
+    );
+    assert!(text.contains("device 0000:00:04.0 pasids 0x0-0x1fff (8192 entries, dmar0):"));
+    assert!(text.lines().count() < 20, "{text}");
+
+    let mut out = Vec::new();
+    write_json(&d, "a.elf", "b.elf", &mut out).unwrap();
+    let json = String::from_utf8(out).unwrap();
+    assert_eq!(
+        json.matches("\"entries\": 8192").count(),
+        SM_DEVICES as usize
+    );
+}
