@@ -19,8 +19,10 @@ use crate::vtd::scan::Translation;
 use crate::vtd::{mode_name, PageTable};
 use iommu_core::pgtable::{Mapping, Perms};
 use iommu_core::{PageSize, PhysAddr, RequesterId};
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 /// Schema name of the JSON diff. v2: the differences of each distinct pair of page-table
 /// trees are listed once (`table_diffs`) and devices refer to them (`table_diff`); v1
@@ -32,8 +34,8 @@ pub const DIFF_SCHEMA: &str = "iommu-inspect/diff/v2";
 pub struct DevKey {
     /// Unit MMIO base (or index for units described on the command line).
     pub unit: u64,
-    /// Unit name.
-    pub unit_name: String,
+    /// Unit name (shared by the unit's devices).
+    pub unit_name: Arc<str>,
     /// Requester.
     pub rid: RequesterId,
     /// PASID (scalable mode).
@@ -68,25 +70,57 @@ pub struct TreeState {
     pub problems: usize,
 }
 
-/// What one image says: its devices, referring to its distinct page-table trees.
+/// Where a device's entry is: the unit's position in [`Loaded::units`] and the entry's
+/// in its scan's contexts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevRef {
+    /// Unit index.
+    pub unit: u32,
+    /// Context index.
+    pub context: u32,
+}
+
+/// What one image says: its devices (sorted by key, each referring to its entry in the
+/// image), and its distinct page-table trees, each walked once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct States {
-    /// Devices.
-    pub devices: BTreeMap<DevKey, DevState>,
+    /// Devices, sorted by key.
+    pub devices: Vec<(DevKey, DevRef)>,
     /// Distinct trees (per unit, by [`crate::model::TreeKey`]); each walked once.
     pub trees: Vec<TreeState>,
+    /// Index in `trees` of each unit's first tree.
+    pub tree_base: Vec<usize>,
+}
+
+impl States {
+    /// What `l` (the image these states were collected from) says about device `r`.
+    pub fn device(&self, l: &Loaded, r: DevRef) -> DevState {
+        let us = &l.units[r.unit as usize];
+        let c = &us.scan.contexts[r.context as usize];
+        DevState {
+            did: c.did,
+            translation: c.translation.name(),
+            blocked: match &c.translation {
+                Translation::Blocked(b) => Some(b.reason.code()),
+                _ => None,
+            },
+            table: c.translation.table().copied(),
+            tree: us.trees.of_context[r.context as usize]
+                .map(|t| self.tree_base[r.unit as usize] + t),
+        }
+    }
 }
 
 /// Collects the device states of an image, walking each distinct tree once.
 pub fn states(l: &Loaded, semantic: bool) -> States {
     let mut out = States::default();
-    for us in &l.units {
+    for (ui, us) in l.units.iter().enumerate() {
         let unit = if us.unit.assumed {
             us.unit.index as u64
         } else {
             us.unit.base.0
         };
-        let first = out.trees.len();
+        out.tree_base.push(out.trees.len());
         for pt in &us.trees.tables {
             let w = walk_table(&us.unit, &l.image, pt);
             let mut t = Vec::new();
@@ -109,26 +143,26 @@ pub fn states(l: &Loaded, semantic: bool) -> States {
                 problems: w.problems.len() + w.fatal.is_some() as usize,
             });
         }
-        for (c, tree) in us.scan.contexts.iter().zip(&us.trees.of_context) {
+        let name: Arc<str> = Arc::from(us.unit.name.as_str());
+        for (ci, c) in us.scan.contexts.iter().enumerate() {
             let key = DevKey {
                 unit,
-                unit_name: us.unit.name.clone(),
+                unit_name: name.clone(),
                 rid: c.rid,
                 pasid: c.pasid,
             };
-            let st = DevState {
-                did: c.did,
-                translation: c.translation.name(),
-                blocked: match &c.translation {
-                    Translation::Blocked(b) => Some(b.reason.code()),
-                    _ => None,
+            // Unit and context counts are bounded (scan::MAX_CONTEXTS per unit).
+            out.devices.push((
+                key,
+                DevRef {
+                    unit: ui as u32,
+                    context: ci as u32,
                 },
-                table: c.translation.table().copied(),
-                tree: tree.map(|t| first + t),
-            };
-            out.devices.insert(key, st);
+            ));
         }
     }
+    out.devices.sort_by(|x, y| x.0.cmp(&y.0));
+    out.devices.dedup_by(|x, y| x.0 == y.0);
     out
 }
 
@@ -461,10 +495,21 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
     d.tree_walks = (sa.trees.len(), sb.trees.len());
     // Differences of each distinct pair of trees, computed once.
     let mut pairs: HashMap<(Option<usize>, Option<usize>), Option<usize>> = HashMap::new();
-    let mut keys: Vec<&DevKey> = sa.devices.keys().chain(sb.devices.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
+    let (mut ia, mut ib) = (0usize, 0usize);
+    loop {
+        let (xa, xb) = (sa.devices.get(ia), sb.devices.get(ib));
+        let (k, x, y) = match (xa, xb) {
+            (None, None) => break,
+            (Some((ka, ra)), Some((kb, rb))) => match ka.cmp(kb) {
+                Ordering::Less => (ka, Some(*ra), None),
+                Ordering::Greater => (kb, None, Some(*rb)),
+                Ordering::Equal => (ka, Some(*ra), Some(*rb)),
+            },
+            (Some((ka, ra)), None) => (ka, Some(*ra), None),
+            (None, Some((kb, rb))) => (kb, None, Some(*rb)),
+        };
+        ia += x.is_some() as usize;
+        ib += y.is_some() as usize;
         let only = |status| DevDiff {
             key: k.clone(),
             status,
@@ -473,11 +518,13 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
             pasid_last: None,
             entries: 1,
         };
-        let dd = match (sa.devices.get(k), sb.devices.get(k)) {
+        let x = x.map(|r| sa.device(a, r));
+        let y = y.map(|r| sb.device(b, r));
+        let dd = match (x, y) {
             (Some(_), None) => only("only-in-a"),
             (None, Some(_)) => only("only-in-b"),
             (Some(x), Some(y)) => {
-                let mut changes = attr_changes(x, y, semantic);
+                let mut changes = attr_changes(&x, &y, semantic);
                 let table_diff = *pairs.entry((x.tree, y.tree)).or_insert_with(|| {
                     let ta = x.tree.map(|t| &sa.trees[t]);
                     let tb = y.tree.map(|t| &sb.trees[t]);
