@@ -828,19 +828,11 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             Some(p) => j.uint(p as u64)?,
             None => j.null()?,
         }
-        j.key("pasid_last")?;
-        match dd.pasid_last.or(dd.key.pasid) {
-            Some(p) => j.uint(p as u64)?,
-            None => j.null()?,
-        }
+        j.kv_opt_uint("pasid_last", dd.pasid_last.or(dd.key.pasid).map(u64::from))?;
         j.kv_uint("entries", dd.entries as u64)?;
         j.kv_str("status", dd.status)?;
         json_changes(&mut j, &dd.changes)?;
-        j.key("table_diff")?;
-        match dd.table_diff {
-            Some(t) => j.uint(t as u64)?,
-            None => j.null()?,
-        }
+        j.kv_opt_uint("table_diff", dd.table_diff.map(|t| t as u64))?;
         j.end_object()?;
     }
     j.end_array()?;

@@ -798,11 +798,7 @@ fn json(
             j.kv_str("shares", kind)?;
             j.kv_hex("addr", addr.0)?;
             j.kv_str("same_as_bdf", &first.rid.to_string())?;
-            j.key("same_as_pasid")?;
-            match first.pasid {
-                Some(p) => j.uint(p as u64)?,
-                None => j.null()?,
-            }
+            j.kv_opt_uint("same_as_pasid", first.pasid.map(u64::from))?;
             j.end_object()?;
         }
         j.end_array()?;

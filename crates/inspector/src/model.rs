@@ -472,3 +472,55 @@ mod tests {
         assert!(parse_range("zz").is_err());
     }
 }
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+    use crate::vtd::scan::Translation;
+
+    fn ctx(devfn: u8, root: u64, levels: u8, exec: bool, stage: Stage) -> Context {
+        Context {
+            rid: RequesterId {
+                segment: 0,
+                bus: 0,
+                devfn,
+            },
+            pasid: None,
+            rid_pasid: false,
+            root_entry: (PhysAddr(0x1000), [0; 2]),
+            context_entry: (PhysAddr(0x2000 + devfn as u64 * 16), vec![0; 2]),
+            pasid_dir_entry: None,
+            pasid_entry: None,
+            did: Some(1),
+            fpd: false,
+            translation: Translation::Tables(PageTable {
+                stage,
+                root: PhysAddr(root),
+                levels,
+                exec,
+                width: 48,
+            }),
+        }
+    }
+
+    /// Entries with the same root but another stage, level count or execute decoding
+    /// walk the same pages differently: they are distinct trees.
+    #[test]
+    fn tree_identity_includes_everything_that_changes_the_decode() {
+        let cs = [
+            ctx(0, 0x5000, 4, false, Stage::Second),
+            ctx(1, 0x5000, 4, false, Stage::Second),
+            ctx(2, 0x5000, 4, true, Stage::Second),
+            ctx(3, 0x5000, 3, false, Stage::Second),
+            ctx(4, 0x5000, 4, false, Stage::First),
+            ctx(5, 0x6000, 4, false, Stage::Second),
+        ];
+        let t = Trees::index(&cs);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.users, vec![2, 1, 1, 1, 1]);
+        assert_eq!(
+            t.of_context,
+            vec![Some(0), Some(0), Some(1), Some(2), Some(3), Some(4)]
+        );
+    }
+}

@@ -287,3 +287,40 @@ fn scalable_pasid_directory_entries_all_pointing_at_one_pasid_table_diff_is_boun
         SM_DEVICES as usize
     );
 }
+
+/// A filter that hides the first user of a shared structure: the first one shown lists
+/// it in full (never a reference to something not in the output).
+#[test]
+fn shared_structures_filtered_to_a_later_user_are_listed_in_full() {
+    let (r, _) = legacy_256_functions_one_domain();
+    let l = load(&r, "shared.elf");
+    let filter = Filter {
+        device: Some(rid(0, 0x1f, 7)),
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    let stats = dump(&l, &filter, OutputFormat::Text, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(stats.tree_walks, 1);
+    assert_eq!(text_mapping_lines(&text), LEAVES as usize);
+    assert!(!text.contains("same page table"), "{text}");
+
+    let (r, _) = scalable_one_pasid_table(false);
+    let l = load(&r, "sm.elf");
+    let filter = Filter {
+        device: Some(rid(0, 4, 2)),
+        pasid: Some(0x41),
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    let stats = dump(&l, &filter, OutputFormat::Text, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(stats.tree_walks, 1);
+    assert_eq!(text_mapping_lines(&text), SM_LEAVES as usize);
+    assert_eq!(
+        text.matches("        PASID 0x00041  entry").count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("same PASID"), "{text}");
+}
