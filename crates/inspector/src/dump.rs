@@ -18,6 +18,7 @@ use crate::vtd::walk::{walk, Access, WalkResult};
 use crate::vtd::{mode_name, PageTable, Unit};
 use iommu_core::pgtable::{Mapping, WalkError};
 use iommu_core::{Iova, RequesterId};
+use std::collections::HashSet;
 use std::io::{self, Write};
 
 /// Output format.
@@ -59,24 +60,23 @@ fn walk_problem(e: &WalkError) -> String {
     e.to_string()
 }
 
-/// A device the snapshot's device note lists that no present entry serves.
+/// A device the snapshot's device note lists that no present entry serves. One pass over
+/// the entries and one over the notes (a note of many devices against many entries must
+/// not cost their product).
 fn uncovered(us: &UnitState, filter: &Filter) -> Vec<(RequesterId, Option<u32>)> {
+    let mut served: HashSet<(RequesterId, Option<u32>)> = HashSet::new();
+    for c in &us.scan.contexts {
+        served.insert((c.rid, c.pasid));
+        if c.pasid.is_some() && c.rid_pasid {
+            // Requests without PASID go through the RID_PASID entry.
+            served.insert((c.rid, None));
+        }
+    }
     us.devices
         .iter()
         .filter(|d| filter.device.map_or(true, |r| r == d.rid))
-        .filter(|d| {
-            let p = d.pasid.map(|p| p.0);
-            !us.scan.contexts.iter().any(|c| {
-                c.rid == d.rid
-                    && match (p, c.pasid) {
-                        (None, None) => true,
-                        (None, Some(_)) => c.rid_pasid,
-                        (Some(x), Some(y)) => x == y,
-                        (Some(_), None) => false,
-                    }
-            })
-        })
         .map(|d| (d.rid, d.pasid.map(|p| p.0)))
+        .filter(|k| !served.contains(k))
         .collect()
 }
 

@@ -324,3 +324,32 @@ fn shared_structures_filtered_to_a_later_user_are_listed_in_full() {
     );
     assert!(!text.contains("same PASID"), "{text}");
 }
+
+/// Devices in the snapshot's note against 32768 PASID entries: a note served by its
+/// PASID entry, or without PASID by the RID_PASID entry, is not listed again; the
+/// others are, each once (the check is one pass over each, not their product).
+#[test]
+fn device_note_of_thousands_of_pasids_against_shared_pasid_entries() {
+    let (mut r, _) = scalable_one_pasid_table(false);
+    for p in 0x1000..0x1800u32 {
+        r.device(rid(0, 4, 0), Some(p));
+    }
+    for p in 0x2000..0x2032u32 {
+        r.device(rid(0, 4, 3), Some(p));
+    }
+    r.device(rid(0, 4, 1), None);
+    r.device(rid(0, 5, 0), None);
+    let l = load(&r, "notes.elf");
+    let (text, _) = dump_string(&l, OutputFormat::Text);
+    let unlisted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("listed in the snapshot, no present entry"))
+        .collect();
+    assert_eq!(unlisted.len(), 0x32 + 1, "{unlisted:?}");
+    assert!(unlisted[..0x32]
+        .iter()
+        .all(|l| l.starts_with("    0000:00:04.3  pasid 0x20")));
+    assert!(unlisted[0x32].starts_with("    0000:00:05.0  no pasid"));
+    let (json, _) = dump_string(&l, OutputFormat::Json);
+    assert_eq!(json.matches("\"fault\": ").count(), 0x32 + 1);
+}
