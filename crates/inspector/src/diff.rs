@@ -6,6 +6,11 @@
 //! the same level but at another address). With `semantic`, where the tables live and
 //! which IDs tag them is ignored: only what each device's addresses translate to (and
 //! with which permissions) is compared.
+//!
+//! Each distinct page-table tree of an image is walked once and devices refer to it;
+//! each distinct pair of trees (A's, B's) is compared once and the devices using that
+//! pair refer to the result, so memory and output grow with the tables, not with the
+//! number of devices sharing them.
 
 use crate::json::Json;
 use crate::model::{walk_table, Loaded};
@@ -14,19 +19,23 @@ use crate::vtd::scan::Translation;
 use crate::vtd::{mode_name, PageTable};
 use iommu_core::pgtable::{Mapping, Perms};
 use iommu_core::{PageSize, PhysAddr, RequesterId};
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
+use std::sync::Arc;
 
-/// Schema name of the JSON diff.
-pub const DIFF_SCHEMA: &str = "iommu-inspect/diff/v1";
+/// Schema name of the JSON diff. v2: the differences of each distinct pair of page-table
+/// trees are listed once (`table_diffs`) and devices refer to them (`table_diff`); v1
+/// repeated them under every device.
+pub const DIFF_SCHEMA: &str = "iommu-inspect/diff/v2";
 
 /// Identity of a device across images: unit, requester, PASID.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DevKey {
     /// Unit MMIO base (or index for units described on the command line).
     pub unit: u64,
-    /// Unit name.
-    pub unit_name: String,
+    /// Unit name (shared by the unit's devices).
+    pub unit_name: Arc<str>,
     /// Requester.
     pub rid: RequesterId,
     /// PASID (scalable mode).
@@ -44,66 +53,116 @@ pub struct DevState {
     pub blocked: Option<u8>,
     /// Page table.
     pub table: Option<PageTable>,
+    /// Index of its page-table tree in [`States::trees`].
+    pub tree: Option<usize>,
+}
+
+/// One distinct page-table tree of an image, walked once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeState {
+    /// The table.
+    pub table: PageTable,
     /// Mapping runs.
     pub mappings: Vec<Mapping>,
-    /// Tables by position.
+    /// Tables by position (empty with `semantic`).
     pub tables: Vec<TreeTable>,
     /// Problems the walk met.
     pub problems: usize,
 }
 
-/// Collects the device states of an image.
-pub fn states(l: &Loaded, semantic: bool) -> BTreeMap<DevKey, DevState> {
-    let mut out = BTreeMap::new();
-    for us in &l.units {
+/// Where a device's entry is: the unit's position in [`Loaded::units`] and the entry's
+/// in its scan's contexts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevRef {
+    /// Unit index.
+    pub unit: u32,
+    /// Context index.
+    pub context: u32,
+}
+
+/// What one image says: its devices (sorted by key, each referring to its entry in the
+/// image), and its distinct page-table trees, each walked once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct States {
+    /// Devices, sorted by key.
+    pub devices: Vec<(DevKey, DevRef)>,
+    /// Distinct trees (per unit, by [`crate::model::TreeKey`]); each walked once.
+    pub trees: Vec<TreeState>,
+    /// Index in `trees` of each unit's first tree.
+    pub tree_base: Vec<usize>,
+}
+
+impl States {
+    /// What `l` (the image these states were collected from) says about device `r`.
+    pub fn device(&self, l: &Loaded, r: DevRef) -> DevState {
+        let us = &l.units[r.unit as usize];
+        let c = &us.scan.contexts[r.context as usize];
+        DevState {
+            did: c.did,
+            translation: c.translation.name(),
+            blocked: match &c.translation {
+                Translation::Blocked(b) => Some(b.reason.code()),
+                _ => None,
+            },
+            table: c.translation.table().copied(),
+            tree: us.trees.of_context[r.context as usize]
+                .map(|t| self.tree_base[r.unit as usize] + t),
+        }
+    }
+}
+
+/// Collects the device states of an image, walking each distinct tree once.
+pub fn states(l: &Loaded, semantic: bool) -> States {
+    let mut out = States::default();
+    for (ui, us) in l.units.iter().enumerate() {
         let unit = if us.unit.assumed {
             us.unit.index as u64
         } else {
             us.unit.base.0
         };
-        for c in &us.scan.contexts {
+        out.tree_base.push(out.trees.len());
+        for pt in &us.trees.tables {
+            let w = walk_table(&us.unit, &l.image, pt);
+            let mut t = Vec::new();
+            if !semantic {
+                if let Ok(f) = pt.format(&us.unit) {
+                    walk_tree(
+                        &f,
+                        &l.image,
+                        pt.root,
+                        crate::model::walk_limits().max_tables,
+                        |x| t.push(x),
+                        |_| {},
+                    );
+                }
+            }
+            out.trees.push(TreeState {
+                table: *pt,
+                mappings: w.mappings,
+                tables: t,
+                problems: w.problems.len() + w.fatal.is_some() as usize,
+            });
+        }
+        let name: Arc<str> = Arc::from(us.unit.name.as_str());
+        for (ci, c) in us.scan.contexts.iter().enumerate() {
             let key = DevKey {
                 unit,
-                unit_name: us.unit.name.clone(),
+                unit_name: name.clone(),
                 rid: c.rid,
                 pasid: c.pasid,
             };
-            let mut st = DevState {
-                did: c.did,
-                translation: c.translation.name(),
-                blocked: None,
-                table: None,
-                mappings: Vec::new(),
-                tables: Vec::new(),
-                problems: 0,
-            };
-            match &c.translation {
-                Translation::Blocked(b) => st.blocked = Some(b.reason.code()),
-                Translation::PassThrough => {}
-                Translation::Tables(pt) => {
-                    let w = walk_table(&us.unit, &l.image, pt);
-                    st.mappings = w.mappings;
-                    st.problems = w.problems.len() + w.fatal.is_some() as usize;
-                    st.table = Some(*pt);
-                    if !semantic {
-                        if let Ok(f) = pt.format(&us.unit) {
-                            let mut t = Vec::new();
-                            walk_tree(
-                                &f,
-                                &l.image,
-                                pt.root,
-                                crate::model::walk_limits().max_tables,
-                                |x| t.push(x),
-                                |_| {},
-                            );
-                            st.tables = t;
-                        }
-                    }
-                }
-            }
-            out.insert(key, st);
+            // Unit and context counts are bounded (scan::MAX_CONTEXTS per unit).
+            out.devices.push((
+                key,
+                DevRef {
+                    unit: ui as u32,
+                    context: ci as u32,
+                },
+            ));
         }
     }
+    out.devices.sort_by(|x, y| x.0.cmp(&y.0));
+    out.devices.dedup_by(|x, y| x.0 == y.0);
     out
 }
 
@@ -277,6 +336,34 @@ pub struct TableMove {
     pub b: PhysAddr,
 }
 
+/// Differences between a page-table tree of A and one of B (either may be absent: a
+/// device that gained or lost its table). Computed once per distinct pair of trees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDiff {
+    /// A's table.
+    pub a: Option<PageTable>,
+    /// B's table.
+    pub b: Option<PageTable>,
+    /// Mapping differences.
+    pub mappings: Vec<MapDiff>,
+    /// Tables that moved.
+    pub moved: Vec<TableMove>,
+    /// Tables at positions only A has / only B has.
+    pub tables_only: (usize, usize),
+    /// Walk problems in A's tree / B's tree.
+    pub problems: (usize, usize),
+}
+
+impl TableDiff {
+    /// Whether the trees differ (as compared).
+    pub fn differs(&self) -> bool {
+        !self.mappings.is_empty()
+            || !self.moved.is_empty()
+            || self.tables_only != (0, 0)
+            || self.problems.0 != self.problems.1
+    }
+}
+
 /// Differences of one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DevDiff {
@@ -286,12 +373,13 @@ pub struct DevDiff {
     pub status: &'static str,
     /// Attribute changes.
     pub changes: Vec<AttrChange>,
-    /// Mapping differences.
-    pub mappings: Vec<MapDiff>,
-    /// Tables that moved.
-    pub moved: Vec<TableMove>,
-    /// Tables at positions only A has / only B has.
-    pub tables_only: (usize, usize),
+    /// Index in [`Diff::tables`] of the differences of its page tables, if they differ.
+    pub table_diff: Option<usize>,
+    /// Last PASID of a run of the device's PASIDs with the same differences (`key.pasid`
+    /// is the first); `None` for one entry.
+    pub pasid_last: Option<u32>,
+    /// Number of entries in the run (1 for one).
+    pub entries: usize,
 }
 
 /// Differences of one unit.
@@ -312,6 +400,11 @@ pub struct Diff {
     pub units: Vec<UnitDiff>,
     /// Device-level differences.
     pub devices: Vec<DevDiff>,
+    /// Page-table differences, one per distinct pair of trees that differ; devices
+    /// refer to them.
+    pub tables: Vec<TableDiff>,
+    /// Distinct page-table trees walked in A and in B (each once).
+    pub tree_walks: (usize, usize),
 }
 
 impl Diff {
@@ -399,126 +492,238 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
     }
     let sa = states(a, semantic);
     let sb = states(b, semantic);
-    let mut keys: Vec<&DevKey> = sa.keys().chain(sb.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        let dd = match (sa.get(k), sb.get(k)) {
-            (Some(_), None) => DevDiff {
-                key: k.clone(),
-                status: "only-in-a",
-                changes: vec![],
-                mappings: vec![],
-                moved: vec![],
-                tables_only: (0, 0),
+    d.tree_walks = (sa.trees.len(), sb.trees.len());
+    // Differences of each distinct pair of trees, computed once.
+    let mut pairs: HashMap<(Option<usize>, Option<usize>), Option<usize>> = HashMap::new();
+    let (mut ia, mut ib) = (0usize, 0usize);
+    loop {
+        let (xa, xb) = (sa.devices.get(ia), sb.devices.get(ib));
+        let (k, x, y) = match (xa, xb) {
+            (None, None) => break,
+            (Some((ka, ra)), Some((kb, rb))) => match ka.cmp(kb) {
+                Ordering::Less => (ka, Some(*ra), None),
+                Ordering::Greater => (kb, None, Some(*rb)),
+                Ordering::Equal => (ka, Some(*ra), Some(*rb)),
             },
-            (None, Some(_)) => DevDiff {
-                key: k.clone(),
-                status: "only-in-b",
-                changes: vec![],
-                mappings: vec![],
-                moved: vec![],
-                tables_only: (0, 0),
-            },
+            (Some((ka, ra)), None) => (ka, Some(*ra), None),
+            (None, Some((kb, rb))) => (kb, None, Some(*rb)),
+        };
+        ia += x.is_some() as usize;
+        ib += y.is_some() as usize;
+        let only = |status| DevDiff {
+            key: k.clone(),
+            status,
+            changes: vec![],
+            table_diff: None,
+            pasid_last: None,
+            entries: 1,
+        };
+        let x = x.map(|r| sa.device(a, r));
+        let y = y.map(|r| sb.device(b, r));
+        let dd = match (x, y) {
+            (Some(_), None) => only("only-in-a"),
+            (None, Some(_)) => only("only-in-b"),
             (Some(x), Some(y)) => {
-                let mut changes = Vec::new();
-                if x.translation != y.translation || x.blocked != y.blocked {
-                    let show = |s: &DevState| match s.blocked {
-                        Some(c) => format!("{} (fault {c:#04x})", s.translation),
-                        None => s.translation.to_string(),
-                    };
-                    changes.push(AttrChange {
-                        what: "translation",
-                        a: show(x),
-                        b: show(y),
-                    });
-                }
-                if !semantic && x.did != y.did {
-                    changes.push(AttrChange {
-                        what: "domain",
-                        a: opt_hex16(x.did),
-                        b: opt_hex16(y.did),
-                    });
-                }
-                if let (Some(p), Some(q)) = (&x.table, &y.table) {
-                    if !semantic && p.root != q.root {
+                let mut changes = attr_changes(&x, &y, semantic);
+                let table_diff = *pairs.entry((x.tree, y.tree)).or_insert_with(|| {
+                    let ta = x.tree.map(|t| &sa.trees[t]);
+                    let tb = y.tree.map(|t| &sb.trees[t]);
+                    let td = table_diff(ta, tb, semantic);
+                    td.differs().then(|| {
+                        d.tables.push(td);
+                        d.tables.len() - 1
+                    })
+                });
+                if let Some(t) = table_diff {
+                    let (pa, pb) = d.tables[t].problems;
+                    if pa != pb {
                         changes.push(AttrChange {
-                            what: "root",
-                            a: p.root.to_string(),
-                            b: q.root.to_string(),
-                        });
-                    }
-                    if !semantic && (p.levels != q.levels || p.stage != q.stage) {
-                        changes.push(AttrChange {
-                            what: "levels",
-                            a: format!("{} {}", p.stage.name(), p.levels),
-                            b: format!("{} {}", q.stage.name(), q.levels),
+                            what: "walk_problems",
+                            a: pa.to_string(),
+                            b: pb.to_string(),
                         });
                     }
                 }
-                if x.problems != y.problems {
-                    changes.push(AttrChange {
-                        what: "walk_problems",
-                        a: x.problems.to_string(),
-                        b: y.problems.to_string(),
-                    });
-                }
-                let mappings = diff_mappings(&x.mappings, &y.mappings, semantic);
-                let mut moved = Vec::new();
-                let mut only = (0, 0);
-                if !semantic {
-                    let pos = |t: &[TreeTable]| -> BTreeMap<(u8, u64), PhysAddr> {
-                        t.iter().map(|t| ((t.level, t.iova), t.addr)).collect()
-                    };
-                    let (pa, pb) = (pos(&x.tables), pos(&y.tables));
-                    for (k2, &aa) in &pa {
-                        match pb.get(k2) {
-                            Some(&bb) if bb != aa => moved.push(TableMove {
-                                level: k2.0,
-                                iova: k2.1,
-                                a: aa,
-                                b: bb,
-                            }),
-                            Some(_) => {}
-                            None => only.0 += 1,
-                        }
-                    }
-                    only.1 = pb.keys().filter(|k2| !pa.contains_key(k2)).count();
-                }
-                if changes.is_empty() && mappings.is_empty() && moved.is_empty() && only == (0, 0) {
+                if changes.is_empty() && table_diff.is_none() {
                     continue;
                 }
                 DevDiff {
                     key: k.clone(),
                     status: "changed",
                     changes,
-                    mappings,
-                    moved,
-                    tables_only: only,
+                    table_diff,
+                    pasid_last: None,
+                    entries: 1,
                 }
             }
             (None, None) => continue,
         };
+        // A device's PASIDs with the same differences (PASID entries that share a PASID
+        // table or directory, or a page table) make one run.
+        if let Some(p) = d.devices.last_mut() {
+            if let (Some(_), Some(pasid)) = (p.key.pasid, dd.key.pasid) {
+                if p.key.unit == dd.key.unit
+                    && p.key.rid == dd.key.rid
+                    && p.status == dd.status
+                    && p.changes == dd.changes
+                    && p.table_diff == dd.table_diff
+                {
+                    p.pasid_last = Some(pasid);
+                    p.entries += 1;
+                    continue;
+                }
+            }
+        }
         d.devices.push(dd);
     }
     d
+}
+
+/// The attribute changes of a device present in both images.
+fn attr_changes(x: &DevState, y: &DevState, semantic: bool) -> Vec<AttrChange> {
+    let mut changes = Vec::new();
+    if x.translation != y.translation || x.blocked != y.blocked {
+        let show = |s: &DevState| match s.blocked {
+            Some(c) => format!("{} (fault {c:#04x})", s.translation),
+            None => s.translation.to_string(),
+        };
+        changes.push(AttrChange {
+            what: "translation",
+            a: show(x),
+            b: show(y),
+        });
+    }
+    if !semantic && x.did != y.did {
+        changes.push(AttrChange {
+            what: "domain",
+            a: opt_hex16(x.did),
+            b: opt_hex16(y.did),
+        });
+    }
+    if let (Some(p), Some(q)) = (&x.table, &y.table) {
+        if !semantic && p.root != q.root {
+            changes.push(AttrChange {
+                what: "root",
+                a: p.root.to_string(),
+                b: q.root.to_string(),
+            });
+        }
+        if !semantic && (p.levels != q.levels || p.stage != q.stage) {
+            changes.push(AttrChange {
+                what: "levels",
+                a: format!("{} {}", p.stage.name(), p.levels),
+                b: format!("{} {}", q.stage.name(), q.levels),
+            });
+        }
+    }
+    changes
+}
+
+/// The differences between tree `x` of A and tree `y` of B (an absent tree has no
+/// mappings and no tables).
+fn table_diff(x: Option<&TreeState>, y: Option<&TreeState>, semantic: bool) -> TableDiff {
+    fn maps(t: Option<&TreeState>) -> &[Mapping] {
+        t.map_or(&[], |t| &t.mappings)
+    }
+    let mut moved = Vec::new();
+    let mut only = (0, 0);
+    if !semantic {
+        let pos = |t: Option<&TreeState>| -> BTreeMap<(u8, u64), PhysAddr> {
+            t.map_or(&[][..], |t| &t.tables[..])
+                .iter()
+                .map(|t| ((t.level, t.iova), t.addr))
+                .collect()
+        };
+        let (pa, pb) = (pos(x), pos(y));
+        for (k2, &aa) in &pa {
+            match pb.get(k2) {
+                Some(&bb) if bb != aa => moved.push(TableMove {
+                    level: k2.0,
+                    iova: k2.1,
+                    a: aa,
+                    b: bb,
+                }),
+                Some(_) => {}
+                None => only.0 += 1,
+            }
+        }
+        only.1 = pb.keys().filter(|k2| !pa.contains_key(k2)).count();
+    }
+    TableDiff {
+        a: x.map(|t| t.table),
+        b: y.map(|t| t.table),
+        mappings: diff_mappings(maps(x), maps(y), semantic),
+        moved,
+        tables_only: only,
+        problems: (x.map_or(0, |t| t.problems), y.map_or(0, |t| t.problems)),
+    }
 }
 
 fn side_text(s: &Side) -> String {
     format!("pa {:#x} {} {}", s.pa.0, s.perms, s.page_size)
 }
 
-fn dev_label(k: &DevKey) -> String {
-    match k.pasid {
-        Some(p) => format!("{} pasid {p:#x} ({})", k.rid, k.unit_name),
-        None => format!("{} ({})", k.rid, k.unit_name),
+fn dev_label(dd: &DevDiff) -> String {
+    let k = &dd.key;
+    match (k.pasid, dd.pasid_last) {
+        (Some(p), Some(q)) => format!(
+            "{} pasids {p:#x}-{q:#x} ({} entries, {})",
+            k.rid, dd.entries, k.unit_name
+        ),
+        (Some(p), None) => format!("{} pasid {p:#x} ({})", k.rid, k.unit_name),
+        (None, _) => format!("{} ({})", k.rid, k.unit_name),
     }
 }
 
 /// Most mapping differences and table moves listed per device in text output.
 const TEXT_LIST_LIMIT: usize = 200;
 
-/// Writes the diff as text.
+/// The differences of a pair of trees, listed under the first device that has them.
+fn text_table_diff(td: &TableDiff, a: &str, b: &str, out: &mut dyn Write) -> io::Result<()> {
+    for m in td.mappings.iter().take(TEXT_LIST_LIMIT) {
+        let range = format!("iova {:#x}-{:#x}", m.iova, m.iova + (m.size - 1));
+        match (m.change, &m.a, &m.b) {
+            (Change::Removed, Some(x), _) => writeln!(out, "  - {range} {}", side_text(x))?,
+            (Change::Added, _, Some(y)) => writeln!(out, "  + {range} {}", side_text(y))?,
+            (_, Some(x), Some(y)) => {
+                writeln!(out, "  ~ {range} {} -> {}", side_text(x), side_text(y))?
+            }
+            _ => {}
+        }
+    }
+    if td.mappings.len() > TEXT_LIST_LIMIT {
+        writeln!(
+            out,
+            "  ... {} more mapping differences (all in --json)",
+            td.mappings.len() - TEXT_LIST_LIMIT
+        )?;
+    }
+    for t in td.moved.iter().take(TEXT_LIST_LIMIT) {
+        writeln!(
+            out,
+            "  table moved: level {} table for iova {:#x}: {} -> {}",
+            t.level, t.iova, t.a, t.b
+        )?;
+    }
+    if td.moved.len() > TEXT_LIST_LIMIT {
+        writeln!(
+            out,
+            "  ... {} more table moves (all in --json)",
+            td.moved.len() - TEXT_LIST_LIMIT
+        )?;
+    }
+    if td.tables_only != (0, 0) {
+        writeln!(
+            out,
+            "  tables only in {a}: {}, only in {b}: {}",
+            td.tables_only.0, td.tables_only.1
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the diff as text: a pair of page-table trees that differ is listed once, under
+/// the first device using it; other devices using the same pair refer to it.
 pub fn write_text(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "--- {a}")?;
     writeln!(out, "+++ {b}")?;
@@ -530,60 +735,36 @@ pub fn write_text(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             writeln!(out, "unit {}: {} {} -> {}", u.name, c.what, c.a, c.b)?;
         }
     }
-    for dd in &d.devices {
+    // The device under which each table difference was listed.
+    let mut shown: Vec<Option<usize>> = vec![None; d.tables.len()];
+    for (di, dd) in d.devices.iter().enumerate() {
         match dd.status {
             "only-in-a" => {
-                writeln!(out, "device {}: only in {a}", dev_label(&dd.key))?;
+                writeln!(out, "device {}: only in {a}", dev_label(dd))?;
                 continue;
             }
             "only-in-b" => {
-                writeln!(out, "device {}: only in {b}", dev_label(&dd.key))?;
+                writeln!(out, "device {}: only in {b}", dev_label(dd))?;
                 continue;
             }
-            _ => writeln!(out, "device {}:", dev_label(&dd.key))?,
+            _ => writeln!(out, "device {}:", dev_label(dd))?,
         }
         for c in &dd.changes {
             writeln!(out, "  {} {} -> {}", c.what, c.a, c.b)?;
         }
-        for m in dd.mappings.iter().take(TEXT_LIST_LIMIT) {
-            let range = format!("iova {:#x}-{:#x}", m.iova, m.iova + (m.size - 1));
-            match (m.change, &m.a, &m.b) {
-                (Change::Removed, Some(x), _) => writeln!(out, "  - {range} {}", side_text(x))?,
-                (Change::Added, _, Some(y)) => writeln!(out, "  + {range} {}", side_text(y))?,
-                (_, Some(x), Some(y)) => {
-                    writeln!(out, "  ~ {range} {} -> {}", side_text(x), side_text(y))?
-                }
-                _ => {}
-            }
-        }
-        if dd.mappings.len() > TEXT_LIST_LIMIT {
+        let Some(t) = dd.table_diff else {
+            continue;
+        };
+        if let Some(first) = shown[t] {
             writeln!(
                 out,
-                "  ... {} more mapping differences (all in --json)",
-                dd.mappings.len() - TEXT_LIST_LIMIT
+                "  page tables differ as for device {} (above)",
+                dev_label(&d.devices[first])
             )?;
+            continue;
         }
-        for t in dd.moved.iter().take(TEXT_LIST_LIMIT) {
-            writeln!(
-                out,
-                "  table moved: level {} table for iova {:#x}: {} -> {}",
-                t.level, t.iova, t.a, t.b
-            )?;
-        }
-        if dd.moved.len() > TEXT_LIST_LIMIT {
-            writeln!(
-                out,
-                "  ... {} more table moves (all in --json)",
-                dd.moved.len() - TEXT_LIST_LIMIT
-            )?;
-        }
-        if dd.tables_only != (0, 0) {
-            writeln!(
-                out,
-                "  tables only in {a}: {}, only in {b}: {}",
-                dd.tables_only.0, dd.tables_only.1
-            )?;
-        }
+        shown[t] = Some(di);
+        text_table_diff(&d.tables[t], a, b, out)?;
     }
     if d.same() {
         writeln!(out, "same")?;
@@ -647,11 +828,24 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             Some(p) => j.uint(p as u64)?,
             None => j.null()?,
         }
+        j.kv_opt_uint("pasid_last", dd.pasid_last.or(dd.key.pasid).map(u64::from))?;
+        j.kv_uint("entries", dd.entries as u64)?;
         j.kv_str("status", dd.status)?;
         json_changes(&mut j, &dd.changes)?;
+        j.kv_opt_uint("table_diff", dd.table_diff.map(|t| t as u64))?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.key("table_diffs")?;
+    j.begin_array(false)?;
+    for (id, td) in d.tables.iter().enumerate() {
+        j.begin_object(false)?;
+        j.kv_uint("id", id as u64)?;
+        json_table(&mut j, "a", &td.a)?;
+        json_table(&mut j, "b", &td.b)?;
         j.key("mappings")?;
         j.begin_array(false)?;
-        for m in &dd.mappings {
+        for m in &td.mappings {
             j.begin_object(true)?;
             j.kv_str("change", m.change.name())?;
             j.kv_hex("iova", m.iova)?;
@@ -664,7 +858,7 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
         j.end_array()?;
         j.key("tables_moved")?;
         j.begin_array(false)?;
-        for t in &dd.moved {
+        for t in &td.moved {
             j.begin_object(true)?;
             j.kv_uint("level", t.level as u64)?;
             j.kv_hex("iova", t.iova)?;
@@ -673,12 +867,26 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
             j.end_object()?;
         }
         j.end_array()?;
-        j.kv_uint("tables_only_in_a", dd.tables_only.0 as u64)?;
-        j.kv_uint("tables_only_in_b", dd.tables_only.1 as u64)?;
+        j.kv_uint("tables_only_in_a", td.tables_only.0 as u64)?;
+        j.kv_uint("tables_only_in_b", td.tables_only.1 as u64)?;
         j.end_object()?;
     }
     j.end_array()?;
     j.end_object()
+}
+
+fn json_table<W: Write>(j: &mut Json<W>, k: &str, t: &Option<PageTable>) -> io::Result<()> {
+    j.key(k)?;
+    match t {
+        None => j.null(),
+        Some(t) => {
+            j.begin_object(true)?;
+            j.kv_str("stage", t.stage.name())?;
+            j.kv_hex("root", t.root.0)?;
+            j.kv_uint("levels", t.levels as u64)?;
+            j.end_object()
+        }
+    }
 }
 
 #[cfg(test)]

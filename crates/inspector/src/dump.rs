@@ -2,18 +2,23 @@
 //! layout of Linux's debugfs files.
 //!
 //! Mappings are streamed from the walker to the output: a dump holds one table per level
-//! in memory, not the mappings.
+//! in memory, not the mappings. Each distinct page-table tree is walked and listed once;
+//! the other devices that use it refer to it, so the output grows with the tables, not
+//! with the number of devices sharing them.
 
 use crate::json::Json;
-use crate::model::{walk_table_with, Filter, Loaded, UnitState};
+use crate::model::{
+    listing, walk_table_with, Filter, Listed, Loaded, SharedRun, SharedStructure, UnitState,
+};
 use crate::progress::Progress;
 use crate::tree::walk_tree;
 use crate::vtd::regs::decode;
-use crate::vtd::scan::{Context, Translation};
+use crate::vtd::scan::{Context, Scan, Translation};
 use crate::vtd::walk::{walk, Access, WalkResult};
-use crate::vtd::{mode_name, Unit};
+use crate::vtd::{mode_name, PageTable, Unit};
 use iommu_core::pgtable::{Mapping, WalkError};
 use iommu_core::{Iova, RequesterId};
+use std::collections::HashSet;
 use std::io::{self, Write};
 
 /// Output format.
@@ -22,14 +27,16 @@ pub enum OutputFormat {
     /// Aligned human-readable text.
     #[default]
     Text,
-    /// JSON (schema `iommu-inspect/dump/v1`).
+    /// JSON (schema [`DUMP_SCHEMA`]).
     Json,
     /// Linux debugfs `dmar_translation_struct` then `domain_translation_struct`.
     Linux,
 }
 
-/// Schema name of the JSON dump.
-pub const DUMP_SCHEMA: &str = "iommu-inspect/dump/v1";
+/// Schema name of the JSON dump. v2: each distinct page-table tree is listed once per
+/// unit (`page_tables`, with its mappings) and devices refer to it by `page_table.id`;
+/// v1 repeated the mappings under every device.
+pub const DUMP_SCHEMA: &str = "iommu-inspect/dump/v2";
 
 fn hex16(v: u64) -> String {
     format!("{v:#018x}")
@@ -53,24 +60,23 @@ fn walk_problem(e: &WalkError) -> String {
     e.to_string()
 }
 
-/// A device the snapshot's device note lists that no present entry serves.
+/// A device the snapshot's device note lists that no present entry serves. One pass over
+/// the entries and one over the notes (a note of many devices against many entries must
+/// not cost their product).
 fn uncovered(us: &UnitState, filter: &Filter) -> Vec<(RequesterId, Option<u32>)> {
+    let mut served: HashSet<(RequesterId, Option<u32>)> = HashSet::new();
+    for c in &us.scan.contexts {
+        served.insert((c.rid, c.pasid));
+        if c.pasid.is_some() && c.rid_pasid {
+            // Requests without PASID go through the RID_PASID entry.
+            served.insert((c.rid, None));
+        }
+    }
     us.devices
         .iter()
         .filter(|d| filter.device.map_or(true, |r| r == d.rid))
-        .filter(|d| {
-            let p = d.pasid.map(|p| p.0);
-            !us.scan.contexts.iter().any(|c| {
-                c.rid == d.rid
-                    && match (p, c.pasid) {
-                        (None, None) => true,
-                        (None, Some(_)) => c.rid_pasid,
-                        (Some(x), Some(y)) => x == y,
-                        (Some(_), None) => false,
-                    }
-            })
-        })
         .map(|d| (d.rid, d.pasid.map(|p| p.0)))
+        .filter(|k| !served.contains(k))
         .collect()
 }
 
@@ -93,8 +99,21 @@ fn context_summary(c: &Context) -> String {
     }
 }
 
+/// What a dump did, for callers that check its cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Page-table trees walked: each distinct tree (see [`crate::model::TreeKey`]) of
+    /// the devices shown is walked once, however many devices share it.
+    pub tree_walks: u64,
+}
+
 /// Writes the dump of `l` in `fmt`.
-pub fn dump(l: &Loaded, filter: &Filter, fmt: OutputFormat, out: &mut dyn Write) -> io::Result<()> {
+pub fn dump(
+    l: &Loaded,
+    filter: &Filter,
+    fmt: OutputFormat,
+    out: &mut dyn Write,
+) -> io::Result<DumpStats> {
     dump_with_progress(l, filter, fmt, out, &mut Progress::hidden())
 }
 
@@ -103,21 +122,22 @@ pub fn work(l: &Loaded) -> u64 {
     l.units.iter().map(|u| u.scan.contexts.len() as u64).sum()
 }
 
-/// [`dump`], advancing `progress` by one per device entry walked (see [`work`]).
+/// [`dump`], advancing `progress` by one per device entry (see [`work`]).
 pub fn dump_with_progress(
     l: &Loaded,
     filter: &Filter,
     fmt: OutputFormat,
     out: &mut dyn Write,
     progress: &mut Progress,
-) -> io::Result<()> {
+) -> io::Result<DumpStats> {
+    let mut stats = DumpStats::default();
     let r = match fmt {
-        OutputFormat::Text => text(l, filter, out, progress),
-        OutputFormat::Json => json(l, filter, out, progress),
-        OutputFormat::Linux => linux(l, filter, out, progress),
+        OutputFormat::Text => text(l, filter, out, progress, &mut stats),
+        OutputFormat::Json => json(l, filter, out, progress, &mut stats),
+        OutputFormat::Linux => linux(l, filter, out, progress, &mut stats),
     };
     progress.finish();
-    r
+    r.map(|()| stats)
 }
 
 // ----- text ----------------------------------------------------------------------------
@@ -210,8 +230,14 @@ fn text_unit_header(us: &UnitState, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
+fn text_structures(
+    us: &UnitState,
+    filter: &Filter,
+    items: &[Listed],
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let s = &us.scan;
+    let mut next = 0usize;
     if s.skipped.is_some() {
         return Ok(());
     }
@@ -243,11 +269,16 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
             hex16(r.raw[0]),
             tables.join(", ")
         )?;
+        while items.get(next).is_some_and(|i| item_bus(s, i) < r.bus) {
+            next += 1;
+        }
         let mut last_ctx = None;
-        for c in s.contexts.iter().filter(|c| c.rid.bus == r.bus) {
-            if !filter.context(c) {
-                continue;
-            }
+        while let Some(item) = items.get(next).filter(|i| item_bus(s, i) == r.bus) {
+            next += 1;
+            let c = &s.contexts[match item {
+                Listed::Context(ci) => *ci,
+                Listed::Shared(run) => run.start,
+            }];
             let ce = &c.context_entry;
             if last_ctx != Some(ce.0) {
                 last_ctx = Some(ce.0);
@@ -269,7 +300,9 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
                     what
                 )?;
             }
-            if let (Some(p), Some(pe)) = (c.pasid, &c.pasid_entry) {
+            if let Listed::Shared(run) = item {
+                writeln!(out, "        {}", shared_text(s, run))?;
+            } else if let (Some(p), Some(pe)) = (c.pasid, &c.pasid_entry) {
                 writeln!(
                     out,
                     "        PASID {:#07x}{}  entry {} = {}:{}:{}  {}",
@@ -289,8 +322,91 @@ fn text_structures(us: &UnitState, filter: &Filter, out: &mut dyn Write) -> io::
     Ok(())
 }
 
+fn item_bus(s: &Scan, i: &Listed) -> u8 {
+    match i {
+        Listed::Context(ci) => s.contexts[*ci].rid.bus,
+        Listed::Shared(run) => run.rid.bus,
+    }
+}
+
+/// `PASIDs 0x40-0x1fff (64 entries): same PASID table 0x103000 as 0000:00:04.0 pasid 0x0
+/// (above)`.
+fn shared_text(s: &Scan, run: &SharedRun) -> String {
+    let what = match run.what {
+        SharedStructure::Directory(a, n) => format!("PASID directory {a} ({n} entries)"),
+        SharedStructure::Table(a) => format!("PASID table {a}"),
+    };
+    format!(
+        "PASIDs {:#x}-{:#x}{} ({} entr{}): same {what} as {} (above)",
+        run.pasids.0,
+        run.pasids.1,
+        if run.rid_pasid {
+            ", RID_PASID among them"
+        } else {
+            ""
+        },
+        run.entries,
+        if run.entries == 1 { "y" } else { "ies" },
+        s.contexts[run.same_as].label()
+    )
+}
+
 fn ce_is_scalable(c: &Context) -> bool {
     c.context_entry.1.len() == 4
+}
+
+/// The mappings of one page-table tree, its problems and a summary line.
+fn text_tree(
+    us: &UnitState,
+    l: &Loaded,
+    pt: &PageTable,
+    filter: &Filter,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "      {:<37}  {:<37}  {:>14}  prm  page",
+        "IOVA range", "PA range", "size"
+    )?;
+    let mut err: Option<io::Error> = None;
+    let mut runs = 0u64;
+    let w = walk_table_with(&us.unit, &l.image, pt, |m| {
+        if err.is_some() {
+            return;
+        }
+        if let Some(m) = filter.clip(m) {
+            runs += 1;
+            if let Err(e) = write_mapping(out, &m) {
+                err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(f) = &w.fatal {
+        writeln!(out, "      !! page table not walked: {f}")?;
+    }
+    for p in &w.problems {
+        writeln!(out, "      !! {}", walk_problem(p))?;
+    }
+    let problems = w.problems.len() + w.fatal.is_some() as usize;
+    writeln!(
+        out,
+        "      {runs} mapping run{}, {} table page{}, {problems} problem{}",
+        plural(runs as usize),
+        w.tables.len(),
+        plural(w.tables.len()),
+        plural(problems),
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 fn text(
@@ -298,6 +414,7 @@ fn text(
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     writeln!(
@@ -313,7 +430,8 @@ fn text(
     for us in &l.units {
         writeln!(out)?;
         text_unit_header(us, out)?;
-        text_structures(us, filter, out)?;
+        let items = listing(&us.scan.contexts, filter);
+        text_structures(us, filter, &items, out)?;
         if !us.scan.problems.is_empty() {
             writeln!(out, "  problems:")?;
             for p in &us.scan.problems {
@@ -331,13 +449,20 @@ fn text(
         }
         writeln!(out, "  devices:")?;
         let mut shown = 0;
-        for c in us.scan.contexts.iter() {
-            done += 1;
-            progress.set(done);
-            if !filter.context(c) {
-                continue;
-            }
+        // Where each tree's mappings were listed (the first device shown that uses it).
+        let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
+        for item in &items {
             shown += 1;
+            let ci = match item {
+                Listed::Context(ci) => *ci,
+                Listed::Shared(run) => {
+                    progress.set(done + run.start as u64);
+                    writeln!(out, "    {}  {}", run.rid, shared_text(&us.scan, run))?;
+                    continue;
+                }
+            };
+            progress.set(done + ci as u64);
+            let c = &us.scan.contexts[ci];
             let pasid = match c.pasid {
                 Some(p) if c.rid_pasid => format!("pasid {p:#x} (RID_PASID)"),
                 Some(p) => format!("pasid {p:#x}"),
@@ -351,50 +476,22 @@ fn text(
                 context_summary(c),
                 if c.fpd { "  FPD" } else { "" }
             )?;
-            let Translation::Tables(pt) = &c.translation else {
+            let Some(t) = us.trees.of_context[ci] else {
                 continue;
             };
-            writeln!(
-                out,
-                "      {:<37}  {:<37}  {:>14}  prm  page",
-                "IOVA range", "PA range", "size"
-            )?;
-            let mut err: Option<io::Error> = None;
-            let mut runs = 0u64;
-            let w = walk_table_with(&us.unit, &l.image, pt, |m| {
-                if err.is_some() {
-                    return;
-                }
-                if let Some(m) = filter.clip(m) {
-                    runs += 1;
-                    if let Err(e) = write_mapping(out, &m) {
-                        err = Some(e);
-                    }
-                }
-            });
-            if let Some(e) = err {
-                return Err(e);
+            if let Some(first) = listed[t] {
+                writeln!(
+                    out,
+                    "      same page table as {} (mappings above)",
+                    us.scan.contexts[first].label()
+                )?;
+                continue;
             }
-            if let Some(f) = &w.fatal {
-                writeln!(out, "      !! page table not walked: {f}")?;
-            }
-            for p in &w.problems {
-                writeln!(out, "      !! {}", walk_problem(p))?;
-            }
-            writeln!(
-                out,
-                "      {runs} mapping run{}, {} table page{}, {} problem{}",
-                if runs == 1 { "" } else { "s" },
-                w.tables.len(),
-                if w.tables.len() == 1 { "" } else { "s" },
-                w.problems.len() + w.fatal.is_some() as usize,
-                if w.problems.len() + w.fatal.is_some() as usize == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            )?;
+            listed[t] = Some(ci);
+            stats.tree_walks += 1;
+            text_tree(us, l, &us.trees.tables[t], filter, out)?;
         }
+        done += us.scan.contexts.len() as u64;
         for (rid, pasid) in uncovered(us, filter) {
             shown += 1;
             let t = walk(&us.unit, &l.image, rid, pasid, Iova(0), Access::Read);
@@ -423,13 +520,7 @@ fn text(
 
 // ----- JSON ----------------------------------------------------------------------------
 
-fn json_context<W: Write>(
-    j: &mut Json<W>,
-    us: &UnitState,
-    l: &Loaded,
-    c: &Context,
-    filter: &Filter,
-) -> io::Result<()> {
+fn json_context<W: Write>(j: &mut Json<W>, c: &Context, tree: Option<usize>) -> io::Result<()> {
     j.begin_object(false)?;
     j.kv_str("bdf", &c.rid.to_string())?;
     j.key("pasid")?;
@@ -487,23 +578,38 @@ fn json_context<W: Write>(
         _ => j.null()?,
     }
     j.key("page_table")?;
-    let Translation::Tables(pt) = &c.translation else {
+    let (Translation::Tables(pt), Some(id)) = (&c.translation, tree) else {
         j.null()?;
-        j.key("mappings")?;
-        j.begin_array(false)?;
-        j.end_array()?;
-        j.kv_uint("table_pages", 0)?;
-        j.key("problems")?;
-        j.begin_array(false)?;
-        j.end_array()?;
         return j.end_object();
     };
     j.begin_object(true)?;
+    j.kv_uint("id", id as u64)?;
     j.kv_str("stage", pt.stage.name())?;
     j.kv_hex("root", pt.root.0)?;
     j.kv_uint("levels", pt.levels as u64)?;
     j.kv_uint("input_width", pt.width as u64)?;
     j.end_object()?;
+    j.end_object()
+}
+
+/// One distinct page-table tree: its identity, mappings (clipped to the filter), table
+/// page count and problems.
+fn json_tree<W: Write>(
+    j: &mut Json<W>,
+    us: &UnitState,
+    l: &Loaded,
+    id: usize,
+    users: usize,
+    filter: &Filter,
+) -> io::Result<()> {
+    let pt = &us.trees.tables[id];
+    j.begin_object(false)?;
+    j.kv_uint("id", id as u64)?;
+    j.kv_str("stage", pt.stage.name())?;
+    j.kv_hex("root", pt.root.0)?;
+    j.kv_uint("levels", pt.levels as u64)?;
+    j.kv_bool("exec", pt.exec)?;
+    j.kv_uint("devices", users as u64)?;
     j.key("mappings")?;
     j.begin_array(false)?;
     let mut err: Option<io::Error> = None;
@@ -563,6 +669,7 @@ fn json(
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     let mut j = Json::new(out);
@@ -655,11 +762,52 @@ fn json(
         j.end_array()?;
         j.key("devices")?;
         j.begin_array(false)?;
-        for c in us.scan.contexts.iter() {
-            done += 1;
-            progress.set(done);
-            if filter.context(c) {
-                json_context(&mut j, us, l, c, filter)?;
+        // Devices listed per tree: a tree is listed once, if a device listed uses it.
+        let mut users = vec![0usize; us.trees.len()];
+        let items = listing(&us.scan.contexts, filter);
+        for item in &items {
+            let Listed::Context(ci) = *item else {
+                continue;
+            };
+            progress.set(done + ci as u64);
+            let tree = us.trees.of_context[ci];
+            json_context(&mut j, &us.scan.contexts[ci], tree)?;
+            if let Some(t) = tree {
+                users[t] += 1;
+            }
+        }
+        done += us.scan.contexts.len() as u64;
+        j.end_array()?;
+        j.key("shared_pasid_runs")?;
+        j.begin_array(false)?;
+        for item in &items {
+            let Listed::Shared(run) = item else {
+                continue;
+            };
+            let first = &us.scan.contexts[run.same_as];
+            j.begin_object(true)?;
+            j.kv_str("bdf", &run.rid.to_string())?;
+            j.kv_uint("pasid_first", run.pasids.0 as u64)?;
+            j.kv_uint("pasid_last", run.pasids.1 as u64)?;
+            j.kv_uint("entries", run.entries as u64)?;
+            j.kv_bool("rid_pasid", run.rid_pasid)?;
+            let (kind, addr) = match run.what {
+                SharedStructure::Directory(a, _) => ("pasid_directory", a),
+                SharedStructure::Table(a) => ("pasid_table", a),
+            };
+            j.kv_str("shares", kind)?;
+            j.kv_hex("addr", addr.0)?;
+            j.kv_str("same_as_bdf", &first.rid.to_string())?;
+            j.kv_opt_uint("same_as_pasid", first.pasid.map(u64::from))?;
+            j.end_object()?;
+        }
+        j.end_array()?;
+        j.key("page_tables")?;
+        j.begin_array(false)?;
+        for (id, &n) in users.iter().enumerate() {
+            if n > 0 {
+                stats.tree_walks += 1;
+                json_tree(&mut j, us, l, id, n, filter)?;
             }
         }
         j.end_array()?;
@@ -700,6 +848,7 @@ fn linux(
     filter: &Filter,
     out: &mut dyn Write,
     progress: &mut Progress,
+    stats: &mut DumpStats,
 ) -> io::Result<()> {
     let mut done = 0u64;
     // dmar_translation_struct (drivers/iommu/intel/debugfs.c, dmar_translation_struct_show).
@@ -718,7 +867,22 @@ fn linux(
             out,
             "B.D.F\tRoot_entry\t\t\t\tContext_entry\t\t\t\tPASID\tPASID_table_entry"
         )?;
-        for c in us.scan.contexts.iter().filter(|c| filter.context(c)) {
+        for item in listing(&us.scan.contexts, filter) {
+            let c = match item {
+                Listed::Context(ci) => &us.scan.contexts[ci],
+                Listed::Shared(run) => {
+                    // Linux prints every PASID entry; a repeated structure is referred to.
+                    writeln!(
+                        out,
+                        "{:02x}:{:02x}.{:x}\t{}",
+                        run.rid.bus,
+                        run.rid.device(),
+                        run.rid.function(),
+                        shared_text(&us.scan, &run)
+                    )?;
+                    continue;
+                }
+            };
             let re = c.root_entry.1;
             let ce = &c.context_entry.1;
             write!(
@@ -745,13 +909,16 @@ fn linux(
     }
     // domain_translation_struct, one block per device with a page table.
     for us in &l.units {
-        for c in us.scan.contexts.iter() {
+        // The device whose block listed each tree's entries.
+        let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
+        for (ci, c) in us.scan.contexts.iter().enumerate() {
             done += 1;
             progress.set(done);
             if !filter.context(c) {
                 continue;
             }
-            let Translation::Tables(pt) = &c.translation else {
+            let (Translation::Tables(pt), Some(tree)) = (&c.translation, us.trees.of_context[ci])
+            else {
                 continue;
             };
             if c.pasid.is_some() && !c.rid_pasid && filter.pasid.is_none() {
@@ -771,6 +938,24 @@ fn linux(
                 Some(p) => writeln!(out, "with pasid {p:x} @{:#x}", pt.root.0)?,
                 None => writeln!(out, "@{:#x}", pt.root.0)?,
             }
+            if let Some(first) = listed[tree] {
+                // A shared table is listed once (Linux repeats it in every device's file).
+                let f = &us.scan.contexts[first];
+                writeln!(
+                    out,
+                    "same page table as Device {:04x}:{:02x}:{:02x}.{:x}{} (entries above)",
+                    f.rid.segment,
+                    f.rid.bus,
+                    f.rid.device(),
+                    f.rid.function(),
+                    f.pasid
+                        .map_or(String::new(), |p| format!(" with pasid {p:x}"))
+                )?;
+                writeln!(out)?;
+                continue;
+            }
+            listed[tree] = Some(ci);
+            stats.tree_walks += 1;
             writeln!(
                 out,
                 "{:<17}\t{:<18}\t{:<18}\t{:<18}\t{:<18}\tPTE",

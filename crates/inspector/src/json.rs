@@ -153,6 +153,14 @@ impl<W: Write> Json<W> {
         self.key(k)?;
         self.uint(v)
     }
+    /// `"k": v`, or `"k": null` when absent.
+    pub fn kv_opt_uint(&mut self, k: &str, v: Option<u64>) -> io::Result<()> {
+        self.key(k)?;
+        match v {
+            Some(v) => self.uint(v),
+            None => self.null(),
+        }
+    }
     /// `"k": "0x…"`.
     pub fn kv_hex(&mut self, k: &str, v: u64) -> io::Result<()> {
         self.key(k)?;
