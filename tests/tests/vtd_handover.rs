@@ -1094,3 +1094,54 @@ fn freeze_clears_page_request_enable_of_preserved_devices() {
         assert_eq!(w.preserved_faults(), 0);
     }
 }
+
+/// Input shape: a clean handover whose new kernel allocates from one shared pool (the
+/// old kernel's range minus the preserved pages); after adopt, verify and finish (which
+/// gives the record's page back to the pool, a page the pool's bump pointer has not
+/// reached yet), one 4K page is mapped at IOVA 1 << 40 (three new table pages), then
+/// one at each of the next seven GiB (two new table pages each), so that the bump
+/// pointer passes the record's page. A pool that hands a page out twice gives two
+/// tables one page (the map fails with `AlreadyMapped`, or a device reads table bytes).
+/// Every map must succeed and DMA through each must read the bytes of its target.
+#[test]
+fn map_after_finish_with_the_shared_pool_gets_fresh_table_pages() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let (blob, kho) = w.prepare_and_freeze();
+        drop(kho);
+        w.rig.machine.kexec(blob).expect("kexec");
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{:?}", ar.blocked);
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert!(vr.failures.is_empty(), "{:?}", vr.failures);
+        let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        assert!(fin.record_pages_freed >= 1);
+        let d0 = w.doms[0];
+        for i in 0..8u64 {
+            let iova = Iova((1 << 40) + (i << 30));
+            // Targets inside the domain's preserved guest memory (4 pages at 1 GiB).
+            let target = PhysAddr(0x4000_0000 + (i % 4) * K4);
+            let bytes: Vec<u8> = (0..256u64).map(|b| (b * 7 + i * 31 + 3) as u8).collect();
+            {
+                let (_, mut mem) = w.rig.machine.driver_access(BASE).unwrap();
+                mem.write(target, &bytes).unwrap();
+            }
+            w.rig
+                .hw(|hw| unit.map(hw, d0, iova, target, K4, PageSize::SIZE_4K, Perms::RW))
+                .unwrap_or_else(|e| panic!("{flavor:?}: map at {iova} after finish: {e}"));
+            assert!(
+                w.checker
+                    .read_returns(&mut w.rig.machine, &DmaAgent::new(A), iova, &bytes),
+                "{flavor:?}: {}",
+                w.checker.report()
+            );
+        }
+        let maps = unit
+            .walk_domain(&*w.rig.machine.mem(), d0, &WalkLimits::default())
+            .unwrap()
+            .unwrap()
+            .mappings;
+        assert!(maps.iter().any(|m| m.iova == Iova(1 << 40)));
+        w.dma(&PRESERVED, 4, "after the maps at 1 << 40");
+    }
+}
