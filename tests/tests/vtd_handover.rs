@@ -1145,3 +1145,61 @@ fn map_after_finish_with_the_shared_pool_gets_fresh_table_pages() {
         w.dma(&PRESERVED, 4, "after the maps at 1 << 40");
     }
 }
+
+/// Rewrites the record with one more page run `(start, pages)` (after the others, so
+/// the runs stay ascending and disjoint) and a valid checksum.
+fn add_run(w: &mut World, rec: PhysAddr, start: u64, pages: u64) {
+    let mut r = Record::decode(&read_payload(w, rec)).unwrap();
+    assert!(r.pages.last().is_some_and(|&(p, n)| p.0 + n * K4 <= start));
+    r.pages.push((PhysAddr(start), pages));
+    let b = encode_record("iommu-vtd-v1", &r.encode()).unwrap();
+    w.rig.machine.mem_mut().write(rec, &b).unwrap();
+}
+
+/// Input shape: a record with a valid checksum whose page runs include 16 pages at
+/// 0x7000_0000 that nobody preserved (`finish` would give them to the allocator while
+/// they are in use). Adopt must refuse the unit, naming the run and its first page
+/// that is not preserved, before anything is freed.
+#[test]
+fn record_run_of_never_preserved_pages_is_refused() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 0x7000_0000, 16),
+            |k| {
+                matches!(k, HandoverErrorKind::RecordRunNotPreserved { start, pages: 16, page }
+                    if start.0 == 0x7000_0000 && page.0 == 0x7000_0000)
+            },
+        );
+    }
+}
+
+/// Input shape: a record with a valid checksum and one more run of two million pages
+/// from 4 GiB (more than the whole preserved set). Refused as malformed.
+#[test]
+fn record_run_of_two_million_pages_is_refused() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 1 << 32, 2 << 20),
+            |k| matches!(k, HandoverErrorKind::RecordRunTooLarge { pages, .. } if *pages == 2 << 20),
+        );
+    }
+}
+
+/// Input shape: a record with a valid checksum and one more run of 2^40 pages from
+/// 2^44 (`finish` used to free it page by page for ever). Adopt returns the typed error
+/// at once (its work is bounded by the preserved set, not by the run).
+#[test]
+fn record_run_of_2_pow_40_pages_is_refused_without_walking_it() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 1 << 44, 1 << 40),
+            |k| {
+                matches!(k, HandoverErrorKind::RecordRunTooLarge { start, pages, preserved }
+                    if start.0 == 1 << 44 && *pages == 1 << 40 && *preserved < 1 << 40)
+            },
+        );
+    }
+}

@@ -107,10 +107,18 @@ struct FromBlob {
     preserved: PageSet,
 }
 
-fn read_blob(hw: &mut Hw<'_>, base: PhysAddr, blob: PhysAddr) -> Result<FromBlob, HandoverError> {
+fn read_blob(
+    hw: &mut Hw<'_>,
+    base: PhysAddr,
+    blob: PhysAddr,
+    preserved: Option<PageSet>,
+) -> Result<FromBlob, HandoverError> {
     let e = |kind| HandoverError::new(base, kind);
     let h = read_handover(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?;
-    let preserved = read_preserved(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?;
+    let preserved = match preserved {
+        Some(p) => p,
+        None => read_preserved(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?,
+    };
     let name = client_name(base);
     let supported = Supported {
         family: FAMILY,
@@ -197,10 +205,36 @@ impl Unit {
     /// The work is O(units + domains + devices): page tables are not walked (see
     /// [`verify`](Unit::verify)). Adopted domains are bound to the existing tables and
     /// refuse map/unmap until [`finish`](Unit::finish).
+    ///
+    /// Reads the preserved set from the blob itself; a kernel that read it already
+    /// (to keep its allocator off those pages, bounded by its RAM with
+    /// [`read_preserved_in`](iommu_core::kho::read_preserved_in)) passes it to
+    /// [`adopt_with_preserved`](Unit::adopt_with_preserved) instead.
     pub fn adopt(
         hw: &mut Hw<'_>,
         cfg: &UnitConfig,
         blob: PhysAddr,
+    ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
+        Self::adopt_inner(hw, cfg, blob, None)
+    }
+
+    /// [`adopt`](Unit::adopt) with the preserved set the new kernel read from the blob
+    /// at boot (every page that survived the kexec), instead of reading it again in the
+    /// blackout. The record's page runs must lie inside it.
+    pub fn adopt_with_preserved(
+        hw: &mut Hw<'_>,
+        cfg: &UnitConfig,
+        blob: PhysAddr,
+        preserved: PageSet,
+    ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
+        Self::adopt_inner(hw, cfg, blob, Some(preserved))
+    }
+
+    fn adopt_inner(
+        hw: &mut Hw<'_>,
+        cfg: &UnitConfig,
+        blob: PhysAddr,
+        preserved: Option<PageSet>,
     ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
         let mut unit = Unit::probe(hw, cfg).map_err(|e| {
             alloc::boxed::Box::new(AdoptFailure {
@@ -213,7 +247,7 @@ impl Unit {
             registers_read: 3,
             ..AdoptReport::default()
         };
-        let fb = match read_blob(hw, unit.base, blob) {
+        let fb = match read_blob(hw, unit.base, blob, preserved) {
             Ok(fb) => fb,
             Err(e) => return Err(unit.fail(hw, e, Vec::new())),
         };
@@ -230,6 +264,26 @@ impl Unit {
                 return Err(K::WrongUnit {
                     record: rec.mmio_base,
                 });
+            }
+            // Every run inside the preserved set, before anything trusts a run: the
+            // work is bounded by the set (its size, then its blocks), whatever the
+            // runs claim; `finish` frees pages of these runs.
+            let have = fb.preserved.page_count();
+            let mut total = 0u64;
+            for &(start, pages) in &rec.pages {
+                total = total.saturating_add(pages);
+                if pages > have || total > have {
+                    return Err(K::RecordRunTooLarge {
+                        start,
+                        pages: if pages > have { pages } else { total },
+                        preserved: have,
+                    });
+                }
+            }
+            for &(start, pages) in &rec.pages {
+                if let Some(page) = super::tree::first_unpreserved(start, pages, &fb.preserved) {
+                    return Err(K::RecordRunNotPreserved { start, pages, page });
+                }
             }
             for (register, live, r) in [("CAP", unit.cap, rec.cap), ("ECAP", unit.ecap, rec.ecap)] {
                 if live != r {

@@ -139,6 +139,27 @@ pub enum HandoverErrorKind {
         /// Domain concerned, if any.
         did: Option<DomainId>,
     },
+    /// A page run of the record holds pages the preserved set read from the blob does
+    /// not: the old kernel pinned every table page, so the record is not to be trusted
+    /// (freeing the run would give away memory in use).
+    RecordRunNotPreserved {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims.
+        pages: u64,
+        /// The first page of the run not preserved.
+        page: PhysAddr,
+    },
+    /// A page run of the record (or the runs together) claims more pages than the
+    /// preserved set holds: malformed.
+    RecordRunTooLarge {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims (all runs together when each fits on its own).
+        pages: u64,
+        /// Pages in the preserved set.
+        preserved: u64,
+    },
     /// An entry has reserved bits set.
     ReservedBits {
         /// What the entry is.
@@ -298,6 +319,20 @@ impl fmt::Display for HandoverError {
                 opt(f, "device", device)?;
                 opt(f, "domain", did)
             }
+            HandoverErrorKind::RecordRunNotPreserved { start, pages, page } => write!(
+                f,
+                "record page run at {start} ({pages:#x} pages) holds page {page}, which is not \
+                 preserved"
+            ),
+            HandoverErrorKind::RecordRunTooLarge {
+                start,
+                pages,
+                preserved,
+            } => write!(
+                f,
+                "record page run at {start} claims {pages:#x} pages, more than the {preserved:#x} \
+                 preserved pages"
+            ),
             HandoverErrorKind::ReservedBits {
                 what,
                 addr,

@@ -112,17 +112,25 @@ impl Visited {
 /// bounded by its block count); the same answer as building a set of the runs and
 /// asking [`PageSet::is_subset`], without building it.
 pub(crate) fn runs_preserved(record: &Record, preserved: &PageSet) -> bool {
-    record.pages.iter().all(|&(start, n)| {
-        let end = start.0.saturating_add(n.saturating_mul(PAGE));
-        let mut page = start;
-        while page.0 < end {
-            match preserved.containing_block(page) {
-                Some((b, o)) => page = PhysAddr(b.0.saturating_add(PAGE << o)),
-                None => return false,
-            }
+    record
+        .pages
+        .iter()
+        .all(|&(start, n)| first_unpreserved(start, n, preserved).is_none())
+}
+
+/// The first page of the `n` pages from `start` that `preserved` does not hold, if any.
+/// Steps block by block of the set, so the work is bounded by the set's block count,
+/// whatever `n` claims.
+pub(crate) fn first_unpreserved(start: PhysAddr, n: u64, preserved: &PageSet) -> Option<PhysAddr> {
+    let end = start.0.saturating_add(n.saturating_mul(PAGE));
+    let mut page = start;
+    while page.0 < end {
+        match preserved.containing_block(page) {
+            Some((b, o)) => page = PhysAddr(b.0.saturating_add(PAGE << o)),
+            None => return Some(page),
         }
-        true
-    })
+    }
+    None
 }
 
 /// Buffers reused across the domains of one verification.
