@@ -19,7 +19,7 @@ use emulator::dma::{DmaAgent, DmaChecker, ExpectedFailure, MappingSpec, Workload
 use emulator::model::Access;
 use emulator::vtd::VtdConfig;
 use iommu_core::kho::record::{encode_record, RecordError, RECORD_HEADER_SIZE};
-use iommu_core::kho::{read_preserved, KhoError};
+use iommu_core::kho::{read_preserved, read_preserved_in, KhoError};
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
@@ -29,7 +29,7 @@ use vtd::handover::record::Record;
 use vtd::handover::{HandoverErrorKind, KhoOut, Selection};
 use vtd::hw::pte::{FlPte, SlPte};
 use vtd::hw::regs::{self, GSTS};
-use vtd_rig::{rw, Rig, BASE, POOL};
+use vtd_rig::{rw, Rig, BASE, POOL, RAM};
 
 const G: u64 = 1 << 30;
 const M2: u64 = 2 << 20;
@@ -276,21 +276,29 @@ impl World {
         (blob, kho)
     }
 
+    /// What the new kernel reads at boot: every preserved page, bounded by its RAM.
+    fn new_kernel_preserved(&self, blob: PhysAddr) -> Result<PageSet, KhoError> {
+        read_preserved_in(&*self.rig.machine.mem(), blob, &[RAM])
+    }
+
     /// The new kernel's page pool: the same range, minus every preserved page.
-    fn new_kernel_pool(&self, blob: PhysAddr) -> PagePool {
-        let preserved = read_preserved(&*self.rig.machine.mem(), blob).unwrap();
+    fn new_kernel_pool(&self, preserved: &PageSet) -> PagePool {
         let mut pool = PagePool::new(POOL.0, POOL.1);
-        pool.exclude(&preserved);
+        pool.exclude(preserved);
         pool
     }
 
+    /// The new kernel: reads the preserved set, keeps its pool off it, and adopts with
+    /// that set.
     fn adopt(
         &mut self,
         blob: PhysAddr,
     ) -> Result<(Unit, vtd::handover::AdoptReport), Box<vtd::handover::AdoptFailure>> {
-        self.rig.pool = self.new_kernel_pool(blob);
+        let preserved = self.new_kernel_preserved(blob).unwrap();
+        self.rig.pool = self.new_kernel_pool(&preserved);
         let cfg = UnitConfig::new(BASE, self.flavor.mode());
-        self.rig.hw(|hw| Unit::adopt(hw, &cfg, blob))
+        self.rig
+            .hw(|hw| Unit::adopt_with_preserved(hw, &cfg, blob, preserved))
     }
 
     fn gsts(&mut self) -> u32 {
@@ -1201,5 +1209,35 @@ fn record_run_of_2_pow_40_pages_is_refused_without_walking_it() {
                     if start.0 == 1 << 44 && *pages == 1 << 40 && *preserved < 1 << 40)
             },
         );
+    }
+}
+
+/// Input shape: a handover whose preserved-memory map also holds 512 full order-0
+/// leaves (64 GiB claimed from 8 GiB) on a machine of 8 GiB of RAM. The map reads in
+/// O(words); the new kernel, reading it against its RAM, refuses it by name (it used to
+/// exclude everything from its pool, and adopt said "out of pages for the invalidation
+/// queue").
+#[test]
+fn preserved_map_of_512_full_leaves_is_refused_by_name() {
+    let mut w = World::new(Flavor::Legacy);
+    let mut bomb = PageSet::new();
+    let first_leaf = ((1u64 << 52) | ((8u64 << 30) >> 12)) >> 15;
+    for leaf in first_leaf..first_leaf + 512 {
+        for word in 0..512 {
+            bomb.insert_leaf_word(leaf, word, !0).unwrap();
+        }
+    }
+    // The large set first: the union walks the blocks of its argument only.
+    w.guest = bomb.union(&w.guest);
+    let (blob, _kho) = w.prepare_and_freeze();
+    w.rig.machine.kexec(blob).expect("kexec");
+    let all = read_preserved(&*w.rig.machine.mem(), blob).unwrap();
+    assert!(all.page_count() > 512 * 32768);
+    match w.new_kernel_preserved(blob) {
+        Err(KhoError::PreservedExceedsRam { pages, ram_pages }) => {
+            assert_eq!(pages, all.page_count());
+            assert_eq!(ram_pages, RAM.1 / K4);
+        }
+        other => panic!("{other:?}"),
     }
 }

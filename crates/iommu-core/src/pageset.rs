@@ -770,6 +770,10 @@ impl PageSet {
     /// Every page in `self` or in `other`. Blocks of `self` are kept as they are; blocks
     /// of `other` are split where `self` already covers part of them.
     pub fn union(&self, other: &PageSet) -> PageSet {
+        if self.is_empty() {
+            // Nothing to split: `other`'s blocks as they are (no walk over its blocks).
+            return other.clone();
+        }
         let mut out = self.clone();
         let mut parts = Vec::new();
         for (addr, order) in other.iter() {
