@@ -323,6 +323,8 @@ fn full_handover(flavor: Flavor) {
         .expect("prepare");
     assert_eq!((rep.domains, rep.devices), (2, 4));
     assert_eq!(rep.leaves, 4 + 2 + 1 + 8 + 1 + 1);
+    // One check per mapping run of the preserved domains (3 each).
+    assert_eq!(rep.leaf_targets_checked, 6);
     let pinned = w.unit.pinned_pages().unwrap().clone();
     assert_eq!(pinned.page_count(), rep.pinned_pages);
     let d0 = w.doms[0];
@@ -417,6 +419,7 @@ fn full_handover(flavor: Flavor) {
     let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
     assert!(vr.failures.is_empty(), "{:?}", vr.failures);
     assert_eq!(vr.leaves, rep.leaves);
+    assert!(vr.leaf_targets_checked >= 6, "{vr}");
     let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
     assert_eq!((fin.domains, fin.devices), (3, 4));
     assert!(fin.record_pages_freed >= 1);
@@ -523,6 +526,7 @@ fn closure_check_catches_a_table_page_left_out() {
         }
         let sel = w.selection();
         let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
         let unit = &mut w.unit;
         let e = w.rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap_err();
         assert_eq!(e.unit, BASE);
@@ -552,6 +556,7 @@ fn closure_check_catches_a_table_page_left_out() {
                 )
             })
             .expect("domain still mutable");
+        kho.preserve_range(PhysAddr(0x4080_0000), 1).unwrap();
         // With the stray entry gone, prepare succeeds.
         w.rig
             .machine
@@ -788,6 +793,7 @@ fn blackout_work_does_not_grow_with_mappings() {
                     )
                 })
                 .unwrap();
+            w.guest.insert_range(PhysAddr(0x7000_0000), extra).unwrap();
         }
         let (blob, _kho) = w.prepare_and_freeze();
         w.rig.machine.kexec(blob).unwrap();
@@ -1239,5 +1245,151 @@ fn preserved_map_of_512_full_leaves_is_refused_by_name() {
             assert_eq!(ram_pages, RAM.1 / K4);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// The level-1 table of `did` (the first one the walker meets).
+fn first_l1(w: &World, unit: &Unit, did: DomainId) -> PhysAddr {
+    let mem = w.rig.machine.mem();
+    let walk = unit
+        .walk_domain(&*mem, did, &WalkLimits::default())
+        .unwrap()
+        .unwrap();
+    walk.tables.iter().find(|t| t.level == 1).unwrap().addr
+}
+
+/// Points leaf entry `index` of the table at `table` to `pa`, keeping its other bits.
+fn redirect(w: &mut World, table: PhysAddr, index: u64, pa: u64) {
+    let mem = w.rig.machine.mem_mut();
+    let at = PhysAddr(table.0 + index * 8);
+    let v = mem.read_u64(at).unwrap();
+    mem.write_u64(at, (v & !0x000f_ffff_ffff_f000) | pa)
+        .unwrap();
+}
+
+/// Input shape: domain 2 maps one 4K page of memory nobody preserved (0x7000_0000)
+/// besides its preserved guest memory. `prepare` refuses, naming the IOVA and page,
+/// and commits nothing; with the page preserved too (by its owner) it passes and counts
+/// the mapping runs it checked.
+#[test]
+fn prepare_refuses_a_leaf_into_memory_nobody_preserved() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        let unit = &mut w.unit;
+        w.rig
+            .hw(|hw| {
+                unit.map(
+                    hw,
+                    d1,
+                    Iova(0x10_0000_0000),
+                    PhysAddr(0x7000_0000),
+                    K4,
+                    PageSize::SIZE_4K,
+                    Perms::RW,
+                )
+            })
+            .unwrap();
+        let sel = w.selection();
+        let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
+        let unit = &mut w.unit;
+        let e = w.rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap_err();
+        assert_eq!(
+            e.kind,
+            HandoverErrorKind::LeafTarget {
+                did: d1,
+                iova: Iova(0x10_0000_0000),
+                page: PhysAddr(0x7000_0000),
+                why: "in no memory a KHO client preserves",
+            },
+            "{flavor:?}: {e}"
+        );
+        assert!(w.unit.pinned_pages().is_none());
+        assert_eq!(kho.clients().count(), 0);
+        kho.preserve_range(PhysAddr(0x7000_0000), 1).unwrap();
+        let unit = &mut w.unit;
+        let rep = w
+            .rig
+            .hw(|hw| unit.prepare(hw, &mut kho, &sel))
+            .expect("prepare with the page preserved");
+        // Domain 1: 4K, 2M and 1G runs; domain 2: 4K, 2M, 1G and the new page.
+        assert_eq!(rep.leaf_targets_checked, 7, "{flavor:?}");
+    }
+}
+
+/// Input shape: after the kexec, before adopt, a 4K leaf of domain 2 (IOVA 0x3000,
+/// in a partly filled level-1 table) is redirected to a page nobody preserved, or to a
+/// page table of the unit; and a leaf of a full level-1 table (512 4K leaves, the
+/// whole-table fast path) to a page nobody preserved. Adopt accepts (it walks no page
+/// table); verify refuses that domain only, naming IOVA and page, and blocks its
+/// devices; finish then frees nothing of it to the new kernel's pool.
+#[test]
+fn verify_refuses_a_leaf_redirected_out_of_preserved_memory() {
+    for flavor in all_flavors() {
+        for case in 0..3 {
+            let mut w = World::new(flavor);
+            let d1 = w.doms[1];
+            let full = case == 2;
+            if full {
+                let unit = &mut w.unit;
+                w.rig
+                    .hw(|hw| {
+                        unit.map(
+                            hw,
+                            d1,
+                            Iova(0x100_0000_0000),
+                            PhysAddr(0x7000_0000),
+                            512 * K4,
+                            PageSize::SIZE_4K,
+                            Perms::RW,
+                        )
+                    })
+                    .unwrap();
+                w.guest.insert_range(PhysAddr(0x7000_0000), 512).unwrap();
+            }
+            let l1 = if full {
+                let mem = w.rig.machine.mem();
+                let walk = w
+                    .unit
+                    .walk_domain(&*mem, d1, &WalkLimits::default())
+                    .unwrap()
+                    .unwrap();
+                walk.tables.iter().rfind(|t| t.level == 1).unwrap().addr
+            } else {
+                first_l1(&w, &w.unit, d1)
+            };
+            let (blob, _kho) = w.prepare_and_freeze();
+            w.rig.machine.kexec(blob).expect("kexec");
+            let (index, target, iova, why) = match case {
+                0 => (3, 0x7800_0000, 0x3000, "in no preserved memory"),
+                1 => (3, l1.0, 0x3000, "a page table of this unit"),
+                _ => (
+                    300,
+                    0x7800_0000,
+                    0x100_0000_0000 + 300 * K4,
+                    "in no preserved memory",
+                ),
+            };
+            redirect(&mut w, l1, index, target);
+            let (mut unit, ar) = w.adopt(blob).expect("adopt");
+            assert!(ar.blocked.is_empty());
+            let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+            assert_eq!(vr.failures.len(), 1, "{flavor:?} {case}: {:?}", vr.failures);
+            assert_eq!(
+                vr.failures[0].1.kind,
+                HandoverErrorKind::LeafTarget {
+                    did: d1,
+                    iova: Iova(iova),
+                    page: PhysAddr(target),
+                    why
+                },
+                "{flavor:?} {case}"
+            );
+            assert!(vr.leaf_targets_checked > 0);
+            assert_eq!(vr.blocked, vec![C, D]);
+            w.expect_blocked(C);
+            w.dma(&[A, B], 2, "domain 1 unaffected");
+        }
     }
 }

@@ -78,6 +78,9 @@ pub struct VerifyReport {
     pub leaves: u64,
     /// Entries read (512 per table page).
     pub entries_read: u64,
+    /// Runs of leaf targets checked (leaves whose IOVAs and targets follow on are one
+    /// run): each must lie in preserved memory and outside the unit's table pages.
+    pub leaf_targets_checked: u64,
     /// Domains refused, with the reason; their devices are blocked.
     pub failures: Vec<(DomainId, HandoverError)>,
     /// Devices blocked because their domain was refused.
@@ -676,8 +679,11 @@ impl Unit {
 
     /// New kernel, optional and outside the blackout: walks every adopted domain's
     /// tables with the core walker (bounded by the record's page count), checking every
-    /// entry (reserved bits, alignment, widths) and that every table page is preserved
-    /// and in the record. A domain that fails is dropped and its devices blocked.
+    /// entry (reserved bits, alignment, widths), that every table page is preserved
+    /// and in the record, and that every page a leaf maps is preserved memory and not a
+    /// table page of the unit (the memory devices reach is preserved by its owner, e.g.
+    /// guest memory; anything else may be the new kernel's). A domain that fails is
+    /// dropped and its devices blocked.
     pub fn verify(&mut self, hw: &mut Hw<'_>) -> Result<VerifyReport, HandoverError> {
         // A run of contiguous table pages shorter than this goes into the domain's page
         // set page by page (order 0): one radix leaf (4 KiB, allocated) covers the
@@ -717,6 +723,7 @@ impl Unit {
                 why: "verify without adopt",
             }))?;
             report.domains += 1;
+            let mut targets = super::tree::Targets::new(&inc.preserved, &inc.record);
             let r = super::tree::verify_tree(
                 &f,
                 hw.mem,
@@ -727,6 +734,7 @@ impl Unit {
                 &inc.record,
                 &mut visited,
                 &mut scratch,
+                Some(&mut targets),
             )
             .and_then(|t| {
                 let pages = &mut scratch.tables;
@@ -750,6 +758,7 @@ impl Unit {
                 }
                 Ok((set, t.leaves))
             });
+            report.leaf_targets_checked += targets.checked;
             match r {
                 Ok((set, leaves)) => {
                     report.tables += set.page_count();
@@ -901,10 +910,11 @@ impl core::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "verify: {} domains, {} table pages, {} leaves, {} entries read, {} domains refused",
+            "verify: {} domains, {} table pages, {} leaves, {} leaf-target runs checked, {} entries read, {} domains refused",
             self.domains,
             self.tables,
             self.leaves,
+            self.leaf_targets_checked,
             self.entries_read,
             self.failures.len()
         )?;

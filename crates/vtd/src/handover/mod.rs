@@ -64,7 +64,7 @@ use iommu_core::kho::{write_handover, Client, FrameAllocator, KhoError, Written}
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::pageset::{PageSet, PageSetError};
 use iommu_core::pgtable::WalkError;
-use iommu_core::{DomainId, PhysAddr, RequesterId};
+use iommu_core::{DomainId, Iova, PhysAddr, RequesterId};
 
 use crate::driver::{ErrorKind, Mode};
 use record::{Malformed, Record};
@@ -159,6 +159,18 @@ pub enum HandoverErrorKind {
         pages: u64,
         /// Pages in the preserved set.
         preserved: u64,
+    },
+    /// A leaf maps a page that must not be reached: memory nobody preserved (the new
+    /// kernel may use it), or a page table of the unit.
+    LeafTarget {
+        /// The domain.
+        did: DomainId,
+        /// The IOVA that reaches the page.
+        iova: Iova,
+        /// The page.
+        page: PhysAddr,
+        /// What the page is.
+        why: &'static str,
     },
     /// An entry has reserved bits set.
     ReservedBits {
@@ -332,6 +344,15 @@ impl fmt::Display for HandoverError {
                 f,
                 "record page run at {start} claims {pages:#x} pages, more than the {preserved:#x} \
                  preserved pages"
+            ),
+            HandoverErrorKind::LeafTarget {
+                did,
+                iova,
+                page,
+                why,
+            } => write!(
+                f,
+                "domain {did}: IOVA {iova} maps page {page}, which is {why}"
             ),
             HandoverErrorKind::ReservedBits {
                 what,

@@ -19,8 +19,8 @@ use iommu_core::PhysAddr;
 use super::record::Record;
 use super::HandoverErrorKind as K;
 use crate::driver::{AnyFormat, PAGE};
-use crate::hw::pte::{FlPte, SlPte, FL_P, FL_PS, SL_PS, SL_R, SL_W};
-use iommu_core::DomainId;
+use crate::hw::pte::{FlPte, SlPte, FL_P, FL_PS, PTE_ADDR_MASK, SL_PS, SL_R, SL_W};
+use iommu_core::{DomainId, Iova};
 
 /// What the walk of one domain found: its leaf count (its table pages are left in
 /// [`Scratch::tables`]).
@@ -133,6 +133,86 @@ pub(crate) fn first_unpreserved(start: PhysAddr, n: u64, preserved: &PageSet) ->
     None
 }
 
+/// The check of leaf targets during a verification: every page a leaf maps must lie in
+/// the preserved set (memory its owner preserved, e.g. guest memory) and outside the
+/// record's page runs (a device must not reach this unit's tables). Leaves whose IOVAs
+/// and targets both follow on are checked as one run, and the last preserved block
+/// found is kept, so a table of leaves into one preserved block costs one lookup.
+pub(crate) struct Targets<'a> {
+    preserved: &'a PageSet,
+    record: &'a Record,
+    /// The run being gathered: (first IOVA, first PA, bytes).
+    run: Option<(u64, u64, u64)>,
+    /// The last preserved block found, `[start, end)`.
+    cached: (u64, u64),
+    /// Runs checked.
+    pub(crate) checked: u64,
+}
+
+impl<'a> Targets<'a> {
+    /// A check against `preserved` and `record`'s runs.
+    pub(crate) fn new(preserved: &'a PageSet, record: &'a Record) -> Self {
+        Targets {
+            preserved,
+            record,
+            run: None,
+            cached: (0, 0),
+            checked: 0,
+        }
+    }
+
+    /// A leaf mapping `size` bytes at `iova` to `pa`.
+    fn leaf(&mut self, did: DomainId, iova: u64, pa: u64, size: u64) -> Result<(), K> {
+        if let Some((i, p, n)) = self.run.as_mut() {
+            if i.wrapping_add(*n) == iova && p.wrapping_add(*n) == pa {
+                *n += size;
+                return Ok(());
+            }
+        }
+        self.flush(did)?;
+        self.run = Some((iova, pa, size));
+        Ok(())
+    }
+
+    /// Checks the run gathered so far.
+    fn flush(&mut self, did: DomainId) -> Result<(), K> {
+        let Some((iova, start, bytes)) = self.run.take() else {
+            return Ok(());
+        };
+        self.checked += 1;
+        let end = start.saturating_add(bytes);
+        let bad = |page: u64, why| K::LeafTarget {
+            did,
+            iova: Iova(iova + (page - start)),
+            page: PhysAddr(page),
+            why,
+        };
+        let mut page = start;
+        while page < end {
+            if (self.cached.0..self.cached.1).contains(&page) {
+                page = self.cached.1;
+                continue;
+            }
+            match self.preserved.containing_block(PhysAddr(page)) {
+                Some((b, o)) => {
+                    self.cached = (b.0, b.0.saturating_add(PAGE << o));
+                    page = self.cached.1;
+                }
+                None => return Err(bad(page, "in no preserved memory")),
+            }
+        }
+        // A record run meeting [start, end): the last run starting below `end`.
+        let i = self.record.pages.partition_point(|&(p, _)| p.0 < end);
+        if let Some(&(p, n)) = i.checked_sub(1).and_then(|i| self.record.pages.get(i)) {
+            let run_end = p.0.saturating_add(n.saturating_mul(PAGE));
+            if run_end > start {
+                return Err(bad(start.max(p.0), "a page table of this unit"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Buffers reused across the domains of one verification.
 pub(crate) struct Scratch {
     /// Tables still to visit.
@@ -198,6 +278,7 @@ pub(crate) fn verify_tree(
     record: &Record,
     visited: &mut Visited,
     scratch: &mut Scratch,
+    mut targets: Option<&mut Targets<'_>>,
 ) -> Result<Tree, K> {
     let werr = |kind, level, index, entry, table| K::Walk {
         did,
@@ -290,7 +371,23 @@ pub(crate) fn verify_tree(
             if any == 0 {
                 continue;
             }
+            let shift = f.entry_shift(level);
+            let size = 1u64 << shift;
+            let feed = |t: &mut Targets<'_>, only_present: bool| {
+                for (i, chunk) in buf.chunks_exact(8).enumerate() {
+                    let raw = word(chunk, 0);
+                    if only_present && raw & present == 0 {
+                        continue;
+                    }
+                    let iova = base + ((i as u64) << shift);
+                    t.leaf(did, iova, raw & PTE_ADDR_MASK & !(size - 1), size)?;
+                }
+                Ok::<(), K>(())
+            };
             if all & present != 0 && (any & reserved) | (!all & leaf) == 0 {
+                if let Some(t) = targets.as_deref_mut() {
+                    feed(t, false)?;
+                }
                 leaves += ENTRIES;
                 continue;
             }
@@ -322,6 +419,9 @@ pub(crate) fn verify_tree(
                 }
             }
             if bad == 0 {
+                if let Some(t) = targets.as_deref_mut() {
+                    feed(t, true)?;
+                }
                 leaves += n;
                 continue;
             }
@@ -370,6 +470,9 @@ pub(crate) fn verify_tree(
                                     table,
                                 ));
                             }
+                            if let Some(t) = targets.as_deref_mut() {
+                                t.leaf(did, iova, pa.0, size.bytes())?;
+                            }
                             leaves += 1;
                         }
                         Entry::Table {
@@ -394,6 +497,9 @@ pub(crate) fn verify_tree(
         if let Some(c) = stack.get_mut(children..) {
             c.reverse();
         }
+    }
+    if let Some(t) = targets {
+        t.flush(did)?;
     }
     Ok(Tree { leaves })
 }
@@ -500,6 +606,7 @@ mod tests {
             record,
             &mut Visited::new(record),
             &mut scratch,
+            None,
         )?;
         Ok((t.leaves, scratch.tables))
     }
