@@ -8,7 +8,7 @@
 //! - level 0 nodes are `struct kho_radix_leaf`: 32768 bits, stored as 512 little-endian
 //!   u64 words (bit `b` of the leaf is bit `b % 64` of word `b / 64`).
 //!
-//! A block's key (see [`radix_key`](crate::pageset::radix_key)) picks the path: bits
+//! A block's key (see [`radix_key`]) picks the path: bits
 //! 14:0 are the bit in the leaf, bits 23:15 the index in the level-1 node, 32:24 level
 //! 2, 41:33 level 3, 50:42 level 4 and 59:51 the root (the diagram of the ABI header).
 //! Keys of valid blocks are below 2^53, so only root entries 0 to 3 can be used.

@@ -5,7 +5,9 @@
 //! the caller names the domains and devices to preserve; `prepare` walks the live
 //! registers and tables, pins every table page, checks that the pages reachable from
 //! the live root for the preserved devices are exactly the pinned ones (closure check),
-//! and adds the versioned record to a [`KhoOut`]; preserved domains become immutable.
+//! that every page a leaf maps lies in memory other KHO clients preserve (guest memory,
+//! added with [`KhoOut::preserve`] before `prepare`), and adds the versioned record to a
+//! [`KhoOut`]; preserved domains become immutable.
 //! [`KhoOut::finalize`] writes the KHO blob. `freeze` removes everything not
 //! preserved from the hardware's view and invalidates globally; translation stays on.
 //!
@@ -13,8 +15,11 @@
 //! [`Unit::verify`](crate::driver::Unit::verify),
 //! [`Unit::finish`](crate::driver::Unit::finish)): from memory, registers and the blob's
 //! physical address only. `adopt` does O(units + domains + devices) work (the blackout
-//! path); `verify` walks every table (optional, outside the blackout); `finish` makes
-//! the domains mutable again and frees what is no longer referenced.
+//! path) plus one check of the record's page runs against the preserved set (bounded by
+//! the set's blocks); `verify` walks every table (optional, outside the blackout) and
+//! checks every leaf target against the preserved set; `finish` makes the domains
+//! mutable again and frees what is no longer referenced (only pages of runs that
+//! `adopt` found preserved).
 //!
 //! # Driving a handover (what a scenario runner does)
 //!
@@ -31,10 +36,14 @@
 //! let blob = kho.finalize(hw.mem, &mut frames)?;    // the one address handed over
 //! let f = unit.freeze(&mut hw)?;
 //! machine.kexec(blob)?;
-//! // New kernel: a PagePool that excludes kho::read_preserved(mem, blob).
-//! let (mut unit, a) = Unit::adopt(&mut hw, &UnitConfig::new(base, Mode::Scalable), blob)
+//! // New kernel: the preserved set, read once against its RAM, keeps the PagePool off
+//! // those pages and goes to adopt (plain `Unit::adopt` reads it from the blob again).
+//! let preserved = kho::read_preserved_in(mem, blob, &ram)?;
+//! pool.exclude(&preserved);
+//! let (mut unit, a) =
+//!     Unit::adopt_with_preserved(&mut hw, &UnitConfig::new(base, Mode::Scalable), blob, preserved)
 //!     .map_err(|f| f.error)?;                       // a.entries_read: the blackout work
-//! let v = unit.verify(&mut hw)?;                    // optional full walk
+//! let v = unit.verify(&mut hw)?;                    // optional full walk, leaf targets too
 //! let fin = unit.finish(&mut hw)?;                  // domains mutable again
 //! ```
 //!
