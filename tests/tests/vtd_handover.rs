@@ -929,15 +929,7 @@ fn bad_leaf_entry_is_caught_by_verify() {
         let mut w = World::new(flavor);
         let d1 = w.doms[1];
         // The level-1 table of domain 2 (its 4K pages at IOVA 0x1000..).
-        let l1 = {
-            let mem = w.rig.machine.mem();
-            let walk = w
-                .unit
-                .walk_domain(&*mem, d1, &WalkLimits::default())
-                .unwrap()
-                .unwrap();
-            walk.tables.iter().find(|t| t.level == 1).unwrap().addr
-        };
+        let l1 = l1_tables(&w, &w.unit, d1)[0];
         let (blob, _kho) = w.prepare_and_freeze();
         w.rig.machine.kexec(blob).expect("kexec");
         // Entry 3 (IOVA 0x3000): an address bit above the 48-bit host address width
@@ -1248,14 +1240,18 @@ fn preserved_map_of_512_full_leaves_is_refused_by_name() {
     }
 }
 
-/// The level-1 table of `did` (the first one the walker meets).
-fn first_l1(w: &World, unit: &Unit, did: DomainId) -> PhysAddr {
+/// The level-1 tables of `did`, in the walker's order (IOVA ascending).
+fn l1_tables(w: &World, unit: &Unit, did: DomainId) -> Vec<PhysAddr> {
     let mem = w.rig.machine.mem();
     let walk = unit
         .walk_domain(&*mem, did, &WalkLimits::default())
         .unwrap()
         .unwrap();
-    walk.tables.iter().find(|t| t.level == 1).unwrap().addr
+    walk.tables
+        .iter()
+        .filter(|t| t.level == 1)
+        .map(|t| t.addr)
+        .collect()
 }
 
 /// Points leaf entry `index` of the table at `table` to `pa`, keeping its other bits.
@@ -1323,7 +1319,7 @@ fn prepare_refuses_a_leaf_into_memory_nobody_preserved() {
 /// page table of the unit; and a leaf of a full level-1 table (512 4K leaves, the
 /// whole-table fast path) to a page nobody preserved. Adopt accepts (it walks no page
 /// table); verify refuses that domain only, naming IOVA and page, and blocks its
-/// devices; finish then frees nothing of it to the new kernel's pool.
+/// devices.
 #[test]
 fn verify_refuses_a_leaf_redirected_out_of_preserved_memory() {
     for flavor in all_flavors() {
@@ -1348,17 +1344,9 @@ fn verify_refuses_a_leaf_redirected_out_of_preserved_memory() {
                     .unwrap();
                 w.guest.insert_range(PhysAddr(0x7000_0000), 512).unwrap();
             }
-            let l1 = if full {
-                let mem = w.rig.machine.mem();
-                let walk = w
-                    .unit
-                    .walk_domain(&*mem, d1, &WalkLimits::default())
-                    .unwrap()
-                    .unwrap();
-                walk.tables.iter().rfind(|t| t.level == 1).unwrap().addr
-            } else {
-                first_l1(&w, &w.unit, d1)
-            };
+            // The full table is the last level-1 table (IOVA 1 TiB), else the first.
+            let l1s = l1_tables(&w, &w.unit, d1);
+            let l1 = if full { l1s[l1s.len() - 1] } else { l1s[0] };
             let (blob, _kho) = w.prepare_and_freeze();
             w.rig.machine.kexec(blob).expect("kexec");
             let (index, target, iova, why) = match case {

@@ -581,17 +581,24 @@ impl PageSet {
     /// a multiple of `4 KiB << order`, or when any page of the block is already covered
     /// (the error names one block it overlaps).
     pub fn insert(&mut self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
+        self.check_insert(addr, order)?;
+        self.insert_unchecked(addr, order);
+        Ok(())
+    }
+
+    /// Whether [`insert`](PageSet::insert) of this block would succeed, and its error
+    /// if not.
+    fn check_insert(&self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
         Self::check_block(addr, order)?;
-        if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
-            return Err(PageSetError::Overlap {
+        match self.overlapping_block(addr, order) {
+            Some((existing, existing_order)) => Err(PageSetError::Overlap {
                 addr,
                 order,
                 existing,
                 existing_order,
-            });
+            }),
+            None => Ok(()),
         }
-        self.insert_unchecked(addr, order);
-        Ok(())
     }
 
     /// Inserts `pages` contiguous 4 KiB pages starting at `start`, split into the largest
@@ -701,15 +708,7 @@ impl PageSet {
             let b = rest.trailing_zeros();
             rest &= rest - 1;
             let (addr, order) = decode(key_of(b))?;
-            Self::check_block(addr, order)?;
-            if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
-                return Err(PageSetError::Overlap {
-                    addr,
-                    order,
-                    existing,
-                    existing_order,
-                });
-            }
+            self.check_insert(addr, order)?;
         }
         let mut rest = bits;
         while rest != 0 {
