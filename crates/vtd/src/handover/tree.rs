@@ -359,28 +359,39 @@ pub(crate) fn verify_tree(
             // entry, `all` the AND. `any == 0` is an empty table. If every entry has a
             // bit of `present` in common (`all & present != 0`), every entry is a
             // present entry, and then the OR of their reserved bits is `any & reserved`
-            // and every one is a leaf iff `all` has the `leaf` bit.
-            let (mut any, mut all) = (0u64, u64::MAX);
+            // and every one is a leaf iff `all` has the `leaf` bit. In the same pass,
+            // `apart` is zero iff the entries' addresses follow on from the first one
+            // (a table of leaves mapping one contiguous range, what mapping a range
+            // gives): then its leaf targets are one run.
+            let shift = f.entry_shift(level);
+            let size = 1u64 << shift;
+            let addr_mask = PTE_ADDR_MASK & !(size - 1);
+            let pa0 = word(buf, 0) & addr_mask;
+            let (mut any, mut all, mut apart) = (0u64, u64::MAX, 0u64);
+            let mut expect = pa0;
             for chunk in buf.chunks_exact(8) {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(chunk);
                 let raw = u64::from_le_bytes(w);
                 any |= raw;
                 all &= raw;
+                apart |= (raw & addr_mask) ^ expect;
+                expect = expect.wrapping_add(size);
             }
             if any == 0 {
                 continue;
             }
-            let shift = f.entry_shift(level);
-            let size = 1u64 << shift;
             let feed = |t: &mut Targets<'_>, only_present: bool| {
+                if !only_present && apart == 0 {
+                    return t.leaf(did, base, pa0, ENTRIES << shift);
+                }
                 for (i, chunk) in buf.chunks_exact(8).enumerate() {
                     let raw = word(chunk, 0);
                     if only_present && raw & present == 0 {
                         continue;
                     }
                     let iova = base + ((i as u64) << shift);
-                    t.leaf(did, iova, raw & PTE_ADDR_MASK & !(size - 1), size)?;
+                    t.leaf(did, iova, raw & addr_mask, size)?;
                 }
                 Ok::<(), K>(())
             };
