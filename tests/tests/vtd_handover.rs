@@ -1381,3 +1381,35 @@ fn verify_refuses_a_leaf_redirected_out_of_preserved_memory() {
         }
     }
 }
+
+/// Input shape: a new kernel whose page pool keeps off a preserved set that covers the
+/// whole pool (what a preserved-memory map claiming all memory does to a kernel that
+/// reads it without bounding it by RAM). Adopt needs a page for its invalidation queue
+/// first: the error names the preserved set's size, not just "out of pages", and
+/// translation is never turned off.
+#[test]
+fn adopt_with_a_pool_all_preserved_names_the_preserved_set() {
+    let mut w = World::new(Flavor::Legacy);
+    let (blob, _kho) = w.prepare_and_freeze();
+    w.rig.machine.kexec(blob).expect("kexec");
+    let preserved = read_preserved(&*w.rig.machine.mem(), blob).unwrap();
+    let mut whole = PageSet::new();
+    whole.insert_range(POOL.0, POOL.1 / K4).unwrap();
+    w.rig.pool = w.new_kernel_pool(&whole);
+    let cfg = UnitConfig::new(BASE, Mode::Legacy);
+    let f = w
+        .rig
+        .hw(|hw| Unit::adopt(hw, &cfg, blob))
+        .expect_err("no page for the invalidation queue");
+    match f.error.kind {
+        HandoverErrorKind::NoFreePage {
+            what,
+            preserved_pages,
+        } => {
+            assert!(what.contains("invalidation queue"), "{what}");
+            assert_eq!(preserved_pages, preserved.page_count());
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(GSTS::TES.is_set(w.gsts()), "translation never turned off");
+}

@@ -387,7 +387,18 @@ impl Unit {
             &mut unit.counters,
         ) {
             Ok(i) => unit.inval = i,
-            Err(e) => return Err(unit.fail(hw, e.into(), named)),
+            Err(e) => {
+                // No page at all this early: the allocator keeps off the preserved
+                // set, so name its size (a map claiming all memory leaves nothing).
+                let e = match e.kind {
+                    crate::driver::ErrorKind::OutOfPages { what } => unit.herr2(K::NoFreePage {
+                        what,
+                        preserved_pages: fb.preserved.page_count(),
+                    }),
+                    _ => e.into(),
+                };
+                return Err(unit.fail(hw, e, named));
+            }
         }
 
         // Devices.

@@ -181,6 +181,15 @@ pub enum HandoverErrorKind {
         /// What the page is.
         why: &'static str,
     },
+    /// The page allocator had no page for `what` at adoption, while the preserved set
+    /// read from the blob (which the allocator must keep off) holds `preserved_pages`
+    /// pages: a preserved-memory map claiming (nearly) all memory, or a pool too small.
+    NoFreePage {
+        /// What the page was for.
+        what: &'static str,
+        /// Pages in the preserved set.
+        preserved_pages: u64,
+    },
     /// An entry has reserved bits set.
     ReservedBits {
         /// What the entry is.
@@ -362,6 +371,14 @@ impl fmt::Display for HandoverError {
             } => write!(
                 f,
                 "domain {did}: IOVA {iova} maps page {page}, which is {why}"
+            ),
+            HandoverErrorKind::NoFreePage {
+                what,
+                preserved_pages,
+            } => write!(
+                f,
+                "no free page for {what}: the allocator keeps off the {preserved_pages:#x} \
+                 pages the preserved-memory map claims (more than the memory it manages?)"
             ),
             HandoverErrorKind::ReservedBits {
                 what,
