@@ -19,7 +19,7 @@ use emulator::dma::{DmaAgent, DmaChecker, ExpectedFailure, MappingSpec, Workload
 use emulator::model::Access;
 use emulator::vtd::VtdConfig;
 use iommu_core::kho::record::{encode_record, RecordError, RECORD_HEADER_SIZE};
-use iommu_core::kho::{read_preserved, KhoError};
+use iommu_core::kho::{read_preserved, read_preserved_in, KhoError};
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
@@ -29,7 +29,7 @@ use vtd::handover::record::Record;
 use vtd::handover::{HandoverErrorKind, KhoOut, Selection};
 use vtd::hw::pte::{FlPte, SlPte};
 use vtd::hw::regs::{self, GSTS};
-use vtd_rig::{rw, Rig, BASE, POOL};
+use vtd_rig::{rw, Rig, BASE, POOL, RAM};
 
 const G: u64 = 1 << 30;
 const M2: u64 = 2 << 20;
@@ -276,21 +276,29 @@ impl World {
         (blob, kho)
     }
 
+    /// What the new kernel reads at boot: every preserved page, bounded by its RAM.
+    fn new_kernel_preserved(&self, blob: PhysAddr) -> Result<PageSet, KhoError> {
+        read_preserved_in(&*self.rig.machine.mem(), blob, &[RAM])
+    }
+
     /// The new kernel's page pool: the same range, minus every preserved page.
-    fn new_kernel_pool(&self, blob: PhysAddr) -> PagePool {
-        let preserved = read_preserved(&*self.rig.machine.mem(), blob).unwrap();
+    fn new_kernel_pool(&self, preserved: &PageSet) -> PagePool {
         let mut pool = PagePool::new(POOL.0, POOL.1);
-        pool.exclude(&preserved);
+        pool.exclude(preserved);
         pool
     }
 
+    /// The new kernel: reads the preserved set, keeps its pool off it, and adopts with
+    /// that set.
     fn adopt(
         &mut self,
         blob: PhysAddr,
     ) -> Result<(Unit, vtd::handover::AdoptReport), Box<vtd::handover::AdoptFailure>> {
-        self.rig.pool = self.new_kernel_pool(blob);
+        let preserved = self.new_kernel_preserved(blob).unwrap();
+        self.rig.pool = self.new_kernel_pool(&preserved);
         let cfg = UnitConfig::new(BASE, self.flavor.mode());
-        self.rig.hw(|hw| Unit::adopt(hw, &cfg, blob))
+        self.rig
+            .hw(|hw| Unit::adopt_with_preserved(hw, &cfg, blob, preserved))
     }
 
     fn gsts(&mut self) -> u32 {
@@ -315,6 +323,8 @@ fn full_handover(flavor: Flavor) {
         .expect("prepare");
     assert_eq!((rep.domains, rep.devices), (2, 4));
     assert_eq!(rep.leaves, 4 + 2 + 1 + 8 + 1 + 1);
+    // One check per mapping run of the preserved domains (3 each).
+    assert_eq!(rep.leaf_targets_checked, 6);
     let pinned = w.unit.pinned_pages().unwrap().clone();
     assert_eq!(pinned.page_count(), rep.pinned_pages);
     let d0 = w.doms[0];
@@ -409,6 +419,7 @@ fn full_handover(flavor: Flavor) {
     let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
     assert!(vr.failures.is_empty(), "{:?}", vr.failures);
     assert_eq!(vr.leaves, rep.leaves);
+    assert!(vr.leaf_targets_checked >= 6, "{vr}");
     let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
     assert_eq!((fin.domains, fin.devices), (3, 4));
     assert!(fin.record_pages_freed >= 1);
@@ -515,6 +526,7 @@ fn closure_check_catches_a_table_page_left_out() {
         }
         let sel = w.selection();
         let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
         let unit = &mut w.unit;
         let e = w.rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap_err();
         assert_eq!(e.unit, BASE);
@@ -544,6 +556,7 @@ fn closure_check_catches_a_table_page_left_out() {
                 )
             })
             .expect("domain still mutable");
+        kho.preserve_range(PhysAddr(0x4080_0000), 1).unwrap();
         // With the stray entry gone, prepare succeeds.
         w.rig
             .machine
@@ -780,6 +793,7 @@ fn blackout_work_does_not_grow_with_mappings() {
                     )
                 })
                 .unwrap();
+            w.guest.insert_range(PhysAddr(0x7000_0000), extra).unwrap();
         }
         let (blob, _kho) = w.prepare_and_freeze();
         w.rig.machine.kexec(blob).unwrap();
@@ -915,15 +929,7 @@ fn bad_leaf_entry_is_caught_by_verify() {
         let mut w = World::new(flavor);
         let d1 = w.doms[1];
         // The level-1 table of domain 2 (its 4K pages at IOVA 0x1000..).
-        let l1 = {
-            let mem = w.rig.machine.mem();
-            let walk = w
-                .unit
-                .walk_domain(&*mem, d1, &WalkLimits::default())
-                .unwrap()
-                .unwrap();
-            walk.tables.iter().find(|t| t.level == 1).unwrap().addr
-        };
+        let l1 = l1_tables(&w, &w.unit, d1)[0];
         let (blob, _kho) = w.prepare_and_freeze();
         w.rig.machine.kexec(blob).expect("kexec");
         // Entry 3 (IOVA 0x3000): an address bit above the 48-bit host address width
@@ -1093,4 +1099,317 @@ fn freeze_clears_page_request_enable_of_preserved_devices() {
         w.dma(&[A, B, C, D], 2, "after freeze");
         assert_eq!(w.preserved_faults(), 0);
     }
+}
+
+/// Input shape: a clean handover whose new kernel allocates from one shared pool (the
+/// old kernel's range minus the preserved pages); after adopt, verify and finish (which
+/// gives the record's page back to the pool, a page the pool's bump pointer has not
+/// reached yet), one 4K page is mapped at IOVA 1 << 40 (three new table pages), then
+/// one at each of the next seven GiB (two new table pages each), so that the bump
+/// pointer passes the record's page. A pool that hands a page out twice gives two
+/// tables one page (the map fails with `AlreadyMapped`, or a device reads table bytes).
+/// Every map must succeed and DMA through each must read the bytes of its target.
+#[test]
+fn map_after_finish_with_the_shared_pool_gets_fresh_table_pages() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let (blob, kho) = w.prepare_and_freeze();
+        drop(kho);
+        w.rig.machine.kexec(blob).expect("kexec");
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{:?}", ar.blocked);
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert!(vr.failures.is_empty(), "{:?}", vr.failures);
+        let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        assert!(fin.record_pages_freed >= 1);
+        let d0 = w.doms[0];
+        for i in 0..8u64 {
+            let iova = Iova((1 << 40) + (i << 30));
+            // Targets inside the domain's preserved guest memory (4 pages at 1 GiB).
+            let target = PhysAddr(0x4000_0000 + (i % 4) * K4);
+            let bytes: Vec<u8> = (0..256u64).map(|b| (b * 7 + i * 31 + 3) as u8).collect();
+            {
+                let (_, mut mem) = w.rig.machine.driver_access(BASE).unwrap();
+                mem.write(target, &bytes).unwrap();
+            }
+            w.rig
+                .hw(|hw| unit.map(hw, d0, iova, target, K4, PageSize::SIZE_4K, Perms::RW))
+                .unwrap_or_else(|e| panic!("{flavor:?}: map at {iova} after finish: {e}"));
+            assert!(
+                w.checker
+                    .read_returns(&mut w.rig.machine, &DmaAgent::new(A), iova, &bytes),
+                "{flavor:?}: {}",
+                w.checker.report()
+            );
+        }
+        let maps = unit
+            .walk_domain(&*w.rig.machine.mem(), d0, &WalkLimits::default())
+            .unwrap()
+            .unwrap()
+            .mappings;
+        assert!(maps.iter().any(|m| m.iova == Iova(1 << 40)));
+        w.dma(&PRESERVED, 4, "after the maps at 1 << 40");
+    }
+}
+
+/// Rewrites the record with one more page run `(start, pages)` (after the others, so
+/// the runs stay ascending and disjoint) and a valid checksum.
+fn add_run(w: &mut World, rec: PhysAddr, start: u64, pages: u64) {
+    let mut r = Record::decode(&read_payload(w, rec)).unwrap();
+    assert!(r.pages.last().is_some_and(|&(p, n)| p.0 + n * K4 <= start));
+    r.pages.push((PhysAddr(start), pages));
+    let b = encode_record("iommu-vtd-v1", &r.encode()).unwrap();
+    w.rig.machine.mem_mut().write(rec, &b).unwrap();
+}
+
+/// Input shape: a record with a valid checksum whose page runs include 16 pages at
+/// 0x7000_0000 that nobody preserved (`finish` would give them to the allocator while
+/// they are in use). Adopt must refuse the unit, naming the run and its first page
+/// that is not preserved, before anything is freed.
+#[test]
+fn record_run_of_never_preserved_pages_is_refused() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 0x7000_0000, 16),
+            |k| {
+                matches!(k, HandoverErrorKind::RecordRunNotPreserved { start, pages: 16, page }
+                    if start.0 == 0x7000_0000 && page.0 == 0x7000_0000)
+            },
+        );
+    }
+}
+
+/// Input shape: a record with a valid checksum and one more run of two million pages
+/// from 4 GiB (more than the whole preserved set). Refused as malformed.
+#[test]
+fn record_run_of_two_million_pages_is_refused() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 1 << 32, 2 << 20),
+            |k| matches!(k, HandoverErrorKind::RecordRunTooLarge { pages, .. } if *pages == 2 << 20),
+        );
+    }
+}
+
+/// Input shape: a record with a valid checksum and one more run of 2^40 pages from
+/// 2^44 (`finish` used to free it page by page for ever). Adopt returns the typed error
+/// at once (its work is bounded by the preserved set, not by the run).
+#[test]
+fn record_run_of_2_pow_40_pages_is_refused_without_walking_it() {
+    for flavor in all_flavors() {
+        refused(
+            flavor,
+            |w, rec| add_run(w, rec, 1 << 44, 1 << 40),
+            |k| {
+                matches!(k, HandoverErrorKind::RecordRunTooLarge { start, pages, preserved }
+                    if start.0 == 1 << 44 && *pages == 1 << 40 && *preserved < 1 << 40)
+            },
+        );
+    }
+}
+
+/// Input shape: a handover whose preserved-memory map also holds 512 full order-0
+/// leaves (64 GiB claimed from 8 GiB) on a machine of 8 GiB of RAM. The map reads in
+/// O(words); the new kernel, reading it against its RAM, refuses it by name (it used to
+/// exclude everything from its pool, and adopt said "out of pages for the invalidation
+/// queue").
+#[test]
+fn preserved_map_of_512_full_leaves_is_refused_by_name() {
+    let mut w = World::new(Flavor::Legacy);
+    let mut bomb = PageSet::new();
+    let first_leaf = ((1u64 << 52) | ((8u64 << 30) >> 12)) >> 15;
+    for leaf in first_leaf..first_leaf + 512 {
+        for word in 0..512 {
+            bomb.insert_leaf_word(leaf, word, !0).unwrap();
+        }
+    }
+    // The large set first: the union walks the blocks of its argument only.
+    w.guest = bomb.union(&w.guest);
+    let (blob, _kho) = w.prepare_and_freeze();
+    w.rig.machine.kexec(blob).expect("kexec");
+    let all = read_preserved(&*w.rig.machine.mem(), blob).unwrap();
+    assert!(all.page_count() > 512 * 32768);
+    match w.new_kernel_preserved(blob) {
+        Err(KhoError::PreservedExceedsRam { pages, ram_pages }) => {
+            assert_eq!(pages, all.page_count());
+            assert_eq!(ram_pages, RAM.1 / K4);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The level-1 tables of `did`, in the walker's order (IOVA ascending).
+fn l1_tables(w: &World, unit: &Unit, did: DomainId) -> Vec<PhysAddr> {
+    let mem = w.rig.machine.mem();
+    let walk = unit
+        .walk_domain(&*mem, did, &WalkLimits::default())
+        .unwrap()
+        .unwrap();
+    walk.tables
+        .iter()
+        .filter(|t| t.level == 1)
+        .map(|t| t.addr)
+        .collect()
+}
+
+/// Points leaf entry `index` of the table at `table` to `pa`, keeping its other bits.
+fn redirect(w: &mut World, table: PhysAddr, index: u64, pa: u64) {
+    let mem = w.rig.machine.mem_mut();
+    let at = PhysAddr(table.0 + index * 8);
+    let v = mem.read_u64(at).unwrap();
+    mem.write_u64(at, (v & !0x000f_ffff_ffff_f000) | pa)
+        .unwrap();
+}
+
+/// Input shape: domain 2 maps one 4K page of memory nobody preserved (0x7000_0000)
+/// besides its preserved guest memory. `prepare` refuses, naming the IOVA and page,
+/// and commits nothing; with the page preserved too (by its owner) it passes and counts
+/// the mapping runs it checked.
+#[test]
+fn prepare_refuses_a_leaf_into_memory_nobody_preserved() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        let unit = &mut w.unit;
+        w.rig
+            .hw(|hw| {
+                unit.map(
+                    hw,
+                    d1,
+                    Iova(0x10_0000_0000),
+                    PhysAddr(0x7000_0000),
+                    K4,
+                    PageSize::SIZE_4K,
+                    Perms::RW,
+                )
+            })
+            .unwrap();
+        let sel = w.selection();
+        let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
+        let unit = &mut w.unit;
+        let e = w.rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap_err();
+        assert_eq!(
+            e.kind,
+            HandoverErrorKind::LeafTarget {
+                did: d1,
+                iova: Iova(0x10_0000_0000),
+                page: PhysAddr(0x7000_0000),
+                why: "in no memory a KHO client preserves",
+            },
+            "{flavor:?}: {e}"
+        );
+        assert!(w.unit.pinned_pages().is_none());
+        assert_eq!(kho.clients().count(), 0);
+        kho.preserve_range(PhysAddr(0x7000_0000), 1).unwrap();
+        let unit = &mut w.unit;
+        let rep = w
+            .rig
+            .hw(|hw| unit.prepare(hw, &mut kho, &sel))
+            .expect("prepare with the page preserved");
+        // Domain 1: 4K, 2M and 1G runs; domain 2: 4K, 2M, 1G and the new page.
+        assert_eq!(rep.leaf_targets_checked, 7, "{flavor:?}");
+    }
+}
+
+/// Input shape: after the kexec, before adopt, a 4K leaf of domain 2 (IOVA 0x3000,
+/// in a partly filled level-1 table) is redirected to a page nobody preserved, or to a
+/// page table of the unit; and a leaf of a full level-1 table (512 4K leaves, the
+/// whole-table fast path) to a page nobody preserved. Adopt accepts (it walks no page
+/// table); verify refuses that domain only, naming IOVA and page, and blocks its
+/// devices.
+#[test]
+fn verify_refuses_a_leaf_redirected_out_of_preserved_memory() {
+    for flavor in all_flavors() {
+        for case in 0..3 {
+            let mut w = World::new(flavor);
+            let d1 = w.doms[1];
+            let full = case == 2;
+            if full {
+                let unit = &mut w.unit;
+                w.rig
+                    .hw(|hw| {
+                        unit.map(
+                            hw,
+                            d1,
+                            Iova(0x100_0000_0000),
+                            PhysAddr(0x7000_0000),
+                            512 * K4,
+                            PageSize::SIZE_4K,
+                            Perms::RW,
+                        )
+                    })
+                    .unwrap();
+                w.guest.insert_range(PhysAddr(0x7000_0000), 512).unwrap();
+            }
+            // The full table is the last level-1 table (IOVA 1 TiB), else the first.
+            let l1s = l1_tables(&w, &w.unit, d1);
+            let l1 = if full { l1s[l1s.len() - 1] } else { l1s[0] };
+            let (blob, _kho) = w.prepare_and_freeze();
+            w.rig.machine.kexec(blob).expect("kexec");
+            let (index, target, iova, why) = match case {
+                0 => (3, 0x7800_0000, 0x3000, "in no preserved memory"),
+                1 => (3, l1.0, 0x3000, "a page table of this unit"),
+                _ => (
+                    300,
+                    0x7800_0000,
+                    0x100_0000_0000 + 300 * K4,
+                    "in no preserved memory",
+                ),
+            };
+            redirect(&mut w, l1, index, target);
+            let (mut unit, ar) = w.adopt(blob).expect("adopt");
+            assert!(ar.blocked.is_empty());
+            let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+            assert_eq!(vr.failures.len(), 1, "{flavor:?} {case}: {:?}", vr.failures);
+            assert_eq!(
+                vr.failures[0].1.kind,
+                HandoverErrorKind::LeafTarget {
+                    did: d1,
+                    iova: Iova(iova),
+                    page: PhysAddr(target),
+                    why
+                },
+                "{flavor:?} {case}"
+            );
+            assert!(vr.leaf_targets_checked > 0);
+            assert_eq!(vr.blocked, vec![C, D]);
+            w.expect_blocked(C);
+            w.dma(&[A, B], 2, "domain 1 unaffected");
+        }
+    }
+}
+
+/// Input shape: a new kernel whose page pool keeps off a preserved set that covers the
+/// whole pool (what a preserved-memory map claiming all memory does to a kernel that
+/// reads it without bounding it by RAM). Adopt needs a page for its invalidation queue
+/// first: the error names the preserved set's size, not just "out of pages", and
+/// translation is never turned off.
+#[test]
+fn adopt_with_a_pool_all_preserved_names_the_preserved_set() {
+    let mut w = World::new(Flavor::Legacy);
+    let (blob, _kho) = w.prepare_and_freeze();
+    w.rig.machine.kexec(blob).expect("kexec");
+    let preserved = read_preserved(&*w.rig.machine.mem(), blob).unwrap();
+    let mut whole = PageSet::new();
+    whole.insert_range(POOL.0, POOL.1 / K4).unwrap();
+    w.rig.pool = w.new_kernel_pool(&whole);
+    let cfg = UnitConfig::new(BASE, Mode::Legacy);
+    let f = w
+        .rig
+        .hw(|hw| Unit::adopt(hw, &cfg, blob))
+        .expect_err("no page for the invalidation queue");
+    match f.error.kind {
+        HandoverErrorKind::NoFreePage {
+            what,
+            preserved_pages,
+        } => {
+            assert!(what.contains("invalidation queue"), "{what}");
+            assert_eq!(preserved_pages, preserved.page_count());
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(GSTS::TES.is_set(w.gsts()), "translation never turned off");
 }

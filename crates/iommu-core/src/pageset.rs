@@ -581,17 +581,24 @@ impl PageSet {
     /// a multiple of `4 KiB << order`, or when any page of the block is already covered
     /// (the error names one block it overlaps).
     pub fn insert(&mut self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
+        self.check_insert(addr, order)?;
+        self.insert_unchecked(addr, order);
+        Ok(())
+    }
+
+    /// Whether [`insert`](PageSet::insert) of this block would succeed, and its error
+    /// if not.
+    fn check_insert(&self, addr: PhysAddr, order: u32) -> Result<(), PageSetError> {
         Self::check_block(addr, order)?;
-        if let Some((existing, existing_order)) = self.overlapping_block(addr, order) {
-            return Err(PageSetError::Overlap {
+        match self.overlapping_block(addr, order) {
+            Some((existing, existing_order)) => Err(PageSetError::Overlap {
                 addr,
                 order,
                 existing,
                 existing_order,
-            });
+            }),
+            None => Ok(()),
         }
-        self.insert_unchecked(addr, order);
-        Ok(())
     }
 
     /// Inserts `pages` contiguous 4 KiB pages starting at `start`, split into the largest
@@ -614,6 +621,102 @@ impl PageSet {
         }
         for (addr, order) in blocks {
             self.insert_unchecked(addr, order);
+        }
+        Ok(())
+    }
+
+    /// Inserts the blocks whose radix keys are the set bits of word `word` of leaf
+    /// `leaf` (the serialised form: key `leaf << 15 | word * 64 + b` for each set bit
+    /// `b` of `bits`): what inserting each block with [`insert`](PageSet::insert) does,
+    /// in one step. The keys of one word have one order and their blocks lie in one
+    /// aligned range of `64 << order` pages, so when no block of another order lies in
+    /// that range (a map read in key order, largest order first, never has one) the
+    /// word goes in at once; otherwise each block is checked on its own.
+    ///
+    /// Refused, leaving the set unchanged, when a key encodes no block or an order above
+    /// [`MAX_ORDER`] (`Misaligned`/`OrderTooLarge` of the first such key's block; a key
+    /// of no block, only possible in leaf 0, is `BadRange`), or when a block overlaps
+    /// one of the set (the first, in key order, named).
+    pub fn insert_leaf_word(
+        &mut self,
+        leaf: u64,
+        word: usize,
+        bits: u64,
+    ) -> Result<(), PageSetError> {
+        if bits == 0 {
+            return Ok(());
+        }
+        let bad = PageSetError::BadRange {
+            start: PhysAddr(0),
+            pages: 0,
+        };
+        if word >= LEAF_WORDS || leaf >= 1 << (64 - LEAF_BITS_LOG2) {
+            return Err(bad);
+        }
+        let base = (leaf << LEAF_BITS_LOG2) | (word as u64 * 64);
+        let key_of = |b: u32| base | u64::from(b);
+        // Every key of a leaf above leaf 0 has its highest bit above bit 14, so one
+        // order; in leaf 0 each key is checked (all encode orders above 37 or none).
+        let decode = |k: u64| radix_key_decode(k).ok_or(bad);
+        let (first, order) = decode(key_of(bits.trailing_zeros()))?;
+        Self::check_block(first, order)?;
+        let uniform = leaf != 0;
+        // The aligned range of the word's 64 possible blocks.
+        let (start, _) = decode(key_of(0)).unwrap_or((first, order));
+        let span_order = order + 6;
+        let clean = uniform
+            && mask_orders(self.orders & !(1 << order)).all(|o| {
+                if o > order {
+                    // Blocks of order `o` meeting the range: one if it fits in one,
+                    // else the range's `2^(span_order - o)` blocks.
+                    let count = if o >= span_order {
+                        1
+                    } else {
+                        1 << (span_order - o)
+                    };
+                    let lo = radix_key(start.align_down(block_bytes(o)), o);
+                    self.first_key(lo, count).is_none()
+                } else {
+                    self.first_key(radix_key(start, o), 1 << (span_order - o))
+                        .is_none()
+                }
+            });
+        if clean {
+            let pages = u64::from(bits.count_ones()) << order;
+            let leaf_bits = self.leaves.entry(leaf).or_insert_with(LeafBits::new);
+            let w = leaf_bits.word_mut(word);
+            if *w & bits != 0 {
+                // The same block twice.
+                let b = (*w & bits).trailing_zeros();
+                let (addr, order) = decode(key_of(b))?;
+                return Err(PageSetError::Overlap {
+                    addr,
+                    order,
+                    existing: addr,
+                    existing_order: order,
+                });
+            }
+            *w |= bits;
+            self.orders |= 1 << order;
+            self.pages += pages;
+            self.blocks += u64::from(bits.count_ones());
+            return Ok(());
+        }
+        // Block by block: check them all, then insert them all.
+        let mut rest = bits;
+        while rest != 0 {
+            let b = rest.trailing_zeros();
+            rest &= rest - 1;
+            let (addr, order) = decode(key_of(b))?;
+            self.check_insert(addr, order)?;
+        }
+        let mut rest = bits;
+        while rest != 0 {
+            let b = rest.trailing_zeros();
+            rest &= rest - 1;
+            if let Some((addr, order)) = radix_key_decode(key_of(b)) {
+                self.insert_unchecked(addr, order);
+            }
         }
         Ok(())
     }
@@ -666,6 +769,10 @@ impl PageSet {
     /// Every page in `self` or in `other`. Blocks of `self` are kept as they are; blocks
     /// of `other` are split where `self` already covers part of them.
     pub fn union(&self, other: &PageSet) -> PageSet {
+        if self.is_empty() {
+            // Nothing to split: `other`'s blocks as they are (no walk over its blocks).
+            return other.clone();
+        }
         let mut out = self.clone();
         let mut parts = Vec::new();
         for (addr, order) in other.iter() {

@@ -283,6 +283,17 @@ fn run_mode(
 
     // ---- prepare.
     let mut kho = KhoOut::new();
+    // Guest memory the devices DMA into is preserved too (by the VMM, in real life),
+    // before prepare: prepare checks every leaf target lies in preserved memory.
+    for plan in &plans[..s.domains] {
+        for m in &plan.mappings {
+            if let Err(e) = kho.preserve_range(m.pa, m.len / 4096) {
+                run.report
+                    .problems
+                    .push(format!("preserving guest memory at {}: {e}", m.pa));
+            }
+        }
+    }
     let sel = Selection {
         domains: preserved_dids.clone(),
         devices: s.devices.clone(),
@@ -293,16 +304,6 @@ fn run_mode(
     match prep {
         Ok(r) => run.report.record_bytes = r.record_bytes as u64,
         Err(e) => run.report.problems.push(format!("prepare: {e}")),
-    }
-    // Guest memory the devices DMA into is preserved too (by the VMM, in real life).
-    for plan in &plans[..s.domains] {
-        for m in &plan.mappings {
-            if let Err(e) = kho.preserve_range(m.pa, m.len / 4096) {
-                run.report
-                    .problems
-                    .push(format!("preserving guest memory at {}: {e}", m.pa));
-            }
-        }
     }
     run.phase("prepare -> freeze", false);
 
@@ -340,15 +341,19 @@ fn run_mode(
     // ---- new kernel: the blob's address is all it has.
     run.phase("new kernel, before adopt", true);
     let mut pool = PagePool::new(layout.new_pool.0, layout.new_pool.1);
-    match iommu_core::kho::read_preserved(&*run.machine.mem(), blob) {
-        Ok(set) => pool.exclude(&set),
-        Err(e) => run
-            .report
-            .problems
-            .push(format!("reading the preserved set: {e}")),
-    }
+    let read = iommu_core::kho::read_preserved_in(&*run.machine.mem(), blob, &[s.ram]);
+    let preserved = match read {
+        Ok(set) => set,
+        Err(e) => {
+            run.report
+                .problems
+                .push(format!("reading the preserved set: {e}"));
+            return Ok(run.finish_report());
+        }
+    };
+    pool.exclude(&preserved);
     let adopted = with_hw(&mut run.machine, base, &mut pool, |hw| {
-        Unit::adopt(hw, &ucfg, blob)
+        Unit::adopt_with_preserved(hw, &ucfg, blob, preserved)
     });
     let mut unit = match adopted {
         Ok((u, r)) => {

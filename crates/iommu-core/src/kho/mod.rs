@@ -260,6 +260,20 @@ pub enum KhoError {
     },
     /// A page-set operation failed.
     PageSet(PageSetError),
+    /// The preserved-memory map claims more pages than the machine's RAM holds.
+    PreservedExceedsRam {
+        /// Pages the map claims.
+        pages: u64,
+        /// Pages of RAM.
+        ram_pages: u64,
+    },
+    /// A block of the preserved-memory map lies (partly) outside RAM.
+    PreservedOutsideRam {
+        /// The block.
+        block: PhysAddr,
+        /// Its order.
+        order: u32,
+    },
 }
 
 impl fmt::Display for KhoError {
@@ -320,6 +334,15 @@ impl fmt::Display for KhoError {
                  of order {order}"
             ),
             KhoError::PageSet(e) => write!(f, "{e}"),
+            KhoError::PreservedExceedsRam { pages, ram_pages } => write!(
+                f,
+                "preserved-memory map claims {pages:#x} pages, more than the {ram_pages:#x} \
+                 pages of RAM"
+            ),
+            KhoError::PreservedOutsideRam { block, order } => write!(
+                f,
+                "preserved-memory map holds block {block} of order {order}, outside RAM"
+            ),
         }
     }
 }
@@ -615,6 +638,45 @@ pub fn read_preserved<M: PhysMem + ?Sized>(mem: &M, blob: PhysAddr) -> Result<Pa
         }
     }
     Ok(tree.set.union(&extra))
+}
+
+/// [`read_preserved`] for a kernel that knows its RAM (`(start, bytes)` ranges, as its
+/// firmware memory map gives them): the map may claim at most the pages of RAM, every
+/// block inside one range. What the next kernel keeps its allocator off is then
+/// bounded by the memory behind it, and a map that claims more names what is wrong
+/// instead of leaving the allocator without a page.
+///
+/// The work: the tree read (O(node pages), see [`radix::read`]), then, once the page
+/// count fits in RAM, one check per block (at most one per page of RAM).
+pub fn read_preserved_in<M: PhysMem + ?Sized>(
+    mem: &M,
+    blob: PhysAddr,
+    ram: &[(PhysAddr, u64)],
+) -> Result<PageSet, KhoError> {
+    let set = read_preserved(mem, blob)?;
+    let ram_pages = ram
+        .iter()
+        .fold(0u64, |n, &(_, bytes)| n.saturating_add(bytes / PAGE_SIZE));
+    if set.page_count() > ram_pages {
+        return Err(KhoError::PreservedExceedsRam {
+            pages: set.page_count(),
+            ram_pages,
+        });
+    }
+    for (block, order) in set.iter() {
+        let bytes = PAGE_SIZE << order;
+        let inside = ram.iter().any(|&(start, len)| {
+            block.0 >= start.0
+                && block
+                    .0
+                    .checked_add(bytes)
+                    .is_some_and(|end| end <= start.0.saturating_add(len))
+        });
+        if !inside {
+            return Err(KhoError::PreservedOutsideRam { block, order });
+        }
+    }
+    Ok(set)
 }
 
 /// Reads the record of client `name` of a blob read with [`read_handover`].

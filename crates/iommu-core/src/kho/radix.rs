@@ -8,7 +8,7 @@
 //! - level 0 nodes are `struct kho_radix_leaf`: 32768 bits, stored as 512 little-endian
 //!   u64 words (bit `b` of the leaf is bit `b % 64` of word `b / 64`).
 //!
-//! A block's key (see [`radix_key`](crate::pageset::radix_key)) picks the path: bits
+//! A block's key (see [`radix_key`]) picks the path: bits
 //! 14:0 are the bit in the leaf, bits 23:15 the index in the level-1 node, 32:24 level
 //! 2, 41:33 level 3, 50:42 level 4 and 59:51 the root (the diagram of the ABI header).
 //! Keys of valid blocks are below 2^53, so only root entries 0 to 3 can be used.
@@ -22,8 +22,8 @@
 use crate::addr::PhysAddr;
 use crate::mem::{MemError, PhysMem};
 use crate::pageset::{
-    radix_key_decode, PageSet, PageSetError, LEAF_BITS, LEAF_BITS_LOG2, LEAF_WORDS, MAX_ORDER,
-    PAGE_SIZE,
+    radix_key, radix_key_decode, PageSet, PageSetError, LEAF_BITS, LEAF_BITS_LOG2, LEAF_WORDS,
+    MAX_ORDER, PAGE_SIZE,
 };
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -321,8 +321,11 @@ pub struct TreeRead {
 /// Reads the tree whose root is at `root`, visiting at most `max_nodes` node pages.
 ///
 /// The work is bounded by the budget: at most `max_nodes` page reads and, for each leaf,
-/// one [`PageSet::insert`] per set bit (32768 per leaf). A legitimate map with many
-/// order-0 pages costs that much too; the budget is what limits a hostile one.
+/// one [`PageSet::insert_leaf_word`] per non-zero word (512 per leaf), whatever the
+/// density of the bits: leaves are visited in key order, largest order first, so a word
+/// never meets a smaller block already read and goes in at once (a full leaf costs its
+/// 512 words, not 32768 inserts). The set read can claim far more pages than the
+/// machine has: [`read_preserved_in`](super::read_preserved_in) bounds it by RAM.
 pub fn read<M: PhysMem + ?Sized>(
     mem: &M,
     root: PhysAddr,
@@ -363,44 +366,55 @@ pub fn read<M: PhysMem + ?Sized>(
         };
         if level == 0 {
             for w in 0..LEAF_WORDS {
-                let mut bits = word(w);
-                while bits != 0 {
-                    let bit = w as u32 * 64 + bits.trailing_zeros();
-                    bits &= bits - 1;
-                    let key = (prefix << LEAF_BITS_LOG2) | u64::from(bit);
-                    let (block, order) = radix_key_decode(key).ok_or(RadixError::InvalidKey {
-                        leaf: addr,
-                        bit,
-                        key,
-                    })?;
-                    if order > MAX_ORDER {
-                        return Err(RadixError::OrderTooLarge {
-                            leaf: addr,
-                            bit,
-                            order,
-                        });
-                    }
-                    set.insert(block, order).map_err(|e| match e {
-                        PageSetError::Overlap {
-                            existing,
-                            existing_order,
-                            ..
-                        } => RadixError::Overlap {
-                            leaf: addr,
-                            bit,
-                            addr: block,
-                            order,
-                            existing,
-                            existing_order,
-                        },
-                        // Decoded keys are aligned and the order was checked above.
-                        _ => RadixError::InvalidKey {
-                            leaf: addr,
-                            bit,
-                            key,
-                        },
-                    })?;
+                let bits = word(w);
+                if bits == 0 {
+                    continue;
                 }
+                // One order per word (leaf 0 aside): check it once, then the whole word
+                // goes in at once (O(words) for a full leaf, not O(bits)).
+                let bit0 = w as u32 * 64 + bits.trailing_zeros();
+                let key0 = (prefix << LEAF_BITS_LOG2) | u64::from(bit0);
+                let (_, order0) = radix_key_decode(key0).ok_or(RadixError::InvalidKey {
+                    leaf: addr,
+                    bit: bit0,
+                    key: key0,
+                })?;
+                if order0 > MAX_ORDER {
+                    return Err(RadixError::OrderTooLarge {
+                        leaf: addr,
+                        bit: bit0,
+                        order: order0,
+                    });
+                }
+                if prefix == 0 {
+                    // Keys below 2^15 encode orders above 37 (or none): caught above.
+                    return Err(RadixError::InvalidKey {
+                        leaf: addr,
+                        bit: bit0,
+                        key: key0,
+                    });
+                }
+                set.insert_leaf_word(prefix, w, bits).map_err(|e| match e {
+                    PageSetError::Overlap {
+                        addr: block,
+                        order,
+                        existing,
+                        existing_order,
+                    } => RadixError::Overlap {
+                        leaf: addr,
+                        bit: (radix_key(block, order) % LEAF_BITS) as u32,
+                        addr: block,
+                        order,
+                        existing,
+                        existing_order,
+                    },
+                    // The order was checked above and decoded keys are aligned.
+                    _ => RadixError::InvalidKey {
+                        leaf: addr,
+                        bit: bit0,
+                        key: key0,
+                    },
+                })?;
             }
             debug_assert!(LEAF_BITS == LEAF_WORDS as u64 * 64);
             continue;

@@ -78,6 +78,9 @@ pub struct VerifyReport {
     pub leaves: u64,
     /// Entries read (512 per table page).
     pub entries_read: u64,
+    /// Runs of leaf targets checked (leaves whose IOVAs and targets follow on are one
+    /// run): each must lie in preserved memory and outside the unit's table pages.
+    pub leaf_targets_checked: u64,
     /// Domains refused, with the reason; their devices are blocked.
     pub failures: Vec<(DomainId, HandoverError)>,
     /// Devices blocked because their domain was refused.
@@ -107,10 +110,18 @@ struct FromBlob {
     preserved: PageSet,
 }
 
-fn read_blob(hw: &mut Hw<'_>, base: PhysAddr, blob: PhysAddr) -> Result<FromBlob, HandoverError> {
+fn read_blob(
+    hw: &mut Hw<'_>,
+    base: PhysAddr,
+    blob: PhysAddr,
+    preserved: Option<PageSet>,
+) -> Result<FromBlob, HandoverError> {
     let e = |kind| HandoverError::new(base, kind);
     let h = read_handover(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?;
-    let preserved = read_preserved(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?;
+    let preserved = match preserved {
+        Some(p) => p,
+        None => read_preserved(&*hw.mem, blob).map_err(|x| e(K::Kho(x)))?,
+    };
     let name = client_name(base);
     let supported = Supported {
         family: FAMILY,
@@ -197,10 +208,36 @@ impl Unit {
     /// The work is O(units + domains + devices): page tables are not walked (see
     /// [`verify`](Unit::verify)). Adopted domains are bound to the existing tables and
     /// refuse map/unmap until [`finish`](Unit::finish).
+    ///
+    /// Reads the preserved set from the blob itself; a kernel that read it already
+    /// (to keep its allocator off those pages, bounded by its RAM with
+    /// [`read_preserved_in`](iommu_core::kho::read_preserved_in)) passes it to
+    /// [`adopt_with_preserved`](Unit::adopt_with_preserved) instead.
     pub fn adopt(
         hw: &mut Hw<'_>,
         cfg: &UnitConfig,
         blob: PhysAddr,
+    ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
+        Self::adopt_inner(hw, cfg, blob, None)
+    }
+
+    /// [`adopt`](Unit::adopt) with the preserved set the new kernel read from the blob
+    /// at boot (every page that survived the kexec), instead of reading it again in the
+    /// blackout. The record's page runs must lie inside it.
+    pub fn adopt_with_preserved(
+        hw: &mut Hw<'_>,
+        cfg: &UnitConfig,
+        blob: PhysAddr,
+        preserved: PageSet,
+    ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
+        Self::adopt_inner(hw, cfg, blob, Some(preserved))
+    }
+
+    fn adopt_inner(
+        hw: &mut Hw<'_>,
+        cfg: &UnitConfig,
+        blob: PhysAddr,
+        preserved: Option<PageSet>,
     ) -> Result<(Unit, AdoptReport), alloc::boxed::Box<AdoptFailure>> {
         let mut unit = Unit::probe(hw, cfg).map_err(|e| {
             alloc::boxed::Box::new(AdoptFailure {
@@ -213,7 +250,7 @@ impl Unit {
             registers_read: 3,
             ..AdoptReport::default()
         };
-        let fb = match read_blob(hw, unit.base, blob) {
+        let fb = match read_blob(hw, unit.base, blob, preserved) {
             Ok(fb) => fb,
             Err(e) => return Err(unit.fail(hw, e, Vec::new())),
         };
@@ -230,6 +267,26 @@ impl Unit {
                 return Err(K::WrongUnit {
                     record: rec.mmio_base,
                 });
+            }
+            // Every run inside the preserved set, before anything trusts a run: the
+            // work is bounded by the set (its size, then its blocks), whatever the
+            // runs claim; `finish` frees pages of these runs.
+            let have = fb.preserved.page_count();
+            let mut total = 0u64;
+            for &(start, pages) in &rec.pages {
+                total = total.saturating_add(pages);
+                if pages > have || total > have {
+                    return Err(K::RecordRunTooLarge {
+                        start,
+                        pages: if pages > have { pages } else { total },
+                        preserved: have,
+                    });
+                }
+            }
+            for &(start, pages) in &rec.pages {
+                if let Some(page) = super::tree::first_unpreserved(start, pages, &fb.preserved) {
+                    return Err(K::RecordRunNotPreserved { start, pages, page });
+                }
             }
             for (register, live, r) in [("CAP", unit.cap, rec.cap), ("ECAP", unit.ecap, rec.ecap)] {
                 if live != r {
@@ -330,7 +387,18 @@ impl Unit {
             &mut unit.counters,
         ) {
             Ok(i) => unit.inval = i,
-            Err(e) => return Err(unit.fail(hw, e.into(), named)),
+            Err(e) => {
+                // No page at all this early: the allocator keeps off the preserved
+                // set, so name its size (a map claiming all memory leaves nothing).
+                let e = match e.kind {
+                    crate::driver::ErrorKind::OutOfPages { what } => unit.herr2(K::NoFreePage {
+                        what,
+                        preserved_pages: fb.preserved.page_count(),
+                    }),
+                    _ => e.into(),
+                };
+                return Err(unit.fail(hw, e, named));
+            }
         }
 
         // Devices.
@@ -622,8 +690,11 @@ impl Unit {
 
     /// New kernel, optional and outside the blackout: walks every adopted domain's
     /// tables with the core walker (bounded by the record's page count), checking every
-    /// entry (reserved bits, alignment, widths) and that every table page is preserved
-    /// and in the record. A domain that fails is dropped and its devices blocked.
+    /// entry (reserved bits, alignment, widths), that every table page is preserved
+    /// and in the record, and that every page a leaf maps is preserved memory and not a
+    /// table page of the unit (the memory devices reach is preserved by its owner, e.g.
+    /// guest memory; anything else may be the new kernel's). A domain that fails is
+    /// dropped and its devices blocked.
     pub fn verify(&mut self, hw: &mut Hw<'_>) -> Result<VerifyReport, HandoverError> {
         // A run of contiguous table pages shorter than this goes into the domain's page
         // set page by page (order 0): one radix leaf (4 KiB, allocated) covers the
@@ -663,6 +734,7 @@ impl Unit {
                 why: "verify without adopt",
             }))?;
             report.domains += 1;
+            let mut targets = super::tree::Targets::new(&inc.preserved, &inc.record);
             let r = super::tree::verify_tree(
                 &f,
                 hw.mem,
@@ -673,6 +745,7 @@ impl Unit {
                 &inc.record,
                 &mut visited,
                 &mut scratch,
+                Some(&mut targets),
             )
             .and_then(|t| {
                 let pages = &mut scratch.tables;
@@ -696,6 +769,7 @@ impl Unit {
                 }
                 Ok((set, t.leaves))
             });
+            report.leaf_targets_checked += targets.checked;
             match r {
                 Ok((set, leaves)) => {
                     report.tables += set.page_count();
@@ -847,10 +921,11 @@ impl core::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "verify: {} domains, {} table pages, {} leaves, {} entries read, {} domains refused",
+            "verify: {} domains, {} table pages, {} leaves, {} leaf-target runs checked, {} entries read, {} domains refused",
             self.domains,
             self.tables,
             self.leaves,
+            self.leaf_targets_checked,
             self.entries_read,
             self.failures.len()
         )?;

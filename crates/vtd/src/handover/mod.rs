@@ -5,7 +5,9 @@
 //! the caller names the domains and devices to preserve; `prepare` walks the live
 //! registers and tables, pins every table page, checks that the pages reachable from
 //! the live root for the preserved devices are exactly the pinned ones (closure check),
-//! and adds the versioned record to a [`KhoOut`]; preserved domains become immutable.
+//! that every page a leaf maps lies in memory other KHO clients preserve (guest memory,
+//! added with [`KhoOut::preserve`] before `prepare`), and adds the versioned record to a
+//! [`KhoOut`]; preserved domains become immutable.
 //! [`KhoOut::finalize`] writes the KHO blob. `freeze` removes everything not
 //! preserved from the hardware's view and invalidates globally; translation stays on.
 //!
@@ -13,8 +15,11 @@
 //! [`Unit::verify`](crate::driver::Unit::verify),
 //! [`Unit::finish`](crate::driver::Unit::finish)): from memory, registers and the blob's
 //! physical address only. `adopt` does O(units + domains + devices) work (the blackout
-//! path); `verify` walks every table (optional, outside the blackout); `finish` makes
-//! the domains mutable again and frees what is no longer referenced.
+//! path) plus one check of the record's page runs against the preserved set (bounded by
+//! the set's blocks); `verify` walks every table (optional, outside the blackout) and
+//! checks every leaf target against the preserved set; `finish` makes the domains
+//! mutable again and frees what is no longer referenced (only pages of runs that
+//! `adopt` found preserved).
 //!
 //! # Driving a handover (what a scenario runner does)
 //!
@@ -31,10 +36,14 @@
 //! let blob = kho.finalize(hw.mem, &mut frames)?;    // the one address handed over
 //! let f = unit.freeze(&mut hw)?;
 //! machine.kexec(blob)?;
-//! // New kernel: a PagePool that excludes kho::read_preserved(mem, blob).
-//! let (mut unit, a) = Unit::adopt(&mut hw, &UnitConfig::new(base, Mode::Scalable), blob)
+//! // New kernel: the preserved set, read once against its RAM, keeps the PagePool off
+//! // those pages and goes to adopt (plain `Unit::adopt` reads it from the blob again).
+//! let preserved = kho::read_preserved_in(mem, blob, &ram)?;
+//! pool.exclude(&preserved);
+//! let (mut unit, a) =
+//!     Unit::adopt_with_preserved(&mut hw, &UnitConfig::new(base, Mode::Scalable), blob, preserved)
 //!     .map_err(|f| f.error)?;                       // a.entries_read: the blackout work
-//! let v = unit.verify(&mut hw)?;                    // optional full walk
+//! let v = unit.verify(&mut hw)?;                    // optional full walk, leaf targets too
 //! let fin = unit.finish(&mut hw)?;                  // domains mutable again
 //! ```
 //!
@@ -64,7 +73,7 @@ use iommu_core::kho::{write_handover, Client, FrameAllocator, KhoError, Written}
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::pageset::{PageSet, PageSetError};
 use iommu_core::pgtable::WalkError;
-use iommu_core::{DomainId, PhysAddr, RequesterId};
+use iommu_core::{DomainId, Iova, PhysAddr, RequesterId};
 
 use crate::driver::{ErrorKind, Mode};
 use record::{Malformed, Record};
@@ -138,6 +147,48 @@ pub enum HandoverErrorKind {
         device: Option<RequesterId>,
         /// Domain concerned, if any.
         did: Option<DomainId>,
+    },
+    /// A page run of the record holds pages the preserved set read from the blob does
+    /// not: the old kernel pinned every table page, so the record is not to be trusted
+    /// (freeing the run would give away memory in use).
+    RecordRunNotPreserved {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims.
+        pages: u64,
+        /// The first page of the run not preserved.
+        page: PhysAddr,
+    },
+    /// A page run of the record (or the runs together) claims more pages than the
+    /// preserved set holds: malformed.
+    RecordRunTooLarge {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims (all runs together when each fits on its own).
+        pages: u64,
+        /// Pages in the preserved set.
+        preserved: u64,
+    },
+    /// A leaf maps a page that must not be reached: memory nobody preserved (the new
+    /// kernel may use it), or a page table of the unit.
+    LeafTarget {
+        /// The domain.
+        did: DomainId,
+        /// The IOVA that reaches the page.
+        iova: Iova,
+        /// The page.
+        page: PhysAddr,
+        /// What the page is.
+        why: &'static str,
+    },
+    /// The page allocator had no page for `what` at adoption, while the preserved set
+    /// read from the blob (which the allocator must keep off) holds `preserved_pages`
+    /// pages: a preserved-memory map claiming (nearly) all memory, or a pool too small.
+    NoFreePage {
+        /// What the page was for.
+        what: &'static str,
+        /// Pages in the preserved set.
+        preserved_pages: u64,
     },
     /// An entry has reserved bits set.
     ReservedBits {
@@ -298,6 +349,37 @@ impl fmt::Display for HandoverError {
                 opt(f, "device", device)?;
                 opt(f, "domain", did)
             }
+            HandoverErrorKind::RecordRunNotPreserved { start, pages, page } => write!(
+                f,
+                "record page run at {start} ({pages:#x} pages) holds page {page}, which is not \
+                 preserved"
+            ),
+            HandoverErrorKind::RecordRunTooLarge {
+                start,
+                pages,
+                preserved,
+            } => write!(
+                f,
+                "record page run at {start} claims {pages:#x} pages, more than the {preserved:#x} \
+                 preserved pages"
+            ),
+            HandoverErrorKind::LeafTarget {
+                did,
+                iova,
+                page,
+                why,
+            } => write!(
+                f,
+                "domain {did}: IOVA {iova} maps page {page}, which is {why}"
+            ),
+            HandoverErrorKind::NoFreePage {
+                what,
+                preserved_pages,
+            } => write!(
+                f,
+                "no free page for {what}: the allocator keeps off the {preserved_pages:#x} \
+                 pages the preserved-memory map claims (more than the memory it manages?)"
+            ),
             HandoverErrorKind::ReservedBits {
                 what,
                 addr,

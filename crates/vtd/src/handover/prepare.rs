@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::{walk_with, WalkLimits};
-use iommu_core::{DomainId, Pasid, PhysAddr, RequesterId};
+use iommu_core::{DomainId, Iova, Pasid, PhysAddr, RequesterId};
 
 use super::record::{Record, RecordDevice, RecordDomain};
 use super::{client_name, HandoverError, HandoverErrorKind as K, KhoOut, Outgoing, Selection};
@@ -34,6 +34,9 @@ pub struct PrepareReport {
     pub pinned_pages: u64,
     /// Leaf entries found in the preserved domains.
     pub leaves: u64,
+    /// Mapping runs whose targets were checked against the memory other KHO clients
+    /// preserve (each must lie in it).
+    pub leaf_targets_checked: u64,
     /// Table entries read (structure entries plus 512 per page-table page walked).
     pub entries_read: u64,
     /// Size of the record payload in bytes.
@@ -375,7 +378,9 @@ impl Unit {
     ///
     /// Walks the live registers and tables, pins every table page, checks that the pages
     /// reachable from the live root for the preserved devices and domains are exactly
-    /// the pages the driver allocated for them (closure check), adds the record (client
+    /// the pages the driver allocated for them (closure check) and that every page a
+    /// leaf of a preserved domain maps lies in memory another KHO client preserves
+    /// (call [`KhoOut::preserve`] for guest memory first), adds the record (client
     /// [`client_name`], compatible `iommu-vtd-v1`) and the pinned pages to `kho`, and
     /// makes the preserved domains immutable. On error nothing is pinned, nothing is
     /// added to `kho` and nothing becomes immutable.
@@ -493,11 +498,33 @@ impl Unit {
         }
         let mut leaves = 0u64;
         let mut rec_domains = Vec::with_capacity(doms.len());
+        // Every page a preserved domain maps must be preserved by its owner (guest
+        // memory, added to `kho` before this call): after the kexec the new kernel
+        // owns everything else, and a device must not reach it.
+        let others = kho.preserved();
+        let mut targets_checked = 0u64;
         for &did in &doms {
             let d = &self.domains[&did.0];
             let f = self.format_for(d.kind, d.levels, did)?;
-            let s = walk_with(&f, hw.mem, d.root, &WalkLimits::default(), |_| {})
-                .map_err(|err| self.herr(K::Walk { did, err }))?;
+            let mut missing = None;
+            let s = walk_with(&f, hw.mem, d.root, &WalkLimits::default(), |m| {
+                targets_checked += 1;
+                if missing.is_none() {
+                    let pages = m.size.div_ceil(PAGE);
+                    if let Some(page) = super::tree::first_unpreserved(m.pa, pages, &others) {
+                        missing = Some(K::LeafTarget {
+                            did,
+                            iova: Iova(m.iova.0 + (page.0 - m.pa.0)),
+                            page,
+                            why: "in no memory a KHO client preserves",
+                        });
+                    }
+                }
+            })
+            .map_err(|err| self.herr(K::Walk { did, err }))?;
+            if let Some(k) = missing {
+                return Err(self.herr(k));
+            }
             entries += s.tables.len() as u64 * 512;
             leaves += s.leaves;
             for t in &s.tables {
@@ -599,6 +626,7 @@ impl Unit {
             devices: devs.len(),
             pinned_pages: pinned.page_count(),
             leaves,
+            leaf_targets_checked: targets_checked,
             entries_read: entries,
             record_bytes,
         };
@@ -821,8 +849,8 @@ impl core::fmt::Display for PrepareReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "prepare: {} domains, {} devices, {} pages pinned, {} leaves, {} entries read, record {} bytes",
-            self.domains, self.devices, self.pinned_pages, self.leaves, self.entries_read, self.record_bytes
+            "prepare: {} domains, {} devices, {} pages pinned, {} leaves, {} leaf-target runs checked, {} entries read, record {} bytes",
+            self.domains, self.devices, self.pinned_pages, self.leaves, self.leaf_targets_checked, self.entries_read, self.record_bytes
         )
     }
 }

@@ -19,8 +19,8 @@ use iommu_core::PhysAddr;
 use super::record::Record;
 use super::HandoverErrorKind as K;
 use crate::driver::{AnyFormat, PAGE};
-use crate::hw::pte::{FlPte, SlPte, FL_P, FL_PS, SL_PS, SL_R, SL_W};
-use iommu_core::DomainId;
+use crate::hw::pte::{FlPte, SlPte, FL_P, FL_PS, PTE_ADDR_MASK, SL_PS, SL_R, SL_W};
+use iommu_core::{DomainId, Iova};
 
 /// What the walk of one domain found: its leaf count (its table pages are left in
 /// [`Scratch::tables`]).
@@ -112,17 +112,105 @@ impl Visited {
 /// bounded by its block count); the same answer as building a set of the runs and
 /// asking [`PageSet::is_subset`], without building it.
 pub(crate) fn runs_preserved(record: &Record, preserved: &PageSet) -> bool {
-    record.pages.iter().all(|&(start, n)| {
-        let end = start.0.saturating_add(n.saturating_mul(PAGE));
-        let mut page = start;
-        while page.0 < end {
-            match preserved.containing_block(page) {
-                Some((b, o)) => page = PhysAddr(b.0.saturating_add(PAGE << o)),
-                None => return false,
+    record
+        .pages
+        .iter()
+        .all(|&(start, n)| first_unpreserved(start, n, preserved).is_none())
+}
+
+/// The first page of the `n` pages from `start` that `preserved` does not hold, if any.
+/// Steps block by block of the set, so the work is bounded by the set's block count,
+/// whatever `n` claims.
+pub(crate) fn first_unpreserved(start: PhysAddr, n: u64, preserved: &PageSet) -> Option<PhysAddr> {
+    let end = start.0.saturating_add(n.saturating_mul(PAGE));
+    let mut page = start;
+    while page.0 < end {
+        match preserved.containing_block(page) {
+            Some((b, o)) => page = PhysAddr(b.0.saturating_add(PAGE << o)),
+            None => return Some(page),
+        }
+    }
+    None
+}
+
+/// The check of leaf targets during a verification: every page a leaf maps must lie in
+/// the preserved set (memory its owner preserved, e.g. guest memory) and outside the
+/// record's page runs (a device must not reach this unit's tables). Leaves whose IOVAs
+/// and targets both follow on are checked as one run, and the last preserved block
+/// found is kept, so a table of leaves into one preserved block costs one lookup.
+pub(crate) struct Targets<'a> {
+    preserved: &'a PageSet,
+    record: &'a Record,
+    /// The run being gathered: (first IOVA, first PA, bytes).
+    run: Option<(u64, u64, u64)>,
+    /// The last preserved block found, `[start, end)`.
+    cached: (u64, u64),
+    /// Runs checked.
+    pub(crate) checked: u64,
+}
+
+impl<'a> Targets<'a> {
+    /// A check against `preserved` and `record`'s runs.
+    pub(crate) fn new(preserved: &'a PageSet, record: &'a Record) -> Self {
+        Targets {
+            preserved,
+            record,
+            run: None,
+            cached: (0, 0),
+            checked: 0,
+        }
+    }
+
+    /// A leaf mapping `size` bytes at `iova` to `pa`.
+    fn leaf(&mut self, did: DomainId, iova: u64, pa: u64, size: u64) -> Result<(), K> {
+        if let Some((i, p, n)) = self.run.as_mut() {
+            if i.wrapping_add(*n) == iova && p.wrapping_add(*n) == pa {
+                *n += size;
+                return Ok(());
             }
         }
-        true
-    })
+        self.flush(did)?;
+        self.run = Some((iova, pa, size));
+        Ok(())
+    }
+
+    /// Checks the run gathered so far.
+    fn flush(&mut self, did: DomainId) -> Result<(), K> {
+        let Some((iova, start, bytes)) = self.run.take() else {
+            return Ok(());
+        };
+        self.checked += 1;
+        let end = start.saturating_add(bytes);
+        let bad = |page: u64, why| K::LeafTarget {
+            did,
+            iova: Iova(iova + (page - start)),
+            page: PhysAddr(page),
+            why,
+        };
+        let mut page = start;
+        while page < end {
+            if (self.cached.0..self.cached.1).contains(&page) {
+                page = self.cached.1;
+                continue;
+            }
+            match self.preserved.containing_block(PhysAddr(page)) {
+                Some((b, o)) => {
+                    self.cached = (b.0, b.0.saturating_add(PAGE << o));
+                    page = self.cached.1;
+                }
+                None => return Err(bad(page, "in no preserved memory")),
+            }
+        }
+        // A record run meeting [start, end): the last run starting below `end`.
+        let i = self.record.pages.partition_point(|&(p, _)| p.0 < end);
+        if let Some(&(p, n)) = i.checked_sub(1).and_then(|i| self.record.pages.get(i)) {
+            let run_end = p.0.saturating_add(n.saturating_mul(PAGE));
+            if run_end > start {
+                return Err(bad(start.max(p.0), "a page table of this unit"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Buffers reused across the domains of one verification.
@@ -190,6 +278,7 @@ pub(crate) fn verify_tree(
     record: &Record,
     visited: &mut Visited,
     scratch: &mut Scratch,
+    mut targets: Option<&mut Targets<'_>>,
 ) -> Result<Tree, K> {
     let werr = |kind, level, index, entry, table| K::Walk {
         did,
@@ -270,19 +359,46 @@ pub(crate) fn verify_tree(
             // entry, `all` the AND. `any == 0` is an empty table. If every entry has a
             // bit of `present` in common (`all & present != 0`), every entry is a
             // present entry, and then the OR of their reserved bits is `any & reserved`
-            // and every one is a leaf iff `all` has the `leaf` bit.
-            let (mut any, mut all) = (0u64, u64::MAX);
+            // and every one is a leaf iff `all` has the `leaf` bit. In the same pass,
+            // `apart` is zero iff the entries' addresses follow on from the first one
+            // (a table of leaves mapping one contiguous range, what mapping a range
+            // gives): then its leaf targets are one run.
+            let shift = f.entry_shift(level);
+            let size = 1u64 << shift;
+            let addr_mask = PTE_ADDR_MASK & !(size - 1);
+            let pa0 = word(buf, 0) & addr_mask;
+            let (mut any, mut all, mut apart) = (0u64, u64::MAX, 0u64);
+            let mut expect = pa0;
             for chunk in buf.chunks_exact(8) {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(chunk);
                 let raw = u64::from_le_bytes(w);
                 any |= raw;
                 all &= raw;
+                apart |= (raw & addr_mask) ^ expect;
+                expect = expect.wrapping_add(size);
             }
             if any == 0 {
                 continue;
             }
+            let feed = |t: &mut Targets<'_>, only_present: bool| {
+                if !only_present && apart == 0 {
+                    return t.leaf(did, base, pa0, ENTRIES << shift);
+                }
+                for (i, chunk) in buf.chunks_exact(8).enumerate() {
+                    let raw = word(chunk, 0);
+                    if only_present && raw & present == 0 {
+                        continue;
+                    }
+                    let iova = base + ((i as u64) << shift);
+                    t.leaf(did, iova, raw & addr_mask, size)?;
+                }
+                Ok::<(), K>(())
+            };
             if all & present != 0 && (any & reserved) | (!all & leaf) == 0 {
+                if let Some(t) = targets.as_deref_mut() {
+                    feed(t, false)?;
+                }
                 leaves += ENTRIES;
                 continue;
             }
@@ -314,6 +430,9 @@ pub(crate) fn verify_tree(
                 }
             }
             if bad == 0 {
+                if let Some(t) = targets.as_deref_mut() {
+                    feed(t, true)?;
+                }
                 leaves += n;
                 continue;
             }
@@ -362,6 +481,9 @@ pub(crate) fn verify_tree(
                                     table,
                                 ));
                             }
+                            if let Some(t) = targets.as_deref_mut() {
+                                t.leaf(did, iova, pa.0, size.bytes())?;
+                            }
                             leaves += 1;
                         }
                         Entry::Table {
@@ -386,6 +508,9 @@ pub(crate) fn verify_tree(
         if let Some(c) = stack.get_mut(children..) {
             c.reverse();
         }
+    }
+    if let Some(t) = targets {
+        t.flush(did)?;
     }
     Ok(Tree { leaves })
 }
@@ -492,6 +617,7 @@ mod tests {
             record,
             &mut Visited::new(record),
             &mut scratch,
+            None,
         )?;
         Ok((t.leaves, scratch.tables))
     }
