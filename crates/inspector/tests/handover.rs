@@ -108,6 +108,10 @@ fn run(config: VtdConfig, mode: Mode, kind: DomainKind) {
         domains: vec![d1],
         devices: vec![A, B],
     };
+    // The guest memory the domain maps is preserved by its owner before prepare, which
+    // refuses leaves into memory no KHO client preserves.
+    kho.preserve_range(PhysAddr(0x2000_0000), 4).unwrap();
+    kho.preserve_range(PhysAddr(0x2040_0000), 0x200).unwrap();
     w.hw(|hw| unit.prepare(hw, &mut kho, &sel))
         .expect("prepare");
     let blob = {
