@@ -8,17 +8,19 @@
 //! Both use 4 KiB tables of 512 entries, 9 IOVA bits per level; level 1 holds 4 KiB
 //! pages. Entry bits come from [`crate::hw::pte`] (the single source of truth for VT-d
 //! bits); this module only turns them into [`Entry`] values and names the reserved bit
-//! that makes an entry malformed.
+//! that makes an entry malformed, and (the write side, [`WriteFormat`]) encodes leaves
+//! and table entries for the generic `map` / `unmap` of `iommu_core::pgtable`.
 
 use crate::hw::pasid::Flpm;
 use crate::hw::pte::{
-    level_shift, FlPte, PteCaps, SlPte, FL_PS, FL_RW, FL_XD, PTE_SIZE, SL_PS, SL_SNP, SL_TM,
+    level_shift, FlPte, PteCaps, SlPte, FL_PS, FL_RW, FL_XD, PTE_ADDR_MASK, PTE_SIZE, SL_PS,
+    SL_SNP, SL_TM, SL_X,
 };
 use crate::hw::regs::{CAP, ECAP};
 use crate::hw::root::AddressWidth;
 use core::fmt;
 use iommu_core::addr::{PageSize, PhysAddr};
-use iommu_core::pgtable::{Entry, EntryError, Format, Perms};
+use iommu_core::pgtable::{Entry, EntryError, Format, Perms, WriteFormat};
 
 /// Bytes of a VT-d paging-structure table (both stages).
 pub const TABLE_BYTES: u64 = 4096;
@@ -382,6 +384,142 @@ impl Format for FirstStage {
                 perms,
             })
         }
+    }
+}
+
+/// The large page a leaf at `level` maps where `caps` allow it: 4 KiB at level 1,
+/// 2 MiB at level 2 (`large_2m`), 1 GiB at level 3 (`large_1g`).
+fn leaf_size(level: u8, caps: &PteCaps) -> Option<PageSize> {
+    match level {
+        1 => Some(PageSize::SIZE_4K),
+        2 if caps.large_2m => Some(PageSize::SIZE_2M),
+        3 if caps.large_1g => Some(PageSize::SIZE_1G),
+        _ => None,
+    }
+}
+
+/// Address of child `index` of a large page at `addr` split into pages of the next
+/// smaller level below `level`.
+fn child_addr(addr: u64, level: u8, index: usize) -> u64 {
+    addr + ((index as u64) << level_shift(level as u32 - 1))
+}
+
+impl WriteFormat for SecondStage {
+    type Attrs = ();
+
+    fn oa_bits(&self) -> u32 {
+        self.caps.haw
+    }
+    fn leaf_entries(&self, level: u8, size: PageSize) -> Option<u32> {
+        (level <= self.levels && leaf_size(level, &self.caps) == Some(size)).then_some(1)
+    }
+    /// R and W from `perms` (one of them needed: an entry with neither is not present);
+    /// X only where execute requests are enabled ([`SecondStage::with_exec`]); PS at
+    /// levels 2 and 3.
+    fn encode_leaf(
+        &self,
+        level: u8,
+        pa: PhysAddr,
+        _size: PageSize,
+        perms: Perms,
+        _attrs: (),
+        _slot: u32,
+    ) -> Result<u64, EntryError> {
+        if !perms.read && !perms.write {
+            return Err(EntryError {
+                reason: "second-stage entry: a leaf needs R or W (R = W = 0 is not present)",
+            });
+        }
+        if perms.exec && !self.exec {
+            return Err(EntryError {
+                reason: "second-stage entry: X needs execute requests enabled (SLEE)",
+            });
+        }
+        let pte = if level == 1 {
+            SlPte::page(pa.0, perms.read, perms.write)
+        } else {
+            SlPte::large_page(pa.0, perms.read, perms.write)
+        };
+        Ok(pte.raw() | if perms.exec { SL_X } else { 0 })
+    }
+    fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
+        SlPte::table(next.0).raw()
+    }
+    /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
+    /// other bit (R, W, X, EMT, IPAT, SNP, TM) kept; PS stays for 2 MiB children and
+    /// goes for 4 KiB ones.
+    fn split_leaf(&self, level: u8, raw: u64, index: usize) -> Option<u64> {
+        let pte = SlPte::from_raw(raw);
+        if !(2..=3).contains(&level) || !pte.present() || !pte.ps() || index >= 512 {
+            return None;
+        }
+        leaf_size(level - 1, &self.caps)?;
+        let mut v = (raw & !PTE_ADDR_MASK) | child_addr(pte.addr(), level, index);
+        if level == 2 {
+            v &= !SL_PS;
+        }
+        Some(v)
+    }
+}
+
+/// Bit 12 of a 2 MiB or 1 GiB first-stage leaf: PAT (Intel SDM vol. 3 §4.5, tables
+/// 4-17 and 4-18); in a 4 KiB PTE PAT is bit 7, the PS position (table 4-19).
+const FL_PAT_LARGE: u64 = 1 << 12;
+const FL_PAT_4K: u64 = 1 << 7;
+
+impl WriteFormat for FirstStage {
+    type Attrs = ();
+
+    fn oa_bits(&self) -> u32 {
+        self.caps.haw
+    }
+    fn leaf_entries(&self, level: u8, size: PageSize) -> Option<u32> {
+        (level <= self.levels && leaf_size(level, &self.caps) == Some(size)).then_some(1)
+    }
+    /// Present and user (as Linux does), R/W for write, XD unless `perms.exec`; reads
+    /// are always allowed, so a mapping without read cannot be expressed.
+    fn encode_leaf(
+        &self,
+        level: u8,
+        pa: PhysAddr,
+        _size: PageSize,
+        perms: Perms,
+        _attrs: (),
+        _slot: u32,
+    ) -> Result<u64, EntryError> {
+        if !perms.read {
+            return Err(EntryError {
+                reason: "first-stage entry: a present page is always readable (no write-only)",
+            });
+        }
+        let pte = if level == 1 {
+            FlPte::page(pa.0, perms.write)
+        } else {
+            FlPte::large_page(pa.0, perms.write)
+        };
+        Ok(pte.raw() | if perms.exec { 0 } else { FL_XD })
+    }
+    fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
+        FlPte::table(next.0).raw()
+    }
+    /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
+    /// other bit kept; a PAT bit moves from bit 12 to bit 7 when the children are 4 KiB
+    /// pages.
+    fn split_leaf(&self, level: u8, raw: u64, index: usize) -> Option<u64> {
+        let pte = FlPte::from_raw(raw);
+        if !(2..=3).contains(&level) || !pte.present() || !pte.ps() || index >= 512 {
+            return None;
+        }
+        leaf_size(level - 1, &self.caps)?;
+        let addr = pte.leaf_addr(level as u32);
+        let pat = raw & FL_PAT_LARGE != 0;
+        let rest = raw & !PTE_ADDR_MASK & !FL_PS;
+        let child = child_addr(addr, level, index);
+        Some(if level == 2 {
+            rest | child | if pat { FL_PAT_4K } else { 0 }
+        } else {
+            rest | child | FL_PS | if pat { FL_PAT_LARGE } else { 0 }
+        })
     }
 }
 
