@@ -12,13 +12,17 @@
 //! - [`pageset`]: [`pageset::PageSet`], a set of preserved physical pages modelled on
 //!   Linux KHO's radix tree;
 //! - [`kho`]: the kexec-handover blob (a flattened device tree in KHO's layout) and the
-//!   versioned client records it points to.
+//!   versioned client records it points to;
+//! - `conformance` (feature `conformance`, for tests): one conformance body run over
+//!   every page-table format, instantiated with `conformance_tests!`.
 #![no_std]
 #![warn(missing_docs)]
 
 extern crate alloc;
 
 pub mod addr;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod kho;
 pub mod mem;
 pub mod pageset;
