@@ -21,7 +21,7 @@
 extern crate alloc;
 
 pub mod addr;
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod kho;
 pub mod mem;

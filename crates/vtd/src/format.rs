@@ -445,6 +445,27 @@ impl WriteFormat for SecondStage {
     fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
         SlPte::table(next.0).raw()
     }
+    /// Present (R or W), leaf or table by PS and level; no reserved-bit checks.
+    #[inline]
+    fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        let pte = SlPte::from_raw(raw);
+        if !pte.present() {
+            return Ok(Entry::Invalid);
+        }
+        if pte.is_leaf(level as u32) {
+            Ok(Entry::Leaf {
+                base: PhysAddr(pte.addr()),
+                size: page_size(level)?,
+                perms: Perms::RW,
+            })
+        } else {
+            Ok(Entry::Table {
+                next: PhysAddr(pte.addr()),
+                level: level.wrapping_sub(1),
+                perms: Perms::RW,
+            })
+        }
+    }
     /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
     /// other bit (R, W, X, EMT, IPAT, SNP, TM) kept; PS stays for 2 MiB children and
     /// goes for 4 KiB ones.
@@ -501,6 +522,27 @@ impl WriteFormat for FirstStage {
     }
     fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
         FlPte::table(next.0).raw()
+    }
+    /// Present (P), leaf or table by PS and level; no reserved-bit checks.
+    #[inline]
+    fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        let pte = FlPte::from_raw(raw);
+        if !pte.present() {
+            return Ok(Entry::Invalid);
+        }
+        if pte.is_leaf(level as u32) {
+            Ok(Entry::Leaf {
+                base: PhysAddr(pte.leaf_addr(level as u32)),
+                size: page_size(level)?,
+                perms: Perms::RW,
+            })
+        } else {
+            Ok(Entry::Table {
+                next: PhysAddr(pte.addr()),
+                level: level.wrapping_sub(1),
+                perms: Perms::RW,
+            })
+        }
     }
     /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
     /// other bit kept; a PAT bit moves from bit 12 to bit 7 when the children are 4 KiB

@@ -103,6 +103,15 @@ pub trait WriteFormat: Format {
         level - 1
     }
 
+    /// What `raw` at `level` is, for the algorithm's descent: like
+    /// [`decode`](Format::decode), but it may skip the reserved-bit checks and the
+    /// permissions (only the variant, a leaf's base and size, and a table's address and
+    /// level are used). Formats override it where `decode` is costly; the default
+    /// decodes.
+    fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        self.decode(level, raw)
+    }
+
     /// Entry `index` of the level-`next_level(level)` table that replaces the leaf
     /// `raw` at `level` (same output addresses, permissions and attributes, smaller
     /// pages), or `None` where the format cannot split that leaf.
@@ -528,7 +537,7 @@ where
                 entry: raw,
                 why,
             };
-            let entry = self.f.decode(level, raw).map_err(|e| corrupt(e.reason))?;
+            let entry = self.f.classify(level, raw).map_err(|e| corrupt(e.reason))?;
             let (next, next_level) = match entry {
                 Entry::Invalid => {
                     let nl = self.f.next_level(level);
@@ -605,7 +614,7 @@ where
                 let e0 = page * n;
                 for k in 0..n {
                     let raw = u64::from_le(buf[e0 + k]);
-                    if !matches!(self.f.decode(level, raw), Ok(Entry::Invalid)) {
+                    if !matches!(self.f.classify(level, raw), Ok(Entry::Invalid)) {
                         return Err(MapErrorKind::AlreadyMapped {
                             iova: Iova(self.iova + self.done),
                             level,
@@ -778,9 +787,12 @@ where
         let first = (self.start.saturating_sub(base) >> shift) as usize;
         let last = (((self.end - base) as u128 + span as u128 - 1) >> shift).min(g.entries as u128)
             as usize;
+        let empty = self.f.cleared(level);
         let mut cleared: Vec<usize> = Vec::new();
-        for i in first..last {
-            let raw = buf[i];
+        for (i, &raw) in buf.iter().enumerate().take(last).skip(first) {
+            if raw == empty {
+                continue;
+            }
             let corrupt = |why| MapErrorKind::Corrupt {
                 table,
                 level,
@@ -788,7 +800,7 @@ where
                 why,
             };
             let e_start = base + ((i as u64) << shift);
-            match self.f.decode(level, raw).map_err(|e| corrupt(e.reason))? {
+            match self.f.classify(level, raw).map_err(|e| corrupt(e.reason))? {
                 Entry::Invalid => {}
                 Entry::Leaf { size, .. } => {
                     let p_start = e_start & !(size.bytes() - 1);
@@ -855,16 +867,15 @@ where
         if self.dry {
             return Ok(false);
         }
-        let c = self.f.cleared(level);
         for &i in &cleared {
             self.m
-                .write_u64(PhysAddr(table.0 + i as u64 * 8), c)
+                .write_u64(PhysAddr(table.0 + i as u64 * 8), empty)
                 .map_err(mem)?;
-            buf[i] = c;
+            buf[i] = empty;
         }
         Ok(buf
             .iter()
-            .all(|&v| matches!(self.f.decode(level, v), Ok(Entry::Invalid))))
+            .all(|&v| v == empty || matches!(self.f.classify(level, v), Ok(Entry::Invalid))))
     }
 
     /// Check pass: records the tables splitting the leaf `raw` at `level` (entry at
