@@ -33,8 +33,8 @@
 use crate::addr::{Iova, PageSize, PhysAddr};
 use crate::mem::{MemError, PhysMem};
 use crate::pgtable::{
-    leaf_level, map, unmap, walk, Entry, FreedTable, MapErrorKind, Mapping, Partial, Perms,
-    TableAlloc, Unmapped, WalkLimits, WriteFormat,
+    leaf_level, map, table_pages, unmap, walk, Entry, FreedTable, MapErrorKind, Mapping, Partial,
+    Perms, TableAlloc, Unmapped, WalkLimits, WriteFormat,
 };
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -239,7 +239,10 @@ where
     pub fn walk(&self) -> Vec<Mapping> {
         let w = walk(self.f, &self.mem, self.root, &WalkLimits::default())
             .unwrap_or_else(|e| panic!("{}: walk failed: {e}", self.f.name()));
-        let seen: BTreeSet<u64> = w.tables.iter().map(|t| t.addr.0).collect();
+        let pages = table_pages(self.f, &self.mem, self.root, &WalkLimits::default())
+            .unwrap_or_else(|e| panic!("{}: table collection failed: {e}", self.f.name()));
+        assert_eq!(pages, w.tables, "{}: table collection", self.f.name());
+        let seen: BTreeSet<u64> = pages.iter().map(|t| t.addr.0).collect();
         assert_eq!(
             seen,
             self.tables.live(),

@@ -844,3 +844,35 @@ fn unmap_follows_no_pointer_to_a_table_it_does_not_own() {
         .unwrap_err();
     assert!(matches!(e, MapErrorKind::Corrupt { .. }), "{e:?}");
 }
+
+#[test]
+fn map_and_unmap_follow_a_level_skipping_entry() {
+    // Root (level 3) entry 1 points straight to a level-1 table (AMD-Vi v1 style): the
+    // table covers the low 64 KiB of the entry's 1 MiB span.
+    let f = Tiny::new(3);
+    let mut rig = crate::conformance::Rig::new(&f);
+    let t = rig.tables.alloc_table(1, 128).unwrap();
+    rig.mem.write(t, &[0; 128]).unwrap();
+    rig.mem
+        .write_u64(PhysAddr(rig.root.0 + 8), tbl(t.0, 1, R | W))
+        .unwrap();
+    rig.map(0x10_3000, 0x7000, 0x2000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap();
+    assert_eq!(
+        rig.mem.read_u64(PhysAddr(t.0 + 3 * 8)).unwrap(),
+        leaf(0x7000, 0, R | W)
+    );
+    // Above the skipping table's coverage: refused, nothing written.
+    let e = rig
+        .map(0x11_0000, 0x9000, 0x1000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap_err();
+    assert!(matches!(e, MapErrorKind::Corrupt { level: 3, .. }), "{e:?}");
+    assert_eq!(
+        rig.walk(),
+        vec![m(0x10_3000, 0x7000, 0x2000, Perms::RW, 0x1000)]
+    );
+    // Unmapping everything empties and frees the skipping table.
+    let u = rig.unmap(0, 1 << 24, Partial::Refuse).unwrap();
+    assert_eq!((u.bytes, u.freed.len()), (0x2000, 1));
+    assert_eq!(u.freed[0].addr, t);
+}

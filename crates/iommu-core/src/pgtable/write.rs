@@ -25,8 +25,9 @@
 //!   `size / span` and [`WriteFormat::encode_leaf`] returns the same word for every
 //!   `slot`, so the algorithm writes the replicated copies. Level skipping is a
 //!   decode-side matter: the algorithm follows whatever level a table entry names
-//!   (already the walker's rule) and creates tables at [`WriteFormat::next_level`],
-//!   which for AMD-Vi is `level - 1` (as Linux, which never creates skipping entries).
+//!   (already the walker's rule; the skipped IOVA bits must be zero, or the map is
+//!   refused) and creates tables at [`WriteFormat::next_level`], which for AMD-Vi is
+//!   `level - 1` (as Linux, which never creates skipping entries).
 //! - **AMD-Vi v2**: the x86-64 long-mode format, the same operations as VT-d first
 //!   stage.
 //! - **ARM VMSAv8-64** (stage 1 and 2, 4/16/64 KiB granules): levels numbered from the
@@ -34,11 +35,15 @@
 //!   but the root, whose size follows the input width (fewer entries for a short
 //!   T0SZ, up to 16 concatenated granules for a stage-2 start level);
 //!   `entry_shift` steps by `granule_shift - 3`. Blocks (1 GiB / 2 MiB at 4 KiB,
-//!   32 MiB at 16 KiB, 512 MiB at 64 KiB) are single entries; contiguous-hint pages
-//!   are `leaf_entries == 16` (or 32/128 by granule) with `encode_leaf` adding
-//!   `slot << span` to the output address and setting the Contiguous bit. The cleared
-//!   value is 0 (type bits 0b00); a block splits into a table of pages or smaller
-//!   blocks with the same attributes.
+//!   32 MiB at 16 KiB, 512 MiB at 64 KiB) are single entries; contiguous-hint runs
+//!   (16 entries at 4 KiB, 32 or 128 at 16 KiB, 32 at 64 KiB by level) are
+//!   `leaf_entries == n` with `encode_leaf` adding `slot << span` to the output
+//!   address and setting the Contiguous bit, and `decode` reporting the whole run as
+//!   the page (base of the run, size `n << span`), so the walker translates each slot
+//!   and `unmap` never clears part of a run. The cleared value is 0 (type bits 0b00);
+//!   a block splits into a table of pages or smaller blocks with the same attributes;
+//!   a stage-2 start level of up to 16 concatenated tables is simply a larger
+//!   `table_bytes` at the root level, which the algorithm indexes like any table.
 //!
 //! # Guarantees
 //!
@@ -579,6 +584,13 @@ where
             let ng = geometry(self.f, next_level).map_err(|_| MapErrorKind::BadGeometry {
                 reason: "next table geometry",
             })?;
+            // A level-skipping entry (AMD-Vi v1) covers only the low part of its span:
+            // the skipped IOVA bits must be zero.
+            if (self.iova + self.done - slot) as u128 >= ng.coverage() {
+                return Err(corrupt(
+                    "the IOVA lies in the part of a level-skipping entry's span its table does not cover",
+                ));
+            }
             self.fill(next, next_level, ng, slot)?;
             i += 1;
         }
