@@ -404,6 +404,30 @@ fn child_addr(addr: u64, level: u8, index: usize) -> u64 {
     addr + ((index as u64) << level_shift(level as u32 - 1))
 }
 
+/// The descent's view of an entry of either stage (permissions are not looked at).
+#[inline]
+fn classify(
+    level: u8,
+    present: bool,
+    leaf: bool,
+    page: u64,
+    next: u64,
+) -> Result<Entry, EntryError> {
+    Ok(match (present, leaf) {
+        (false, _) => Entry::Invalid,
+        (true, true) => Entry::Leaf {
+            base: PhysAddr(page),
+            size: page_size(level)?,
+            perms: Perms::RW,
+        },
+        (true, false) => Entry::Table {
+            next: PhysAddr(next),
+            level: level.wrapping_sub(1),
+            perms: Perms::RW,
+        },
+    })
+}
+
 impl WriteFormat for SecondStage {
     type Attrs = ();
 
@@ -449,22 +473,8 @@ impl WriteFormat for SecondStage {
     #[inline]
     fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
         let pte = SlPte::from_raw(raw);
-        if !pte.present() {
-            return Ok(Entry::Invalid);
-        }
-        if pte.is_leaf(level as u32) {
-            Ok(Entry::Leaf {
-                base: PhysAddr(pte.addr()),
-                size: page_size(level)?,
-                perms: Perms::RW,
-            })
-        } else {
-            Ok(Entry::Table {
-                next: PhysAddr(pte.addr()),
-                level: level.wrapping_sub(1),
-                perms: Perms::RW,
-            })
-        }
+        let leaf = pte.is_leaf(level as u32);
+        classify(level, pte.present(), leaf, pte.addr(), pte.addr())
     }
     /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
     /// other bit (R, W, X, EMT, IPAT, SNP, TM) kept; PS stays for 2 MiB children and
@@ -527,22 +537,14 @@ impl WriteFormat for FirstStage {
     #[inline]
     fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
         let pte = FlPte::from_raw(raw);
-        if !pte.present() {
-            return Ok(Entry::Invalid);
-        }
-        if pte.is_leaf(level as u32) {
-            Ok(Entry::Leaf {
-                base: PhysAddr(pte.leaf_addr(level as u32)),
-                size: page_size(level)?,
-                perms: Perms::RW,
-            })
-        } else {
-            Ok(Entry::Table {
-                next: PhysAddr(pte.addr()),
-                level: level.wrapping_sub(1),
-                perms: Perms::RW,
-            })
-        }
+        let leaf = pte.is_leaf(level as u32);
+        classify(
+            level,
+            pte.present(),
+            leaf,
+            pte.leaf_addr(level as u32),
+            pte.addr(),
+        )
     }
     /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
     /// other bit kept; a PAT bit moves from bit 12 to bit 7 when the children are 4 KiB

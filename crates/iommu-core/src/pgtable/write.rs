@@ -327,6 +327,34 @@ pub enum Partial {
     Split,
 }
 
+/// The geometry of `level`, a format bug as [`MapErrorKind::BadGeometry`].
+fn geom<F: Format + ?Sized>(f: &F, level: u8) -> Result<Geometry, MapErrorKind> {
+    geometry(f, level).map_err(|k| match k {
+        super::WalkErrorKind::BadGeometry { reason } => MapErrorKind::BadGeometry { reason },
+        _ => MapErrorKind::BadGeometry {
+            reason: "table geometry",
+        },
+    })
+}
+
+/// Whether the algorithm may follow a table entry at `level` to the level-`nl` table
+/// `next`: owned by the tree, and its level below the entry's and at least `lowest`.
+fn follow<A: TableAlloc + ?Sized>(
+    alloc: &A,
+    next: PhysAddr,
+    nl: u8,
+    level: u8,
+    lowest: u8,
+) -> Result<(), &'static str> {
+    if !alloc.owns(next) {
+        return Err("points to a table page this tree never allocated");
+    }
+    if nl >= level || nl < lowest.max(1) {
+        return Err("next level not between the leaf level and the entry's");
+    }
+    Ok(())
+}
+
 fn mem(e: MemError) -> MapErrorKind {
     MapErrorKind::Memory(e)
 }
@@ -367,9 +395,7 @@ where
     M: PhysMem + ?Sized,
     A: TableAlloc + ?Sized,
 {
-    let g = geometry(f, level).map_err(|_| MapErrorKind::BadGeometry {
-        reason: "table geometry of a level the format creates",
-    })?;
+    let g = geom(f, level)?;
     let t = a
         .alloc_table(level, g.bytes)
         .ok_or(MapErrorKind::OutOfTables)?;
@@ -450,11 +476,7 @@ where
     f.encode_leaf(leaf, pa, size, perms, attrs, 0)
         .map_err(|e| fail(MapErrorKind::Unencodable(e)))?;
     let root_level = f.root_level();
-    let rg = geometry(f, root_level).map_err(|_| {
-        fail(MapErrorKind::BadGeometry {
-            reason: "root table geometry",
-        })
-    })?;
+    let rg = geom(f, root_level).map_err(fail)?;
     let mut cx = MapCx {
         f,
         m,
@@ -570,20 +592,11 @@ where
                 Entry::Table {
                     next, level: nl, ..
                 } => {
-                    if !self.alloc.owns(next) {
-                        return Err(corrupt("points to a table page this tree never allocated"));
-                    }
-                    if nl >= level || nl < self.leaf {
-                        return Err(corrupt(
-                            "next level not between the leaf level and the entry's",
-                        ));
-                    }
+                    follow(&*self.alloc, next, nl, level, self.leaf).map_err(corrupt)?;
                     (next, nl)
                 }
             };
-            let ng = geometry(self.f, next_level).map_err(|_| MapErrorKind::BadGeometry {
-                reason: "next table geometry",
-            })?;
+            let ng = geom(self.f, next_level)?;
             // A level-skipping entry (AMD-Vi v1) covers only the low part of its span:
             // the skipped IOVA bits must be zero.
             if (self.iova + self.done - slot) as u128 >= ng.coverage() {
@@ -702,9 +715,7 @@ where
         return Ok(Unmapped::default());
     }
     let level = f.root_level();
-    let g = geometry(f, level).map_err(|_| MapErrorKind::BadGeometry {
-        reason: "root table geometry",
-    })?;
+    let g = geom(f, level)?;
     let mut cx = UnmapCx {
         f,
         m,
@@ -836,9 +847,7 @@ where
                         self.plan_split(level, raw, e_start).map_err(|()| partial)?;
                     } else {
                         let (t, nl) = self.split(table, level, raw, i)?;
-                        let ng = geometry(self.f, nl).map_err(|_| MapErrorKind::BadGeometry {
-                            reason: "split table geometry",
-                        })?;
+                        let ng = geom(self.f, nl)?;
                         if self.table(t, nl, ng, e_start, depth + 1)? {
                             // Cannot happen for a partial cover; handled for safety.
                             cleared.push(i);
@@ -853,15 +862,8 @@ where
                 Entry::Table {
                     next, level: nl, ..
                 } => {
-                    if !self.alloc.owns(next) {
-                        return Err(corrupt("points to a table page this tree never allocated"));
-                    }
-                    if nl >= level || nl == 0 {
-                        return Err(corrupt("next level is not below the entry's level"));
-                    }
-                    let ng = geometry(self.f, nl).map_err(|_| MapErrorKind::BadGeometry {
-                        reason: "next table geometry",
-                    })?;
+                    follow(&*self.alloc, next, nl, level, 1).map_err(corrupt)?;
+                    let ng = geom(self.f, nl)?;
                     if ng.coverage() > span as u128 {
                         return Err(corrupt("next table covers more than its entry"));
                     }
@@ -939,9 +941,7 @@ where
             .position(|&(_, l)| l == nl)
             .ok_or(MapErrorKind::OutOfTables)?;
         let (t, _) = self.spare.swap_remove(pos);
-        let g = geometry(self.f, nl).map_err(|_| MapErrorKind::BadGeometry {
-            reason: "split table geometry",
-        })?;
+        let g = geom(self.f, nl)?;
         let mut words = Vec::with_capacity(g.entries);
         for j in 0..g.entries {
             let v = self

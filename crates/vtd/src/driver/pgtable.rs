@@ -5,9 +5,7 @@
 
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
-use iommu_core::pgtable::{
-    self as pt, MapErrorKind, Partial, Perms, TableAlloc, Unmapped, WriteFormat,
-};
+use iommu_core::pgtable::{self as pt, MapErrorKind, Partial, Perms, TableAlloc, Unmapped};
 use iommu_core::{Iova, PageSize, PhysAddr};
 
 use super::inval::Op;
@@ -201,22 +199,6 @@ fn check_size(unit: &Unit, d: &Head, size: PageSize) -> Result<u8, Error> {
     }
 }
 
-/// Runs the generic map on domain `d` with a concrete format.
-#[allow(clippy::too_many_arguments)]
-fn map_in<F: WriteFormat<Attrs = ()>>(
-    f: &F,
-    mem: &mut dyn PhysMem,
-    alloc: &mut DomainTables<'_>,
-    d: &Head,
-    iova: Iova,
-    pa: PhysAddr,
-    len: u64,
-    size: PageSize,
-    perms: Perms,
-) -> Result<pt::Mapped, pt::MapError> {
-    pt::map(f, mem, alloc, d.root, iova, pa, len, size, perms, ())
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn map(
     unit: &mut Unit,
@@ -280,8 +262,8 @@ pub(crate) fn map(
         },
     };
     let r = with_domain(unit, hw, d, |f, mem, alloc| match f {
-        Format::Second(f) => map_in(f, mem, alloc, d, iova, pa, len, size, perms),
-        Format::First(f) => map_in(f, mem, alloc, d, iova, pa, len, size, perms),
+        Format::Second(f) => pt::map(f, mem, alloc, d.root, iova, pa, len, size, perms, ()),
+        Format::First(f) => pt::map(f, mem, alloc, d.root, iova, pa, len, size, perms, ()),
     })?;
     match r {
         Ok(_) => {}
