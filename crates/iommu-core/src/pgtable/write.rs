@@ -9,41 +9,8 @@
 //! The algorithm never invalidates anything and never frees a table page itself: it
 //! reports what it changed ([`Mapped`], [`Unmapped`]) so the caller can invalidate
 //! exactly what is needed and free the pages only once the IOTLB no longer references
-//! them.
-//!
-//! # How each format fits
-//!
-//! - **VT-d second stage / first stage** (`vtd::format`): 4 KiB tables of 512 entries
-//!   at every level; 2 MiB leaves at level 2 and 1 GiB leaves at level 3 (PS bit) where
-//!   the unit allows; one entry per leaf; the cleared value is 0; a 2 MiB or 1 GiB leaf
-//!   splits into 512 leaves of the next smaller size with the same attributes.
-//! - **AMD-Vi v1**: 4 KiB tables of 512 entries (128 in a Mode-6 root, given by
-//!   [`Format::table_bytes`] of the root level). A page of a level's own span is one
-//!   entry with NextLevel 0; a page between two spans (8 KiB … 1 MiB, 4 MiB … 512 MiB,
-//!   …) is NextLevel 7 with the size encoded in the address bits, placed at the highest
-//!   level whose span is below the page: [`WriteFormat::leaf_entries`] answers
-//!   `size / span` and [`WriteFormat::encode_leaf`] returns the same word for every
-//!   `slot`, so the algorithm writes the replicated copies. Level skipping is a
-//!   decode-side matter: the algorithm follows whatever level a table entry names
-//!   (already the walker's rule; the skipped IOVA bits must be zero, or the map is
-//!   refused) and creates tables at [`WriteFormat::next_level`], which for AMD-Vi is
-//!   `level - 1` (as Linux, which never creates skipping entries).
-//! - **AMD-Vi v2**: the x86-64 long-mode format, the same operations as VT-d first
-//!   stage.
-//! - **ARM VMSAv8-64** (stage 1 and 2, 4/16/64 KiB granules): levels numbered from the
-//!   leaf up (ARM level 3 is level 1 here). `table_bytes` is the granule at every level
-//!   but the root, whose size follows the input width (fewer entries for a short
-//!   T0SZ, up to 16 concatenated granules for a stage-2 start level);
-//!   `entry_shift` steps by `granule_shift - 3`. Blocks (1 GiB / 2 MiB at 4 KiB,
-//!   32 MiB at 16 KiB, 512 MiB at 64 KiB) are single entries; contiguous-hint runs
-//!   (16 entries at 4 KiB, 32 or 128 at 16 KiB, 32 at 64 KiB by level) are
-//!   `leaf_entries == n` with `encode_leaf` adding `slot << span` to the output
-//!   address and setting the Contiguous bit, and `decode` reporting the whole run as
-//!   the page (base of the run, size `n << span`), so the walker translates each slot
-//!   and `unmap` never clears part of a run. The cleared value is 0 (type bits 0b00);
-//!   a block splits into a table of pages or smaller blocks with the same attributes;
-//!   a stage-2 start level of up to 16 concatenated tables is simply a larger
-//!   `table_bytes` at the root level, which the algorithm indexes like any table.
+//! them. How VT-d, AMD-Vi v1/v2 and ARM VMSAv8-64 supply the per-entry operations is
+//! written down on [`WriteFormat`].
 //!
 //! # Guarantees
 //!
@@ -66,8 +33,49 @@ use core::fmt;
 use zerocopy::IntoBytes;
 
 /// The write side of a page-table [`Format`]: per-entry encodings the generic
-/// [`map`] / [`unmap`] build on. See the [module documentation](self) for how VT-d,
-/// AMD-Vi v1/v2 and ARM VMSAv8-64 supply them.
+/// [`map`] / [`unmap`] build on.
+///
+/// # How each format fits
+///
+/// - **VT-d second stage / first stage** (`vtd::format`): 4 KiB tables of 512 entries
+///   at every level; 2 MiB leaves at level 2 and 1 GiB leaves at level 3 (PS bit) where
+///   the unit allows; one entry per leaf; the cleared value is 0; a 2 MiB or 1 GiB leaf
+///   splits into 512 leaves of the next smaller size with the same attributes.
+/// - **AMD-Vi v1**: 4 KiB tables of 512 entries (128 in a Mode-6 root, given by
+///   [`Format::table_bytes`] of the root level). A page of a level's own span is one
+///   entry with NextLevel 0; a page between two spans (8 KiB … 1 MiB, 4 MiB … 512 MiB,
+///   …) is NextLevel 7 with the size encoded in the address bits, placed at the highest
+///   level whose span is below the page: [`WriteFormat::leaf_entries`] answers
+///   `size / span` and [`WriteFormat::encode_leaf`] returns the same word for every
+///   `slot`, so the algorithm writes the replicated copies. Level skipping is a
+///   decode-side matter: the algorithm follows whatever level a table entry names
+///   (already the walker's rule; the skipped IOVA bits must be zero, or the map is
+///   refused) and creates tables at [`WriteFormat::next_level`], which for AMD-Vi is
+///   `level - 1` (as Linux, which never creates skipping entries). PDEs carry
+///   IR = IW = 1 (`encode_table`, as Linux), leaves IR/IW from the permissions and
+///   FC/U as `Attrs`; sizes Linux refuses (512 GiB) get `None` from `leaf_entries`.
+///   `decode` reports a NextLevel-7 entry as its whole page, so `unmap` never clears
+///   part of a replicated page.
+/// - **AMD-Vi v2**: the x86-64 long-mode format, the same operations as VT-d first
+///   stage (P, R/W, U/S, PS, NX; 4 KiB / 2 MiB / 1 GiB).
+/// - Permissions a format cannot express (a write-only x86 page, execute where the
+///   unit has no execute control) are refused by `encode_leaf`, never widened.
+/// - **ARM VMSAv8-64** (stage 1 and 2, 4/16/64 KiB granules): levels numbered from the
+///   leaf up (ARM level 3 is level 1 here). `table_bytes` is the granule at every level
+///   but the root, whose size follows the input width (fewer entries for a short
+///   T0SZ, up to 16 concatenated granules for a stage-2 start level). Stage 1 and
+///   stage 2 differ only in `encode_leaf` (AP\[2:1\] and AttrIndx vs S2AP and
+///   MemAttr, XN) and `Attrs` (MAIR index or memory attributes, shareability);
+///   `entry_shift` steps by `granule_shift - 3`. Blocks (1 GiB / 2 MiB at 4 KiB,
+///   32 MiB at 16 KiB, 512 MiB at 64 KiB) are single entries; contiguous-hint runs
+///   (their length per granule and level as the Arm ARM gives it) are
+///   `leaf_entries == n` with `encode_leaf` adding `slot << span` to the output
+///   address and setting the Contiguous bit, and `decode` reporting the whole run as
+///   the page (base of the run, size `n << span`), so the walker translates each slot
+///   and `unmap` never clears part of a run. The cleared value is 0 (type bits 0b00);
+///   a block splits into a table of pages or smaller blocks with the same attributes;
+///   a stage-2 start level of up to 16 concatenated tables is simply a larger
+///   `table_bytes` at the root level, which the algorithm indexes like any table.
 pub trait WriteFormat: Format {
     /// Format-specific leaf attributes beyond address, size and permissions (memory
     /// type, snoop, shareability, …); `()` where there are none.
