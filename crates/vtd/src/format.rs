@@ -493,8 +493,9 @@ impl WriteFormat for SecondStage {
     }
 }
 
-/// Bit 12 of a 2 MiB or 1 GiB first-stage leaf: PAT (Intel SDM vol. 3 §4.5, tables
-/// 4-17 and 4-18); in a 4 KiB PTE PAT is bit 7, the PS position (table 4-19).
+/// Bit 12 of a 2 MiB or 1 GiB first-stage leaf is PAT; in a 4 KiB PTE PAT is bit 7,
+/// the PS position (x86-64 paging; Linux arch/x86/include/asm/pgtable_types.h:
+/// `_PAGE_BIT_PAT` 7 "on 4KB pages", `_PAGE_BIT_PAT_LARGE` 12 "on 2MB or 1GB pages").
 const FL_PAT_LARGE: u64 = 1 << 12;
 const FL_PAT_4K: u64 = 1 << 7;
 
@@ -573,7 +574,7 @@ const _: () = assert!(PTE_SIZE == 8);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::pte::{FL_P, SL_R, SL_X};
+    use crate::hw::pte::{FL_P, SL_R, SL_W, SL_X};
     use alloc::collections::BTreeMap;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -816,6 +817,55 @@ mod tests {
         );
         assert_eq!((f.ia_bits(), f.name()), (47, "vtd-first-stage-4"));
         assert_eq!(FirstStage::from_flpm(Flpm::Level5, CAPS).ia_bits(), 56);
+    }
+
+    #[test]
+    fn encode_side_known_answers() {
+        // Linux iommu.h: DMA_PTE_READ BIT(0), DMA_PTE_WRITE BIT(1), DMA_PTE_LARGE_PAGE
+        // BIT(7); VirtualBox/EDK2: X bit 2 (with execute requests).
+        let sl = sl4();
+        let enc = |f: &SecondStage, level, pa, perms| {
+            f.encode_leaf(level, PhysAddr(pa), page_size(level).unwrap(), perms, (), 0)
+        };
+        assert_eq!(enc(&sl, 1, 0x1234_5000, Perms::RW), Ok(0x1234_5003));
+        assert_eq!(enc(&sl, 1, 0x1234_5000, Perms::W), Ok(0x1234_5002));
+        assert_eq!(enc(&sl, 2, 0x4020_0000, Perms::R), Ok(0x4020_0081));
+        assert_eq!(enc(&sl, 3, 0x8000_0000, Perms::RW), Ok(0x8000_0083));
+        assert!(enc(&sl, 1, 0x5000, Perms::RWX).is_err());
+        assert!(enc(&sl, 1, 0x5000, Perms::default()).is_err());
+        assert_eq!(
+            enc(&sl.with_exec(true), 1, 0x5000, Perms::RWX),
+            Ok(0x5000 | SL_R | SL_W | SL_X)
+        );
+        assert_eq!(sl.encode_table(4, PhysAddr(0x9000), 3), 0x9003);
+        // Splitting keeps every other bit; PS goes for 4 KiB children.
+        let snp = 0x4020_0083 | SL_SNP;
+        assert_eq!(sl.split_leaf(2, snp, 3), Some(0x4020_3003 | SL_SNP));
+        assert_eq!(sl.split_leaf(3, 0x8000_0083, 1), Some(0x8020_0083));
+        assert_eq!(sl.split_leaf(1, 0x5003, 0), None);
+        assert_eq!(sl.split_leaf(2, 0x9003, 0), None);
+
+        // x86-64 paging (Linux DMA_FL_PTE_PRESENT BIT(0), DMA_FL_PTE_US BIT(2),
+        // DMA_FL_PTE_XD BIT(63); R/W bit 1, PS bit 7).
+        let fl = FirstStage::new(4, CAPS).unwrap();
+        let enc = |level, pa, perms| {
+            fl.encode_leaf(level, PhysAddr(pa), page_size(level).unwrap(), perms, (), 0)
+        };
+        assert_eq!(enc(1, 0x5000, Perms::RWX), Ok(0x5007));
+        assert_eq!(enc(1, 0x5000, Perms::R), Ok(0x5005 | FL_XD));
+        assert_eq!(enc(2, 0x20_0000, Perms::RWX), Ok(0x20_0087));
+        assert!(enc(1, 0x5000, Perms::W).is_err());
+        assert_eq!(fl.encode_table(4, PhysAddr(0x6000), 3), 0x6007);
+        // PAT moves from bit 12 (2 MiB leaf) to bit 7 (4 KiB PTE); stays at 12 for the
+        // 2 MiB children of a 1 GiB leaf.
+        let pat2m = 0x20_0087 | (1 << 12);
+        assert_eq!(fl.split_leaf(2, pat2m, 2), Some(0x20_2007 | (1 << 7)));
+        assert_eq!(fl.split_leaf(2, 0x20_0087, 2), Some(0x20_2007));
+        let pat1g = 0x4000_0087 | (1 << 12) | FL_XD;
+        assert_eq!(
+            fl.split_leaf(3, pat1g, 1),
+            Some(0x4020_0087 | (1 << 12) | FL_XD)
+        );
     }
 
     /// Page-granular sparse memory for the walk tests.
