@@ -751,6 +751,11 @@ where
                     !u.split.is_empty() && !u.leaves_only(),
                     "{name}: split not reported"
                 );
+                assert_eq!(
+                    u.touched,
+                    Some((Iova(s), Iova(2 * s))),
+                    "{name}: a split touches the whole large page"
+                );
                 let got = runs(&rig.walk(), true);
                 let want = vec![
                     (s, pa, hole.0 - s, perms, 0),
@@ -888,6 +893,23 @@ fn reference_unmap<F: WriteFormat>(
     Some(removed)
 }
 
+/// Whether an unmap's `touched` span is exactly the requested range's cover by the
+/// leaves of the reference `r` before the unmap (cleared or split), `None` if none.
+fn touched_ok(u: &Unmapped, r: &BTreeMap<u64, Leaf>, s: u64, e: u64) -> bool {
+    let hit = r.range(..e).filter(|(&i, l)| i + l.size > s);
+    let span = hit.fold(None, |acc: Option<(u64, u64)>, (&i, l)| {
+        let (a, b) = (i.max(s), (i + l.size).min(e));
+        // A cut leaf is touched as a whole (its entry is replaced).
+        let (a, b) = if a != i || b != i + l.size {
+            (i, i + l.size)
+        } else {
+            (a, b)
+        };
+        Some(acc.map_or((a, b), |(x, y)| (x.min(a), y.max(b))))
+    });
+    u.touched.map(|(a, b)| (a.0, b.0)) == span
+}
+
 /// Random map/unmap sequences (proptest) against a reference map of leaves: after
 /// every step the walk equals the reference, the reported bytes match, failed calls
 /// change nothing, and the live tables are exactly those the walker reaches; at the end
@@ -989,7 +1011,11 @@ where
                     let want = reference_unmap(f, &mut want_r, iova, iova + len, split);
                     let got = rig.unmap(iova, len, partial);
                     match (want, got) {
-                        (Some(bytes), Ok(u)) if u.bytes == bytes => r = want_r,
+                        (Some(bytes), Ok(u))
+                            if u.bytes == bytes && touched_ok(&u, &r, iova, iova + len) =>
+                        {
+                            r = want_r
+                        }
                         (None, Err(MapErrorKind::PartialLeaf { .. })) => {}
                         (want, got) => {
                             return Err(TestCaseError::fail(format!(

@@ -314,9 +314,20 @@ pub struct Unmapped {
     pub freed: Vec<FreedTable>,
     /// Tables created to split large leaves the range cut (already linked).
     pub split: Vec<PhysAddr>,
+    /// The IOVA span `[start, end)` whose entries changed: cleared leaves, and the whole
+    /// span of every leaf replaced by a split (`None` when nothing changed). It may
+    /// exceed the requested range only by split leaves.
+    pub touched: Option<(Iova, Iova)>,
 }
 
 impl Unmapped {
+    fn touch(&mut self, start: u64, end: u64) {
+        let (s, e) = self
+            .touched
+            .map_or((start, end), |(s, e)| (s.0.min(start), e.0.max(end)));
+        self.touched = Some((Iova(s), Iova(e)));
+    }
+
     /// Whether only leaf entries changed (no table entry cleared or replaced): the
     /// case where an invalidation may keep cached paging-structure entries.
     pub fn leaves_only(&self) -> bool {
@@ -841,6 +852,9 @@ where
                         cleared.push(i);
                         self.out.bytes += span;
                         self.out.leaves += 1;
+                        if !self.dry {
+                            self.out.touch(e_start, e_start.wrapping_add(span));
+                        }
                         continue;
                     }
                     let partial = MapErrorKind::PartialLeaf {
@@ -855,6 +869,7 @@ where
                         self.plan_split(level, raw, e_start).map_err(|()| partial)?;
                     } else {
                         let (t, nl) = self.split(table, level, raw, i)?;
+                        self.out.touch(e_start, e_start.wrapping_add(span));
                         let ng = geom(self.f, nl)?;
                         if self.table(t, nl, ng, e_start, depth + 1)? {
                             // Cannot happen for a partial cover; handled for safety.
