@@ -28,6 +28,7 @@ use super::walk::{geometry, Geometry};
 use super::{Entry, EntryError, Format, Perms};
 use crate::addr::{Iova, PageSize, PhysAddr};
 use crate::mem::{MemError, PhysMem};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use zerocopy::IntoBytes;
@@ -271,7 +272,7 @@ pub struct MapError {
     /// Bytes mapped before the error (and unmapped again by the rollback).
     pub done: u64,
     /// What the rollback changed.
-    pub rollback: Unmapped,
+    pub rollback: Box<Unmapped>,
 }
 
 impl fmt::Display for MapError {
@@ -469,7 +470,7 @@ where
     let fail = |kind| MapError {
         kind,
         done: 0,
-        rollback: Unmapped::default(),
+        rollback: Box::default(),
     };
     let (leaf, n) = leaf_level(f, size).ok_or(fail(MapErrorKind::SizeUnsupported { size }))?;
     let sz = size.bytes();
@@ -526,7 +527,7 @@ where
             Err(MapError {
                 kind,
                 done,
-                rollback,
+                rollback: Box::new(rollback),
             })
         }
     }

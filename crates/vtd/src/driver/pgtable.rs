@@ -271,7 +271,7 @@ pub(crate) fn map(
             if e.done > 0 {
                 // All or nothing: the algorithm took back what this call mapped;
                 // invalidate and free after it as an unmap does.
-                let _ = finish_unmap(unit, hw, d, iova.0, iova.0 + e.done, e.rollback);
+                let _ = finish_unmap(unit, hw, d, iova.0, iova.0 + e.done, *e.rollback);
             }
             return Err(error(unit, d, iova, len, e.kind));
         }
