@@ -13,13 +13,17 @@
 //!   Linux KHO's radix tree;
 //! - [`image`]: the layout rules of ELF memory images shared by every reader;
 //! - [`kho`]: the kexec-handover blob (a flattened device tree in KHO's layout) and the
-//!   versioned client records it points to.
+//!   versioned client records it points to;
+//! - `conformance` (feature `conformance`, for tests): one conformance body run over
+//!   every page-table format, instantiated with `conformance_tests!`.
 #![no_std]
 #![warn(missing_docs)]
 
 extern crate alloc;
 
 pub mod addr;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod image;
 pub mod kho;
 pub mod mem;

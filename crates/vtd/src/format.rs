@@ -8,17 +8,19 @@
 //! Both use 4 KiB tables of 512 entries, 9 IOVA bits per level; level 1 holds 4 KiB
 //! pages. Entry bits come from [`crate::hw::pte`] (the single source of truth for VT-d
 //! bits); this module only turns them into [`Entry`] values and names the reserved bit
-//! that makes an entry malformed.
+//! that makes an entry malformed, and (the write side, [`WriteFormat`]) encodes leaves
+//! and table entries for the generic `map` / `unmap` of `iommu_core::pgtable`.
 
 use crate::hw::pasid::Flpm;
 use crate::hw::pte::{
-    level_shift, FlPte, PteCaps, SlPte, FL_PS, FL_RW, FL_XD, PTE_SIZE, SL_PS, SL_SNP, SL_TM,
+    level_shift, FlPte, PteCaps, SlPte, FL_PS, FL_RW, FL_XD, PTE_ADDR_MASK, PTE_SIZE, SL_PS,
+    SL_SNP, SL_TM, SL_X,
 };
 use crate::hw::regs::{CAP, ECAP};
 use crate::hw::root::AddressWidth;
 use core::fmt;
 use iommu_core::addr::{PageSize, PhysAddr};
-use iommu_core::pgtable::{Entry, EntryError, Format, Perms};
+use iommu_core::pgtable::{Entry, EntryError, Format, Perms, WriteFormat};
 
 /// Bytes of a VT-d paging-structure table (both stages).
 pub const TABLE_BYTES: u64 = 4096;
@@ -385,13 +387,194 @@ impl Format for FirstStage {
     }
 }
 
+/// The large page a leaf at `level` maps where `caps` allow it: 4 KiB at level 1,
+/// 2 MiB at level 2 (`large_2m`), 1 GiB at level 3 (`large_1g`).
+fn leaf_size(level: u8, caps: &PteCaps) -> Option<PageSize> {
+    match level {
+        1 => Some(PageSize::SIZE_4K),
+        2 if caps.large_2m => Some(PageSize::SIZE_2M),
+        3 if caps.large_1g => Some(PageSize::SIZE_1G),
+        _ => None,
+    }
+}
+
+/// Address of child `index` of a large page at `addr` split into pages of the next
+/// smaller level below `level`.
+fn child_addr(addr: u64, level: u8, index: usize) -> u64 {
+    addr + ((index as u64) << level_shift(level as u32 - 1))
+}
+
+/// The descent's view of an entry of either stage (permissions are not looked at).
+#[inline]
+fn classify(
+    level: u8,
+    present: bool,
+    leaf: bool,
+    page: u64,
+    next: u64,
+) -> Result<Entry, EntryError> {
+    Ok(match (present, leaf) {
+        (false, _) => Entry::Invalid,
+        (true, true) => Entry::Leaf {
+            base: PhysAddr(page),
+            size: page_size(level)?,
+            perms: Perms::RW,
+        },
+        (true, false) => Entry::Table {
+            next: PhysAddr(next),
+            level: level.wrapping_sub(1),
+            perms: Perms::RW,
+        },
+    })
+}
+
+impl WriteFormat for SecondStage {
+    type Attrs = ();
+
+    fn oa_bits(&self) -> u32 {
+        self.caps.haw
+    }
+    fn leaf_entries(&self, level: u8, size: PageSize) -> Option<u32> {
+        (level <= self.levels && leaf_size(level, &self.caps) == Some(size)).then_some(1)
+    }
+    /// R and W from `perms` (one of them needed: an entry with neither is not present);
+    /// X only where execute requests are enabled ([`SecondStage::with_exec`]); PS at
+    /// levels 2 and 3.
+    fn encode_leaf(
+        &self,
+        level: u8,
+        pa: PhysAddr,
+        _size: PageSize,
+        perms: Perms,
+        _attrs: (),
+        _slot: u32,
+    ) -> Result<u64, EntryError> {
+        if !perms.read && !perms.write {
+            return Err(EntryError {
+                reason: "second-stage entry: a leaf needs R or W (R = W = 0 is not present)",
+            });
+        }
+        if perms.exec && !self.exec {
+            return Err(EntryError {
+                reason: "second-stage entry: X needs execute requests enabled (SLEE)",
+            });
+        }
+        let pte = if level == 1 {
+            SlPte::page(pa.0, perms.read, perms.write)
+        } else {
+            SlPte::large_page(pa.0, perms.read, perms.write)
+        };
+        Ok(pte.raw() | if perms.exec { SL_X } else { 0 })
+    }
+    fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
+        SlPte::table(next.0).raw()
+    }
+    /// Present (R or W), leaf or table by PS and level; no reserved-bit checks.
+    #[inline]
+    fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        let pte = SlPte::from_raw(raw);
+        let leaf = pte.is_leaf(level as u32);
+        classify(level, pte.present(), leaf, pte.addr(), pte.addr())
+    }
+    /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
+    /// other bit (R, W, X, EMT, IPAT, SNP, TM) kept; PS stays for 2 MiB children and
+    /// goes for 4 KiB ones.
+    fn split_leaf(&self, level: u8, raw: u64, index: usize) -> Option<u64> {
+        let pte = SlPte::from_raw(raw);
+        if !(2..=3).contains(&level) || !pte.present() || !pte.ps() || index >= 512 {
+            return None;
+        }
+        leaf_size(level - 1, &self.caps)?;
+        let mut v = (raw & !PTE_ADDR_MASK) | child_addr(pte.addr(), level, index);
+        if level == 2 {
+            v &= !SL_PS;
+        }
+        Some(v)
+    }
+}
+
+/// Bit 12 of a 2 MiB or 1 GiB first-stage leaf is PAT; in a 4 KiB PTE PAT is bit 7,
+/// the PS position (x86-64 paging; Linux arch/x86/include/asm/pgtable_types.h:
+/// `_PAGE_BIT_PAT` 7 "on 4KB pages", `_PAGE_BIT_PAT_LARGE` 12 "on 2MB or 1GB pages").
+const FL_PAT_LARGE: u64 = 1 << 12;
+const FL_PAT_4K: u64 = 1 << 7;
+
+impl WriteFormat for FirstStage {
+    type Attrs = ();
+
+    fn oa_bits(&self) -> u32 {
+        self.caps.haw
+    }
+    fn leaf_entries(&self, level: u8, size: PageSize) -> Option<u32> {
+        (level <= self.levels && leaf_size(level, &self.caps) == Some(size)).then_some(1)
+    }
+    /// Present and user (as Linux does), R/W for write, XD unless `perms.exec`; reads
+    /// are always allowed, so a mapping without read cannot be expressed.
+    fn encode_leaf(
+        &self,
+        level: u8,
+        pa: PhysAddr,
+        _size: PageSize,
+        perms: Perms,
+        _attrs: (),
+        _slot: u32,
+    ) -> Result<u64, EntryError> {
+        if !perms.read {
+            return Err(EntryError {
+                reason: "first-stage entry: a present page is always readable (no write-only)",
+            });
+        }
+        let pte = if level == 1 {
+            FlPte::page(pa.0, perms.write)
+        } else {
+            FlPte::large_page(pa.0, perms.write)
+        };
+        Ok(pte.raw() | if perms.exec { 0 } else { FL_XD })
+    }
+    fn encode_table(&self, _level: u8, next: PhysAddr, _next_level: u8) -> u64 {
+        FlPte::table(next.0).raw()
+    }
+    /// Present (P), leaf or table by PS and level; no reserved-bit checks.
+    #[inline]
+    fn classify(&self, level: u8, raw: u64) -> Result<Entry, EntryError> {
+        let pte = FlPte::from_raw(raw);
+        let leaf = pte.is_leaf(level as u32);
+        classify(
+            level,
+            pte.present(),
+            leaf,
+            pte.leaf_addr(level as u32),
+            pte.addr(),
+        )
+    }
+    /// A 2 MiB or 1 GiB leaf splits into 512 leaves of the next smaller size with every
+    /// other bit kept; a PAT bit moves from bit 12 to bit 7 when the children are 4 KiB
+    /// pages.
+    fn split_leaf(&self, level: u8, raw: u64, index: usize) -> Option<u64> {
+        let pte = FlPte::from_raw(raw);
+        if !(2..=3).contains(&level) || !pte.present() || !pte.ps() || index >= 512 {
+            return None;
+        }
+        leaf_size(level - 1, &self.caps)?;
+        let addr = pte.leaf_addr(level as u32);
+        let pat = raw & FL_PAT_LARGE != 0;
+        let rest = raw & !PTE_ADDR_MASK & !FL_PS;
+        let child = child_addr(addr, level, index);
+        Some(if level == 2 {
+            rest | child | if pat { FL_PAT_4K } else { 0 }
+        } else {
+            rest | child | FL_PS | if pat { FL_PAT_LARGE } else { 0 }
+        })
+    }
+}
+
 // The walker reads 8-byte entries.
 const _: () = assert!(PTE_SIZE == 8);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::pte::{FL_P, SL_R, SL_X};
+    use crate::hw::pte::{FL_P, SL_R, SL_W, SL_X};
     use alloc::collections::BTreeMap;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -634,6 +817,55 @@ mod tests {
         );
         assert_eq!((f.ia_bits(), f.name()), (47, "vtd-first-stage-4"));
         assert_eq!(FirstStage::from_flpm(Flpm::Level5, CAPS).ia_bits(), 56);
+    }
+
+    #[test]
+    fn encode_side_known_answers() {
+        // Linux iommu.h: DMA_PTE_READ BIT(0), DMA_PTE_WRITE BIT(1), DMA_PTE_LARGE_PAGE
+        // BIT(7); VirtualBox/EDK2: X bit 2 (with execute requests).
+        let sl = sl4();
+        let enc = |f: &SecondStage, level, pa, perms| {
+            f.encode_leaf(level, PhysAddr(pa), page_size(level).unwrap(), perms, (), 0)
+        };
+        assert_eq!(enc(&sl, 1, 0x1234_5000, Perms::RW), Ok(0x1234_5003));
+        assert_eq!(enc(&sl, 1, 0x1234_5000, Perms::W), Ok(0x1234_5002));
+        assert_eq!(enc(&sl, 2, 0x4020_0000, Perms::R), Ok(0x4020_0081));
+        assert_eq!(enc(&sl, 3, 0x8000_0000, Perms::RW), Ok(0x8000_0083));
+        assert!(enc(&sl, 1, 0x5000, Perms::RWX).is_err());
+        assert!(enc(&sl, 1, 0x5000, Perms::default()).is_err());
+        assert_eq!(
+            enc(&sl.with_exec(true), 1, 0x5000, Perms::RWX),
+            Ok(0x5000 | SL_R | SL_W | SL_X)
+        );
+        assert_eq!(sl.encode_table(4, PhysAddr(0x9000), 3), 0x9003);
+        // Splitting keeps every other bit; PS goes for 4 KiB children.
+        let snp = 0x4020_0083 | SL_SNP;
+        assert_eq!(sl.split_leaf(2, snp, 3), Some(0x4020_3003 | SL_SNP));
+        assert_eq!(sl.split_leaf(3, 0x8000_0083, 1), Some(0x8020_0083));
+        assert_eq!(sl.split_leaf(1, 0x5003, 0), None);
+        assert_eq!(sl.split_leaf(2, 0x9003, 0), None);
+
+        // x86-64 paging (Linux DMA_FL_PTE_PRESENT BIT(0), DMA_FL_PTE_US BIT(2),
+        // DMA_FL_PTE_XD BIT(63); R/W bit 1, PS bit 7).
+        let fl = FirstStage::new(4, CAPS).unwrap();
+        let enc = |level, pa, perms| {
+            fl.encode_leaf(level, PhysAddr(pa), page_size(level).unwrap(), perms, (), 0)
+        };
+        assert_eq!(enc(1, 0x5000, Perms::RWX), Ok(0x5007));
+        assert_eq!(enc(1, 0x5000, Perms::R), Ok(0x5005 | FL_XD));
+        assert_eq!(enc(2, 0x20_0000, Perms::RWX), Ok(0x20_0087));
+        assert!(enc(1, 0x5000, Perms::W).is_err());
+        assert_eq!(fl.encode_table(4, PhysAddr(0x6000), 3), 0x6007);
+        // PAT moves from bit 12 (2 MiB leaf) to bit 7 (4 KiB PTE); stays at 12 for the
+        // 2 MiB children of a 1 GiB leaf.
+        let pat2m = 0x20_0087 | (1 << 12);
+        assert_eq!(fl.split_leaf(2, pat2m, 2), Some(0x20_2007 | (1 << 7)));
+        assert_eq!(fl.split_leaf(2, 0x20_0087, 2), Some(0x20_2007));
+        let pat1g = 0x4000_0087 | (1 << 12) | FL_XD;
+        assert_eq!(
+            fl.split_leaf(3, pat1g, 1),
+            Some(0x4020_0087 | (1 << 12) | FL_XD)
+        );
     }
 
     /// Page-granular sparse memory for the walk tests.

@@ -11,13 +11,17 @@
 //!
 //! - [`walk`] / [`walk_with`]: every mapping under a root, coalesced into [`Mapping`]
 //!   runs, and every [`TablePage`], bounded by [`WalkLimits`], strict or lenient;
-//! - [`translate`]: one IOVA, step by step ([`Translation`]).
+//! - [`translate`]: one IOVA, step by step ([`Translation`]);
+//! - [`map`] / [`unmap`] / [`table_pages`]: the write side, one algorithm over the
+//!   per-entry operations of a [`WriteFormat`], reporting what changed ([`Mapped`],
+//!   [`Unmapped`]) so a driver can invalidate precisely.
 
 use crate::addr::{PageSize, PhysAddr};
 use core::fmt;
 
 mod translate;
 mod walk;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -26,6 +30,10 @@ pub use translate::{translate, Outcome, Step, Translation};
 pub use walk::{
     walk, walk_with, Budget, Mapping, TablePage, Walk, WalkError, WalkErrorKind, WalkLimits,
     WalkMode, WalkSummary, MAX_TABLE_BYTES,
+};
+pub use write::{
+    leaf_level, map, table_pages, unmap, FreedTable, MapError, MapErrorKind, Mapped, Partial,
+    TableAlloc, Unmapped, WriteFormat,
 };
 
 /// Access permissions of a mapping (after combining all levels of the walk).

@@ -721,3 +721,158 @@ fn sixty_four_k_granule_with_small_root() {
         }
     );
 }
+
+/// The write side of the tiny format, shaped like AMD-Vi v1 and ARM on purpose: pages
+/// between two levels' spans are replicated entries (AMD-Vi NextLevel = 7: the same
+/// word in every slot, the size in the entry), and the root may be a concatenation of
+/// tables (ARM stage 2).
+impl WriteFormat for Tiny {
+    type Attrs = ();
+    fn oa_bits(&self) -> u32 {
+        52
+    }
+    fn leaf_entries(&self, level: u8, size: PageSize) -> Option<u32> {
+        let k = size.shift().checked_sub(self.entry_shift(level))?;
+        (level <= 2 && level <= self.root_level && k <= 3).then(|| 1 << k)
+    }
+    fn encode_leaf(
+        &self,
+        level: u8,
+        pa: PhysAddr,
+        size: PageSize,
+        perms: Perms,
+        _attrs: (),
+        _slot: u32,
+    ) -> Result<u64, EntryError> {
+        let k = (size.shift() - self.entry_shift(level)) as u64;
+        let p = perm_bits(perms);
+        if p & R == 0 {
+            return Err(EntryError {
+                reason: "tiny leaves are always readable",
+            });
+        }
+        Ok(leaf(pa.0, k, p))
+    }
+    fn encode_table(&self, _level: u8, next: PhysAddr, next_level: u8) -> u64 {
+        tbl(next.0, next_level, R | W | X)
+    }
+    fn split_leaf(&self, level: u8, raw: u64, index: usize) -> Option<u64> {
+        // Only a level-2 leaf of one entry splits, into 16 level-1 pages.
+        if level != 2 || raw & (P | LEAF) != P | LEAF || (raw >> 52) & 0xf != 0 || index >= 16 {
+            return None;
+        }
+        let perms = raw & (R | W | X);
+        Some(leaf((raw & ADDR) + index as u64 * 0x1000, 0, perms))
+    }
+}
+
+fn perm_bits(p: Perms) -> u64 {
+    (if p.read { R } else { 0 }) | (if p.write { W } else { 0 }) | (if p.exec { X } else { 0 })
+}
+
+/// The conformance body over the tiny format: three levels, a one-level tree, and a
+/// root of 4 concatenated tables, all with replicated leaves.
+mod conformance {
+    use super::Tiny;
+
+    fn concatenated() -> Tiny {
+        Tiny {
+            root_level: 3,
+            root_entries: 64,
+            ia_bits: 12 + 4 * 2 + 6,
+        }
+    }
+
+    crate::conformance_tests!(tiny_3, Tiny::new(3));
+    crate::conformance_tests!(tiny_2, Tiny::new(2));
+    crate::conformance_tests!(tiny_concatenated_root, concatenated());
+}
+
+#[test]
+fn map_writes_replicated_entries_and_unmap_refuses_to_cut_them() {
+    // An 8 KiB page at level 1 is two identical entries (as AMD-Vi NextLevel = 7).
+    let f = Tiny::new(3);
+    let mut rig = crate::conformance::Rig::new(&f);
+    rig.map(
+        0x4000,
+        0x10_2000,
+        0x2000,
+        PageSize::new(0x2000).unwrap(),
+        Perms::RW,
+    )
+    .unwrap();
+    let w = rig.walk();
+    assert_eq!(w, vec![m(0x4000, 0x10_2000, 0x2000, Perms::RW, 0x2000)]);
+    let l1 = *rig.tables.live().iter().max().unwrap();
+    let e4 = rig.mem.read_u64(PhysAddr(l1 + 4 * 8)).unwrap();
+    let e5 = rig.mem.read_u64(PhysAddr(l1 + 5 * 8)).unwrap();
+    assert_eq!(
+        (e4, e5),
+        (leaf(0x10_2000, 1, R | W), leaf(0x10_2000, 1, R | W))
+    );
+    // Half of the page cannot go, even when splitting is allowed.
+    assert_eq!(
+        rig.unmap(0x5000, 0x1000, Partial::Split),
+        Err(MapErrorKind::PartialLeaf {
+            iova: Iova(0x5000),
+            span: 0x1000,
+            level: 1
+        })
+    );
+    let u = rig.unmap(0x4000, 0x2000, Partial::Refuse).unwrap();
+    assert_eq!((u.bytes, u.leaves, u.freed.len()), (0x2000, 2, 2));
+}
+
+#[test]
+fn unmap_follows_no_pointer_to_a_table_it_does_not_own() {
+    let f = Tiny::new(3);
+    let mut rig = crate::conformance::Rig::new(&f);
+    rig.map(0, 0x10_0000, 0x1000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap();
+    // Point root entry 1 at memory the tree never allocated.
+    let bad = tbl(0x8000, 2, R | W);
+    rig.mem.write_u64(PhysAddr(rig.root.0 + 8), bad).unwrap();
+    let e = rig.unmap(0, 1 << 24, Partial::Refuse).unwrap_err();
+    assert!(
+        matches!(e, MapErrorKind::Corrupt { level: 3, entry, .. } if entry == bad),
+        "{e:?}"
+    );
+    // Nothing changed: the first mapping is still there.
+    assert_eq!(rig.mem.read_u64(PhysAddr(rig.root.0 + 8)).unwrap(), bad);
+    let e = rig
+        .map(0x10_0000, 0, 0x1000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap_err();
+    assert!(matches!(e, MapErrorKind::Corrupt { .. }), "{e:?}");
+}
+
+#[test]
+fn map_and_unmap_follow_a_level_skipping_entry() {
+    // Root (level 3) entry 1 points straight to a level-1 table (AMD-Vi v1 style): the
+    // table covers the low 64 KiB of the entry's 1 MiB span.
+    let f = Tiny::new(3);
+    let mut rig = crate::conformance::Rig::new(&f);
+    let t = rig.tables.alloc_table(1, 128).unwrap();
+    rig.mem.write(t, &[0; 128]).unwrap();
+    rig.mem
+        .write_u64(PhysAddr(rig.root.0 + 8), tbl(t.0, 1, R | W))
+        .unwrap();
+    rig.map(0x10_3000, 0x7000, 0x2000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap();
+    assert_eq!(
+        rig.mem.read_u64(PhysAddr(t.0 + 3 * 8)).unwrap(),
+        leaf(0x7000, 0, R | W)
+    );
+    // Above the skipping table's coverage: refused, nothing written.
+    let e = rig
+        .map(0x11_0000, 0x9000, 0x1000, PageSize::SIZE_4K, Perms::RW)
+        .unwrap_err();
+    assert!(matches!(e, MapErrorKind::Corrupt { level: 3, .. }), "{e:?}");
+    assert_eq!(
+        rig.walk(),
+        vec![m(0x10_3000, 0x7000, 0x2000, Perms::RW, 0x1000)]
+    );
+    // Unmapping everything empties and frees the skipping table.
+    let u = rig.unmap(0, 1 << 24, Partial::Refuse).unwrap();
+    assert_eq!((u.bytes, u.freed.len()), (0x2000, 1));
+    assert_eq!(u.freed[0].addr, t);
+}

@@ -1,12 +1,18 @@
-//! Map and unmap in second-stage and first-stage tables.
+//! Map and unmap for VT-d domains: the generic algorithm of `iommu_core::pgtable` over
+//! the domain's format ([`SecondStage`] or [`FirstStage`]), plus what is VT-d's: the
+//! driver's argument checks, the IOTLB invalidation of what the algorithm reports it
+//! changed, and the domain's table-page bookkeeping.
 
-use ::alloc::vec::Vec;
-use iommu_core::pgtable::Perms;
-use iommu_core::{DomainId, Iova, PageSize, PhysAddr};
+use iommu_core::mem::PhysMem;
+use iommu_core::pageset::PageSet;
+use iommu_core::pgtable::{self as pt, MapErrorKind, Partial, Perms, TableAlloc, Unmapped};
+use iommu_core::{Iova, PageSize, PhysAddr};
 
 use super::inval::Op;
-use super::{alloc_zeroed, mem_err, DomainKind, Error, ErrorKind, Head, Hw, Unit, PAGE};
-use crate::hw::pte::{level_index, level_shift, FlPte, SlPte, ENTRIES_PER_TABLE, PTE_SIZE};
+use super::{
+    remove_page, Counters, DomainKind, Error, ErrorKind, Head, Hw, PageAllocator, Unit, PAGE,
+};
+use crate::format::{FirstStage, SecondStage};
 use crate::hw::regs::CAP;
 
 /// The leaf level of a page size: 1 (4 KiB), 2 (2 MiB), 3 (1 GiB).
@@ -19,43 +25,124 @@ fn leaf_level(size: PageSize) -> Option<u8> {
     }
 }
 
-/// Entry helpers for one stage.
-#[derive(Clone, Copy)]
-struct Stage(DomainKind);
+/// The driver's page allocator and a domain's table set, as the table hook of the
+/// generic algorithm: pages are 4 KiB, every page handed out joins the domain's set
+/// (which is what the algorithm may follow), and one never linked goes back at once.
+struct DomainTables<'a> {
+    pages: &'a mut dyn PageAllocator,
+    tables: &'a mut PageSet,
+    counters: &'a mut Counters,
+}
 
-impl Stage {
-    fn present(self, raw: u64) -> bool {
-        match self.0 {
-            DomainKind::SecondStage => SlPte::from_raw(raw).present(),
-            DomainKind::FirstStage => FlPte::from_raw(raw).present(),
+impl TableAlloc for DomainTables<'_> {
+    fn alloc_table(&mut self, _level: u8, bytes: u64) -> Option<PhysAddr> {
+        if bytes != PAGE {
+            return None;
         }
-    }
-    fn is_leaf(self, raw: u64, level: u8) -> bool {
-        match self.0 {
-            DomainKind::SecondStage => SlPte::from_raw(raw).is_leaf(level as u32),
-            DomainKind::FirstStage => FlPte::from_raw(raw).is_leaf(level as u32),
+        let p = self.pages.alloc_page()?;
+        if self.tables.insert(p, 0).is_err() {
+            self.pages.free_page(p);
+            return None;
         }
+        self.counters.pages_allocated += 1;
+        Some(p)
     }
-    fn next(self, raw: u64) -> PhysAddr {
-        PhysAddr(match self.0 {
-            DomainKind::SecondStage => SlPte::from_raw(raw).addr(),
-            DomainKind::FirstStage => FlPte::from_raw(raw).addr(),
-        })
+    fn free_unlinked(&mut self, table: PhysAddr, _bytes: u64) {
+        remove_page(self.tables, table);
+        self.pages.free_page(table);
     }
-    fn table(self, addr: PhysAddr) -> u64 {
-        match self.0 {
-            DomainKind::SecondStage => SlPte::table(addr.0).raw(),
-            DomainKind::FirstStage => FlPte::table(addr.0).raw(),
+    fn owns(&self, table: PhysAddr) -> bool {
+        self.tables.contains(table)
+    }
+}
+
+/// Runs `op` with domain `d`'s format, memory and table hook.
+fn with_domain<R>(
+    unit: &mut Unit,
+    hw: &mut Hw<'_>,
+    d: &Head,
+    op: impl FnOnce(Format<'_>, &mut dyn PhysMem, &mut DomainTables<'_>) -> R,
+) -> Result<R, Error> {
+    let f = unit.format_for(d.kind, d.levels, d.id)?;
+    let Some(dom) = unit.domains.get_mut(&d.id.0) else {
+        return Err(unit.err(ErrorKind::NoSuchDomain { did: d.id }));
+    };
+    let mut alloc = DomainTables {
+        pages: &mut *hw.pages,
+        tables: &mut dom.tables,
+        counters: &mut unit.counters,
+    };
+    let f = match &f {
+        super::AnyFormat::Second(s) => Format::Second(s),
+        super::AnyFormat::First(s) => Format::First(s),
+    };
+    Ok(op(f, &mut *hw.mem, &mut alloc))
+}
+
+/// A borrowed format of either stage (the generic algorithm runs monomorphized on each).
+#[derive(Clone, Copy)]
+enum Format<'a> {
+    Second(&'a SecondStage),
+    First(&'a FirstStage),
+}
+
+/// The algorithm's error as a driver error of domain `d`.
+fn error(unit: &Unit, d: &Head, iova: Iova, len: u64, kind: MapErrorKind) -> Error {
+    let did = d.id;
+    let bad = |why| ErrorKind::BadRange {
+        did,
+        iova,
+        len,
+        why,
+    };
+    unit.err(match kind {
+        MapErrorKind::SizeUnsupported { size } => ErrorKind::PageSizeUnsupported { did, size },
+        MapErrorKind::Misaligned { .. } => bad("not aligned to the page size"),
+        MapErrorKind::BeyondInputWidth { .. } => {
+            bad("range beyond the domain's input address width")
         }
-    }
-    fn leaf(self, level: u8, pa: PhysAddr, perms: Perms) -> u64 {
-        match (self.0, level) {
-            (DomainKind::SecondStage, 1) => SlPte::page(pa.0, perms.read, perms.write).raw(),
-            (DomainKind::SecondStage, _) => SlPte::large_page(pa.0, perms.read, perms.write).raw(),
-            (DomainKind::FirstStage, 1) => FlPte::page(pa.0, perms.write).raw(),
-            (DomainKind::FirstStage, _) => FlPte::large_page(pa.0, perms.write).raw(),
+        MapErrorKind::BeyondOutputWidth { .. } => {
+            bad("physical range beyond the host address width")
         }
-    }
+        MapErrorKind::Unencodable(e) => ErrorKind::PermsUnsupported { did, why: e.reason },
+        MapErrorKind::AlreadyMapped { iova, level, entry } => ErrorKind::AlreadyMapped {
+            did,
+            iova,
+            level,
+            entry,
+        },
+        MapErrorKind::PartialLeaf { iova, span, .. } => ErrorKind::PartialLeaf {
+            did,
+            iova,
+            size: span,
+        },
+        MapErrorKind::Corrupt {
+            table,
+            level,
+            entry,
+            why,
+        } => ErrorKind::Corrupt {
+            did,
+            table,
+            level,
+            entry,
+            why,
+        },
+        MapErrorKind::BadGeometry { reason } => ErrorKind::Corrupt {
+            did,
+            table: d.root,
+            level: d.levels,
+            entry: 0,
+            why: reason,
+        },
+        MapErrorKind::Memory(err) => ErrorKind::Mem {
+            what: "a page-table access",
+            err,
+        },
+        MapErrorKind::OutOfTables => ErrorKind::OutOfPages {
+            what: "a page table",
+        },
+    })
 }
 
 /// Address and mask of the smallest naturally aligned power-of-two block of pages
@@ -123,7 +210,7 @@ pub(crate) fn map(
     size: PageSize,
     perms: Perms,
 ) -> Result<(), Error> {
-    let leaf = check_size(unit, d, size)?;
+    check_size(unit, d, size)?;
     let bad = |why| {
         unit.err(ErrorKind::BadRange {
             did: d.id,
@@ -150,7 +237,9 @@ pub(crate) fn map(
     if unit.haw < 64 && pa_end > 1u64 << unit.haw {
         return Err(bad("physical range beyond the host address width"));
     }
-    match d.kind {
+    // The entries the driver writes: second-stage leaves without X (execute requests
+    // are not enabled), first-stage leaves without XD (as Linux maps them).
+    let perms = match d.kind {
         DomainKind::SecondStage if !perms.read && !perms.write => {
             return Err(unit.err(ErrorKind::PermsUnsupported {
                 did: d.id,
@@ -163,26 +252,29 @@ pub(crate) fn map(
                 why: "first-stage pages are always readable: write-only is not expressible",
             }))
         }
-        _ => {}
-    }
-    let mut done = 0u64;
-    while done < len {
-        if let Err(e) = map_one(
-            unit,
-            hw,
-            d,
-            iova.0 + done,
-            PhysAddr(pa.0 + done),
-            leaf,
-            perms,
-        ) {
-            if done > 0 {
-                // All or nothing: take back what this call mapped.
-                let _ = unmap(unit, hw, d, iova, done);
+        DomainKind::SecondStage => Perms {
+            exec: false,
+            ..perms
+        },
+        DomainKind::FirstStage => Perms {
+            exec: true,
+            ..perms
+        },
+    };
+    let r = with_domain(unit, hw, d, |f, mem, alloc| match f {
+        Format::Second(f) => pt::map(f, mem, alloc, d.root, iova, pa, len, size, perms, ()),
+        Format::First(f) => pt::map(f, mem, alloc, d.root, iova, pa, len, size, perms, ()),
+    })?;
+    match r {
+        Ok(_) => {}
+        Err(e) => {
+            if e.done > 0 {
+                // All or nothing: the algorithm took back what this call mapped;
+                // invalidate and free after it as an unmap does.
+                let _ = finish_unmap(unit, hw, d, iova.0, iova.0 + e.done, *e.rollback);
             }
-            return Err(e);
+            return Err(error(unit, d, iova, len, e.kind));
         }
-        done += sz;
     }
     unit.counters.leaves_mapped += len / sz;
     if CAP::CM.is_set(unit.cap) {
@@ -194,165 +286,33 @@ pub(crate) fn map(
     }
 }
 
-fn map_one(
+/// Invalidates `[start, end)` after the algorithm changed what `u` reports (the
+/// invalidation hint only when no table entry changed), then frees the unlinked table
+/// pages. Returns the bytes unmapped.
+fn finish_unmap(
     unit: &mut Unit,
     hw: &mut Hw<'_>,
     d: &Head,
-    iova: u64,
-    pa: PhysAddr,
-    leaf: u8,
-    perms: Perms,
-) -> Result<(), Error> {
-    let st = Stage(d.kind);
-    let mut table = d.root;
-    let rd = mem_err(unit.base, "reading a page-table entry");
-    let wr = mem_err(unit.base, "writing a page-table entry");
-    for level in ((leaf + 1)..=d.levels).rev() {
-        let at = PhysAddr(table.0 + level_index(iova, level as u32) * PTE_SIZE);
-        let v = hw.mem.read_u64(at).map_err(&rd)?;
-        if !st.present(v) {
-            let t = alloc_zeroed(unit.base, hw, &mut unit.counters, "a page table")?;
-            if let Err(e) = hw.mem.write_u64(at, st.table(t)) {
-                hw.pages.free_page(t);
-                return Err(wr(e));
-            }
-            if let Some(dom) = unit.domains.get_mut(&d.id.0) {
-                let _ = dom.tables.insert(t, 0);
-            }
-            table = t;
-        } else if st.is_leaf(v, level) {
-            return Err(unit.err(ErrorKind::AlreadyMapped {
-                did: d.id,
-                iova: Iova(iova),
-                level,
-                entry: v,
-            }));
-        } else {
-            let next = st.next(v);
-            let known = unit
-                .domains
-                .get(&d.id.0)
-                .is_some_and(|dom| dom.tables.contains(next));
-            if !known {
-                return Err(unit.err(ErrorKind::Corrupt {
-                    did: d.id,
-                    table,
-                    level,
-                    entry: v,
-                    why: "points to a table page this domain never allocated",
-                }));
-            }
-            table = next;
-        }
-    }
-    let at = PhysAddr(table.0 + level_index(iova, leaf as u32) * PTE_SIZE);
-    let v = hw.mem.read_u64(at).map_err(&rd)?;
-    if st.present(v) {
-        return Err(unit.err(ErrorKind::AlreadyMapped {
-            did: d.id,
-            iova: Iova(iova),
-            level: leaf,
-            entry: v,
-        }));
-    }
-    hw.mem.write_u64(at, st.leaf(leaf, pa, perms)).map_err(&wr)
-}
-
-struct UnmapCtx {
-    st: Stage,
-    did: DomainId,
     start: u64,
     end: u64,
-    dry: bool,
-    freed: Vec<PhysAddr>,
-    unmapped: u64,
-    leaves: u64,
-}
-
-/// Unmaps under the level-`level` table at `table` whose first IOVA is `base`;
-/// returns whether the table is now empty.
-fn unmap_table(
-    unit: &Unit,
-    hw: &mut Hw<'_>,
-    cx: &mut UnmapCtx,
-    table: PhysAddr,
-    level: u8,
-    base: u64,
-    depth: u8,
-) -> Result<bool, Error> {
-    let shift = level_shift(level as u32);
-    let span = 1u64 << shift;
-    let mut buf = [0u8; PAGE as usize];
-    hw.mem
-        .read(table, &mut buf)
-        .map_err(mem_err(unit.base, "reading a page table"))?;
-    let entry = |i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
-        u64::from_le_bytes(w)
-    };
-    let first = if cx.start > base {
-        (cx.start - base) >> shift
-    } else {
-        0
-    };
-    let last_excl = (((cx.end - base).saturating_add(span - 1)) >> shift).min(ENTRIES_PER_TABLE);
-    let mut cleared = Vec::new();
-    for i in first..last_excl {
-        let v = entry(i as usize);
-        if !cx.st.present(v) {
-            continue;
-        }
-        let e_start = base + (i << shift);
-        let e_end = e_start + span;
-        let at = PhysAddr(table.0 + i * PTE_SIZE);
-        if cx.st.is_leaf(v, level) {
-            if e_start < cx.start || e_end > cx.end {
-                return Err(unit.err(ErrorKind::PartialLeaf {
-                    did: cx.did,
-                    iova: iommu_core::Iova(e_start),
-                    size: span,
-                }));
-            }
-            cx.unmapped += span;
-            cx.leaves += 1;
-            cleared.push(at);
-        } else {
-            let next = cx.st.next(v);
-            let known = unit
-                .domains
-                .get(&cx.did.0)
-                .is_some_and(|x| x.tables.contains(next));
-            if !known || depth > 6 || level <= 1 {
-                return Err(unit.err(ErrorKind::Corrupt {
-                    did: cx.did,
-                    table,
-                    level,
-                    entry: v,
-                    why: "points to a table page this domain never allocated",
-                }));
-            }
-            if unmap_table(unit, hw, cx, next, level - 1, e_start, depth + 1)? {
-                cleared.push(at);
-                if !cx.dry {
-                    cx.freed.push(next);
-                }
-            }
+    u: Unmapped,
+) -> Result<u64, Error> {
+    if u.bytes == 0 && u.leaves_only() {
+        return Ok(0);
+    }
+    let op = range_invalidation(unit, d, start, end, u.leaves_only());
+    unit.invalidate(hw, &[op])?;
+    unit.counters.leaves_unmapped += u.leaves;
+    if let Some(dom) = unit.domains.get_mut(&d.id.0) {
+        for t in &u.freed {
+            remove_page(&mut dom.tables, t.addr);
         }
     }
-    if cx.dry {
-        return Ok(false);
+    for t in u.freed {
+        hw.pages.free_page(t.addr);
+        unit.counters.pages_freed += 1;
     }
-    let wr = mem_err(unit.base, "clearing a page-table entry");
-    for at in &cleared {
-        hw.mem.write_u64(*at, 0).map_err(&wr)?;
-    }
-    // Empty now? Entries outside the range were not touched; re-read this table.
-    for &at in &cleared {
-        let off = (at.0 - table.0) as usize;
-        buf[off..off + 8].fill(0);
-    }
-    Ok(buf.iter().all(|&b| b == 0))
+    Ok(u.bytes)
 }
 
 pub(crate) fn unmap(
@@ -383,39 +343,13 @@ pub(crate) fn unmap(
     if iova.0 >= end {
         return Ok(0);
     }
-    let mut cx = UnmapCtx {
-        st: Stage(d.kind),
-        did: d.id,
-        start: iova.0,
-        end,
-        dry: true,
-        freed: Vec::new(),
-        unmapped: 0,
-        leaves: 0,
-    };
-    // Pass 1 checks (no page cut, every pointer known), pass 2 clears.
-    unmap_table(unit, hw, &mut cx, d.root, d.levels, 0, 0)?;
-    cx.dry = false;
-    cx.unmapped = 0;
-    cx.leaves = 0;
-    unmap_table(unit, hw, &mut cx, d.root, d.levels, 0, 0)?;
-    let (unmapped, leaves, freed) = (cx.unmapped, cx.leaves, cx.freed);
-    if unmapped == 0 && freed.is_empty() {
-        return Ok(0);
-    }
-    let op = range_invalidation(unit, d, iova.0, end, freed.is_empty());
-    unit.invalidate(hw, &[op])?;
-    unit.counters.leaves_unmapped += leaves;
-    if let Some(dom) = unit.domains.get_mut(&d.id.0) {
-        for p in &freed {
-            super::remove_page(&mut dom.tables, *p);
-        }
-    }
-    for p in freed {
-        hw.pages.free_page(p);
-        unit.counters.pages_freed += 1;
-    }
-    Ok(unmapped)
+    let n = end - iova.0;
+    let r = with_domain(unit, hw, d, |f, mem, alloc| match f {
+        Format::Second(f) => pt::unmap(f, mem, alloc, d.root, iova, n, Partial::Refuse),
+        Format::First(f) => pt::unmap(f, mem, alloc, d.root, iova, n, Partial::Refuse),
+    })?;
+    let u = r.map_err(|k| error(unit, d, iova, len, k))?;
+    finish_unmap(unit, hw, d, iova.0, end, u)
 }
 
 #[cfg(test)]
