@@ -6,7 +6,7 @@
 //! [`DEFAULT_SCAN_LIMIT`] bytes of memory (never an unbounded scan by default); its
 //! preserved-memory map gives the pages that survive a kexec, and its client
 //! `iommu-vtd-<base>` the VT-d handover record of each unit (decoded with
-//! `vtd::handover::record`). A record may also come from a file.
+//! `vtd::record`). A record may also come from a file.
 //!
 //! Checked, for every unit: every structure page (root table, context tables, PASID
 //! directories and tables) and every page-table page reachable from the live root is in
@@ -28,8 +28,8 @@ use iommu_core::pageset::PageSet;
 use iommu_core::PhysAddr;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use vtd::driver::{DomainKind, Mode};
-use vtd::handover::record::{Record, FAMILY, VERSION};
+use vtd::record::{DomainKind, Mode};
+use vtd::record::{Record, FAMILY, VERSION};
 
 /// Schema name of the JSON verify report.
 pub const VERIFY_SCHEMA: &str = "iommu-inspect/verify/v1";
@@ -265,7 +265,7 @@ pub fn verify(
         let record = match (&file_record, &handover) {
             (Some(r), _) => Some(r.clone()),
             (None, Some(h)) => {
-                let client = vtd::handover::client_name(us.unit.base);
+                let client = vtd::record::client_name(us.unit.base);
                 let supported = Supported {
                     family: FAMILY,
                     oldest: 1,

@@ -8,7 +8,7 @@ use iommu_core::{DomainId, PhysAddr};
 use std::path::Path;
 use std::process::{Command, Output};
 use vtd::driver::DomainKind;
-use vtd::handover::record::RecordDomain;
+use vtd::record::RecordDomain;
 
 fn inspect(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))

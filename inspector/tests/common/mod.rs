@@ -11,13 +11,13 @@ use iommu_core::pageset::PageSet;
 use iommu_core::{DomainId, Pasid, PhysAddr, RegisterAccess, RequesterId};
 use std::path::{Path, PathBuf};
 use vtd::driver::{DomainKind, Mode};
-use vtd::handover::record::{Record, RecordDevice, RecordDomain, COMPATIBLE};
 use vtd::hw::pasid::{pasid_dir_index, pasid_table_index, PasidDirEntry, PasidEntry};
 use vtd::hw::pte::{level_index, SlPte, PTE_ADDR_MASK, SL_PS};
 use vtd::hw::regs::{self, field_mask32, field_value, Ttm, GCMD, GSTS, RTADDR};
 use vtd::hw::root::{
     AddressWidth, ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry, TranslationType,
 };
+use vtd::record::{Record, RecordDevice, RecordDomain, COMPATIBLE};
 
 /// MMIO base of the unit.
 pub const UNIT: PhysAddr = PhysAddr(0xfed9_0000);

@@ -46,7 +46,7 @@ use iommu_core::{DomainId, Iova, PageSize, Pasid, PhysAddr, RegisterAccess, Requ
 use crate::format::{FirstStage, SecondStage};
 use crate::hw::fault::{FaultReason, FaultRecord, FaultRequestType};
 use crate::hw::pasid::{Flpm, PasidDirEntry, PasidEntry, PASID_ENTRY_SIZE};
-use crate::hw::regs::{self, field_mask32, Ttm, CAP, ECAP, FECTL, FSTS, GCMD, GSTS, RTADDR, VER};
+use crate::hw::regs::{self, field_mask32, CAP, ECAP, FECTL, FSTS, GCMD, GSTS, RTADDR, VER};
 use crate::hw::root::{
     AddressWidth, ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry,
     TranslationType, CONTEXT_ENTRY_SIZE, ROOT_ENTRY_SIZE, SM_CONTEXT_ENTRY_SIZE,
@@ -69,33 +69,7 @@ pub struct Hw<'a> {
     pub pages: &'a mut dyn PageAllocator,
 }
 
-/// Translation-table mode of a unit (RTADDR.TTM).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Legacy root and context entries, second-stage tables only.
-    Legacy,
-    /// Scalable-mode root and context entries, PASID directory and tables.
-    Scalable,
-}
-
-impl Mode {
-    /// The RTADDR.TTM encoding.
-    pub fn ttm(self) -> Ttm {
-        match self {
-            Mode::Legacy => Ttm::Legacy,
-            Mode::Scalable => Ttm::Scalable,
-        }
-    }
-}
-
-/// The page-table format of a domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DomainKind {
-    /// Second-stage tables (legacy context entries or PASID-entry PGTT = 2).
-    SecondStage,
-    /// First-stage tables, x86-64 paging format (scalable mode, PGTT = 1).
-    FirstStage,
-}
+pub use crate::record::{DomainKind, Mode};
 
 /// Where the unit's fault events go (FEDATA / FEADDR / FEUADDR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -60,7 +60,8 @@
 
 mod adopt;
 mod prepare;
-pub mod record;
+pub use crate::record;
+pub use crate::record::client_name;
 mod tree;
 
 pub use adopt::{AdoptFailure, AdoptReport, BlockedDevice, FinishReport, VerifyReport};
@@ -77,11 +78,6 @@ use iommu_core::{DomainId, Iova, PhysAddr, RequesterId};
 
 use crate::driver::{ErrorKind, Mode};
 use record::{Malformed, Record};
-
-/// The KHO client name of the unit at `base`: `iommu-vtd-<base in hex>`.
-pub fn client_name(base: PhysAddr) -> String {
-    alloc::format!("iommu-vtd-{:x}", base.0)
-}
 
 /// What the caller preserves: domains, and devices attached to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -21,11 +21,16 @@
 //! The reader treats the bytes as untrusted: counts are checked against the length
 //! before anything is allocated, the length must match exactly, and every field is
 //! range-checked.
+//!
+//! The record is a data layout, like [`hw`](crate::hw): it is compiled without the
+//! `driver` feature, so the inspector reads records without the driver. It also holds
+//! the two encodings it stores and the driver uses, [`Mode`] and [`DomainKind`].
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use iommu_core::{DomainId, Pasid, PhysAddr, RequesterId};
 
-use crate::driver::{DomainKind, Mode};
+use crate::hw::regs::Ttm;
 
 /// Record family (compatible `iommu-vtd-v<N>`).
 pub const FAMILY: &str = "iommu-vtd";
@@ -33,6 +38,39 @@ pub const FAMILY: &str = "iommu-vtd";
 pub const VERSION: u32 = 1;
 /// The compatible string written.
 pub const COMPATIBLE: &str = "iommu-vtd-v1";
+
+/// Translation-table mode of a unit (RTADDR.TTM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Legacy root and context entries, second-stage tables only.
+    Legacy,
+    /// Scalable-mode root and context entries, PASID directory and tables.
+    Scalable,
+}
+
+impl Mode {
+    /// The RTADDR.TTM encoding.
+    pub fn ttm(self) -> Ttm {
+        match self {
+            Mode::Legacy => Ttm::Legacy,
+            Mode::Scalable => Ttm::Scalable,
+        }
+    }
+}
+
+/// The page-table format of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DomainKind {
+    /// Second-stage tables (legacy context entries or PASID-entry PGTT = 2).
+    SecondStage,
+    /// First-stage tables, x86-64 paging format (scalable mode, PGTT = 1).
+    FirstStage,
+}
+
+/// The KHO client name of the unit at `base`: `iommu-vtd-<base in hex>`.
+pub fn client_name(base: PhysAddr) -> String {
+    alloc::format!("iommu-vtd-{:x}", base.0)
+}
 
 const HEADER: usize = 0x38;
 const ENTRY: usize = 16;
