@@ -169,6 +169,22 @@ pub enum HandoverErrorKind {
         /// Pages in the preserved set.
         preserved: u64,
     },
+    /// A page run of the record holds pages that no structure verification reached
+    /// accounts for: not the root table, not a context or PASID page of an adopted
+    /// device, not a table page of a domain whose walk succeeded (tables of domains
+    /// refused at adoption or verification are counted too; they were never
+    /// established as tables). `finish` never frees them: they may be another KHO
+    /// client's memory (guest memory a device DMAs into) that a tampered record claims.
+    RecordPagesNotTables {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims.
+        pages: u64,
+        /// The first page of the run not accounted for.
+        page: PhysAddr,
+        /// How many pages of the run are not accounted for.
+        count: u64,
+    },
     /// A leaf maps a page that must not be reached: memory nobody preserved (the new
     /// kernel may use it), or a page table of the unit.
     LeafTarget {
@@ -363,6 +379,16 @@ impl fmt::Display for HandoverError {
                 "record page run at {start} claims {pages:#x} pages, more than the {preserved:#x} \
                  preserved pages"
             ),
+            HandoverErrorKind::RecordPagesNotTables {
+                start,
+                pages,
+                page,
+                count,
+            } => write!(
+                f,
+                "record page run at {start} ({pages:#x} pages) claims {count:#x} page(s) that \
+                 are not tables of an adopted domain or device, first {page}: kept, never freed"
+            ),
             HandoverErrorKind::LeafTarget {
                 did,
                 iova,
@@ -546,6 +572,10 @@ pub(crate) struct Incoming {
     pub(crate) record_pa: PhysAddr,
     pub(crate) record_bytes: u64,
     pub(crate) preserved: PageSet,
+    /// Pages established as this unit's structures: the root table and the context
+    /// and PASID pages of adopted devices (by `adopt`), the table pages of every
+    /// domain whose walk succeeded (by `verify`). `finish` frees no other page.
+    pub(crate) known: PageSet,
 }
 
 impl Mode {
