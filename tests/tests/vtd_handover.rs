@@ -422,8 +422,11 @@ fn full_handover(flavor: Flavor) {
     assert!(vr.failures.is_empty(), "{:?}", vr.failures);
     assert_eq!(vr.leaves, rep.leaves);
     assert!(vr.leaf_targets_checked >= 6, "{vr}");
+    // Every page of the record's runs is a structure the walks reached.
+    assert!(vr.unverified_runs.is_empty(), "{vr}");
     let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
     assert_eq!((fin.domains, fin.devices), (3, 4));
+    assert_eq!(fin.pages_kept, 0, "{fin}");
     assert!(fin.record_pages_freed >= 1);
     assert!(unit.devices().all(|d| d.state == DeviceState::Live));
     let p5 = w.dma(&PRESERVED, 6, "after finish");
