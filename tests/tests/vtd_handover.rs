@@ -1544,3 +1544,47 @@ fn finish_without_verify_frees_no_guest_page_the_record_claims() {
         guest_pages_untouched(&mut w);
     }
 }
+
+/// Input shape: after the kexec, a 4K leaf of domain 2 (IOVA 0x3000) is redirected to
+/// a structure of the unit that is not one of domain 2's tables: the root table, the
+/// context table of bus 0, or a level-1 table of domain 1. Each lies in the record's
+/// runs, so the first pass marks the domain; the second pass, against the exact
+/// structure pages (the root and context tables known from adopt, the tables of every
+/// domain walked), refuses domain 2, naming IOVA and page; domain 1 is unaffected.
+#[test]
+fn verify_refuses_a_leaf_redirected_to_the_root_a_context_table_or_another_domains_table() {
+    for flavor in all_flavors() {
+        for case in 0..3 {
+            let mut w = World::new(flavor);
+            let (d0, d1) = (w.doms[0], w.doms[1]);
+            let l1 = l1_tables(&w, &w.unit, d1)[0];
+            let other = l1_tables(&w, &w.unit, d0)[0];
+            let (blob, _kho) = w.prepare_and_freeze();
+            w.rig.machine.kexec(blob).expect("kexec");
+            let root = w.rig.hw(|hw| hw.regs.read64(regs::RTADDR)) & !0xfff;
+            let mut q = [0u8; 8];
+            w.rig.machine.mem().read(PhysAddr(root), &mut q).unwrap();
+            // Bits 63:12 of the root entry's low qword: the (lower) context table.
+            let ctx = u64::from_le_bytes(q) & !0xfff;
+            let target = [root, ctx, other.0][case];
+            redirect(&mut w, l1, 3, target);
+            let (mut unit, ar) = w.adopt(blob).expect("adopt");
+            assert!(ar.blocked.is_empty());
+            let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+            assert_eq!(vr.failures.len(), 1, "{flavor:?} {case}: {vr}");
+            assert_eq!(
+                vr.failures[0].1.kind,
+                HandoverErrorKind::LeafTarget {
+                    did: d1,
+                    iova: Iova(0x3000),
+                    page: PhysAddr(target),
+                    why: "a page table of this unit",
+                },
+                "{flavor:?} {case}"
+            );
+            assert_eq!(vr.blocked, vec![C, D]);
+            w.expect_blocked(C);
+            w.dma(&[A, B], 2, "domain 1 unaffected");
+        }
+    }
+}

@@ -937,8 +937,12 @@ impl Unit {
     /// New kernel: ends the handover. Domains not verified yet are verified first (their
     /// table pages must be known to manage them); adopted domains and devices become
     /// live (map/unmap allowed again); blocked devices are forgotten; context tables no
-    /// device uses are unhooked; every pinned page no longer referenced is freed, and
-    /// the record's pages are released.
+    /// device uses are unhooked; every structure page verification established (the
+    /// root, adopted devices' context and PASID pages, the tables of every domain whose
+    /// walk succeeded) that is no longer referenced is freed, and the record's pages
+    /// are released. Other pages of the record's runs (tables of domains refused, or
+    /// memory the record claims that is not its own) are kept: counted in
+    /// [`FinishReport::pages_kept`], never freed.
     pub fn finish(&mut self, hw: &mut Hw<'_>) -> Result<FinishReport, HandoverError> {
         if self.incoming.is_none() {
             return Err(self.herr2(K::State {

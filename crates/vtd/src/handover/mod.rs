@@ -16,10 +16,13 @@
 //! [`Unit::finish`](crate::driver::Unit::finish)): from memory, registers and the blob's
 //! physical address only. `adopt` does O(units + domains + devices) work (the blackout
 //! path) plus one check of the record's page runs against the preserved set (bounded by
-//! the set's blocks); `verify` walks every table (optional, outside the blackout) and
-//! checks every leaf target against the preserved set; `finish` makes the domains
-//! mutable again and frees what is no longer referenced (only pages of runs that
-//! `adopt` found preserved).
+//! the set's blocks); `verify` walks every table (optional, outside the blackout),
+//! checks every leaf target against the preserved set and the unit's table pages, and
+//! establishes the exact set of the unit's structure pages; `finish` makes the domains
+//! mutable again and frees only pages of that set no longer referenced. The preserved
+//! set is shared by every KHO client, so a record run can claim another client's
+//! memory (guest memory) and pass adopt's check: such pages are reported by `verify`
+//! and never freed.
 //!
 //! # Driving a handover (what a scenario runner does)
 //!
