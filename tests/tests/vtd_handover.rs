@@ -1465,17 +1465,8 @@ fn guest_pages_claimed_by_the_record(flavor: Flavor, first: u64, pages: u64) -> 
 /// domain 0 still reads every mapped guest page's bytes, and the preserved devices'
 /// workloads still run clean.
 fn guest_pages_untouched(w: &mut World) {
+    pool_hands_out_no_guest_page(w);
     let flavor = w.flavor;
-    let guest = GUEST_IN_POOL..GUEST_IN_POOL + 16 * K4;
-    let mut handed = 0u64;
-    while let Some(p) = w.rig.pool.alloc_page() {
-        assert!(
-            !guest.contains(&p.0),
-            "{flavor:?}: guest page {p} handed out"
-        );
-        handed += 1;
-    }
-    assert!(handed > 0);
     for i in 0..8 {
         let iova = Iova(GUEST_IOVA + i * K4);
         assert!(
@@ -1490,6 +1481,69 @@ fn guest_pages_untouched(w: &mut World) {
         2,
         "after finish, guest pages claimed by the record",
     );
+}
+
+/// Drains the pool: none of the 16 guest pages may come out.
+fn pool_hands_out_no_guest_page(w: &mut World) {
+    let flavor = w.flavor;
+    let guest = GUEST_IN_POOL..GUEST_IN_POOL + 16 * K4;
+    let mut handed = 0u64;
+    while let Some(p) = w.rig.pool.alloc_page() {
+        assert!(
+            !guest.contains(&p.0),
+            "{flavor:?}: guest page {p} handed out"
+        );
+        handed += 1;
+    }
+    assert!(handed > 0);
+}
+
+/// Input shape: the record's extra run covers the 8 guest pages nobody maps here
+/// (preserved by another client), and after the kexec the level-2 entry of domain 2
+/// that points to its first level-1 table is redirected to the first of them (so the
+/// walk reaches a guest page as a table: it is preserved and in the record's runs).
+/// The walk fails on the guest bytes read as entries and domain 2 is refused; its
+/// pages, never established as tables, are kept: finish frees no guest page.
+#[test]
+fn record_run_claiming_guest_pages_reached_by_a_failing_walk_frees_none_of_them() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        let l2 = {
+            let mem = w.rig.machine.mem();
+            let walk = w
+                .unit
+                .walk_domain(&*mem, d1, &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            walk.tables.iter().find(|t| t.level == 2).unwrap().addr
+        };
+        drop(w);
+        let (mut w, blob) = guest_pages_claimed_by_the_record(flavor, 8, 8);
+        // Entry 0 of domain 2's level-2 table covers IOVA 0..2M: its 4K mappings.
+        redirect(&mut w, l2, 0, GUEST_IN_POOL + 8 * K4);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{flavor:?}: {:?}", ar.blocked);
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{flavor:?}: {vr}");
+        assert_eq!(vr.failures[0].0, d1);
+        w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        pool_hands_out_no_guest_page(&mut w);
+        for i in 0..8 {
+            let iova = Iova(GUEST_IOVA + i * K4);
+            assert!(
+                w.checker.read_returns(
+                    &mut w.rig.machine,
+                    &DmaAgent::new(A),
+                    iova,
+                    &guest_bytes(i)
+                ),
+                "{flavor:?}: DMA at {iova}: {}",
+                w.checker.report()
+            );
+        }
+        w.dma(&[A, B], 2, "domain 1 unaffected");
+    }
 }
 
 /// Input shape: a record with a valid checksum and one more page run covering 16

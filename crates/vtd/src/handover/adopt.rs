@@ -836,6 +836,7 @@ impl Unit {
                 .pages
                 .iter()
                 .filter_map(|&(start, pages)| {
+                    // The first page of the run `known` lacks (block by block).
                     let page = super::tree::first_unpreserved(start, pages, &inc.known)?;
                     let mut run = PageSet::new();
                     let known = match run.insert_range(start, pages) {
