@@ -1507,7 +1507,7 @@ fn pool_hands_out_no_guest_page(w: &mut World) {
 #[test]
 fn record_run_claiming_guest_pages_reached_by_a_failing_walk_frees_none_of_them() {
     for flavor in all_flavors() {
-        let mut w = World::new(flavor);
+        let w = World::new(flavor);
         let d1 = w.doms[1];
         let l2 = {
             let mem = w.rig.machine.mem();
@@ -1556,8 +1556,7 @@ fn record_run_claiming_guest_pages_reached_by_a_failing_walk_frees_none_of_them(
 #[test]
 fn record_run_claiming_guest_pages_another_client_preserved_frees_none_of_them() {
     for flavor in all_flavors() {
-        let (mut w, _blob) = guest_pages_claimed_by_the_record(flavor, 0, 16);
-        let blob = _blob;
+        let (mut w, blob) = guest_pages_claimed_by_the_record(flavor, 0, 16);
         let (mut unit, ar) = w.adopt(blob).expect("adopt");
         assert!(ar.blocked.is_empty(), "{flavor:?}: {:?}", ar.blocked);
         let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
