@@ -22,13 +22,13 @@ use iommu_core::kho::record::{encode_record, RecordError, RECORD_HEADER_SIZE};
 use iommu_core::kho::{read_preserved, read_preserved_in, KhoError};
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
-use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
+use iommu_core::pgtable::{Mapping, Perms, WalkError, WalkErrorKind, WalkLimits};
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RequesterId};
 use vtd::driver::{
     DeviceState, DomainKind, ErrorKind, Mode, PageAllocator, PagePool, Unit, UnitConfig,
 };
 use vtd::handover::record::Record;
-use vtd::handover::{HandoverErrorKind, KhoOut, Selection};
+use vtd::handover::{HandoverError, HandoverErrorKind, KhoOut, Selection};
 use vtd::hw::pte::{FlPte, SlPte};
 use vtd::hw::regs::{self, GSTS};
 use vtd_rig::{rw, Rig, BASE, POOL, RAM};
@@ -1639,5 +1639,63 @@ fn verify_refuses_a_leaf_redirected_to_the_root_a_context_table_or_another_domai
             w.expect_blocked(C);
             w.dma(&[A, B], 2, "domain 1 unaffected");
         }
+    }
+}
+
+/// Input shape: after the kexec, the level-2 entry of domain 2 that points to its
+/// first level-1 table is redirected to the context table of bus 0 (a structure adopt
+/// read for the adopted devices, preserved and in the record's runs). Verify refuses
+/// domain 2 with an alias naming that page (a page cannot be a context table and a
+/// page table at once), before any of its entries are read as page-table entries.
+#[test]
+fn verify_refuses_a_table_pointer_to_a_context_table_as_an_alias() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        let l2 = {
+            let mem = w.rig.machine.mem();
+            let walk = w
+                .unit
+                .walk_domain(&*mem, d1, &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            walk.tables.iter().find(|t| t.level == 2).unwrap().addr
+        };
+        let (blob, _kho) = w.prepare_and_freeze();
+        w.rig.machine.kexec(blob).expect("kexec");
+        let root = w.rig.hw(|hw| hw.regs.read64(regs::RTADDR)) & !0xfff;
+        let mut q = [0u8; 8];
+        w.rig.machine.mem().read(PhysAddr(root), &mut q).unwrap();
+        let ctx = u64::from_le_bytes(q) & !0xfff;
+        redirect(&mut w, l2, 0, ctx);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty());
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{flavor:?}: {vr}");
+        match &vr.failures[0] {
+            (
+                did,
+                HandoverError {
+                    kind:
+                        HandoverErrorKind::Walk {
+                            err:
+                                WalkError {
+                                    kind: WalkErrorKind::Alias { next, .. },
+                                    level: 2,
+                                    index: 0,
+                                    ..
+                                },
+                            ..
+                        },
+                    ..
+                },
+            ) => {
+                assert_eq!(*did, d1);
+                assert_eq!(*next, PhysAddr(ctx));
+            }
+            (_, e) => panic!("{flavor:?}: {e}"),
+        }
+        w.expect_blocked(C);
+        w.dma(&[A, B], 2, "domain 1 unaffected");
     }
 }

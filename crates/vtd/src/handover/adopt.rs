@@ -748,12 +748,12 @@ impl Unit {
             .filter(|d| d.state == DomainState::Adopted && !d.tables_known)
             .map(|d| d.id)
             .collect();
-        // Every table page seen, across domains (a page in two trees is an alias).
+        // Every table page seen, across domains (a page in two trees is an alias), and
+        // every page established before (adopt's root, context and PASID pages, the
+        // tables of domains verified earlier): a tree reaching one is an alias too.
         let mut visited = super::tree::Visited::new(&inc.record);
-        for d in self.domains.values().filter(|d| d.tables_known) {
-            for p in d.tables.pages() {
-                visited.seed(&inc.record, p);
-            }
+        for p in inc.known.pages() {
+            visited.seed(&inc.record, p);
         }
         let mut scratch = super::tree::Scratch::default();
         // Once: are all the record's pages preserved? Then each table page needs only
@@ -814,7 +814,11 @@ impl Unit {
                         suspects.push(did);
                     }
                     if let Some(inc) = self.incoming.as_mut() {
-                        inc.known = inc.known.union(&set);
+                        // Disjoint from `known` (all of it seeded in `visited`, which
+                        // the walk refuses to reach again): inserted in place.
+                        for (a, o) in set.iter() {
+                            let _ = inc.known.insert(a, o);
+                        }
                     }
                     if let Some(d) = self.domains.get_mut(&did.0) {
                         d.tables = set;

@@ -136,9 +136,9 @@ pub(crate) fn first_unpreserved(start: PhysAddr, n: u64, preserved: &PageSet) ->
 /// The check of leaf targets during a verification: every page a leaf maps must lie in
 /// the preserved set (memory its owner preserved, e.g. guest memory) and outside the
 /// unit's tables (a device must not reach them): see [`Forbid`] for the two passes
-/// that check the latter. Leaves whose IOVAs
-/// and targets both follow on are checked as one run, and the last preserved block
-/// found is kept, so a table of leaves into one preserved block costs one lookup.
+/// that check the latter. Leaves whose IOVAs and targets both follow on are checked as
+/// one run, and the last preserved block found is kept, so a table of leaves into one
+/// preserved block costs one lookup.
 pub(crate) struct Targets<'a> {
     preserved: &'a PageSet,
     forbid: Forbid<'a>,
