@@ -22,11 +22,13 @@ use iommu_core::kho::record::{encode_record, RecordError, RECORD_HEADER_SIZE};
 use iommu_core::kho::{read_preserved, read_preserved_in, KhoError};
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
-use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
+use iommu_core::pgtable::{Mapping, Perms, WalkError, WalkErrorKind, WalkLimits};
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RequesterId};
-use vtd::driver::{DeviceState, DomainKind, ErrorKind, Mode, PagePool, Unit, UnitConfig};
+use vtd::driver::{
+    DeviceState, DomainKind, ErrorKind, Mode, PageAllocator, PagePool, Unit, UnitConfig,
+};
 use vtd::handover::record::Record;
-use vtd::handover::{HandoverErrorKind, KhoOut, Selection};
+use vtd::handover::{HandoverError, HandoverErrorKind, KhoOut, Selection};
 use vtd::hw::pte::{FlPte, SlPte};
 use vtd::hw::regs::{self, GSTS};
 use vtd_rig::{rw, Rig, BASE, POOL, RAM};
@@ -420,8 +422,11 @@ fn full_handover(flavor: Flavor) {
     assert!(vr.failures.is_empty(), "{:?}", vr.failures);
     assert_eq!(vr.leaves, rep.leaves);
     assert!(vr.leaf_targets_checked >= 6, "{vr}");
+    // Every page of the record's runs is a structure the walks reached.
+    assert!(vr.unverified_runs.is_empty(), "{vr}");
     let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
     assert_eq!((fin.domains, fin.devices), (3, 4));
+    assert_eq!(fin.pages_kept, 0, "{fin}");
     assert!(fin.record_pages_freed >= 1);
     assert!(unit.devices().all(|d| d.state == DeviceState::Live));
     let p5 = w.dma(&PRESERVED, 6, "after finish");
@@ -1412,4 +1417,285 @@ fn adopt_with_a_pool_all_preserved_names_the_preserved_set() {
         k => panic!("{k:?}"),
     }
     assert!(GSTS::TES.is_set(w.gsts()), "translation never turned off");
+}
+
+/// Guest memory inside the new kernel's page-pool range (the pool is 16..528 MiB):
+/// 16 pages at 512 MiB that another KHO client (the VMM) preserves. Domain 0 maps the
+/// first 8 at [`GUEST_IOVA`]; the other 8 are preserved but mapped by nobody here.
+const GUEST_IN_POOL: u64 = 0x2000_0000;
+const GUEST_IOVA: u64 = 0x10_0000_0000;
+
+/// The bytes written to guest page `i` before the handover.
+fn guest_bytes(i: u64) -> Vec<u8> {
+    (0..256u64).map(|b| (b * 13 + i * 71 + 5) as u8).collect()
+}
+
+/// Old kernel: guest memory in the pool range (kept off the old pool, written with
+/// [`guest_bytes`], 8 pages mapped by domain 0), prepare, freeze; then the record is
+/// rewritten with one more run, `(GUEST_IN_POOL + first * 4K, pages)`, with a valid
+/// checksum, and the machine kexecs.
+fn guest_pages_claimed_by_the_record(flavor: Flavor, first: u64, pages: u64) -> (World, PhysAddr) {
+    let mut w = World::new(flavor);
+    let mut guest = PageSet::new();
+    guest.insert_range(PhysAddr(GUEST_IN_POOL), 16).unwrap();
+    w.rig.pool.exclude(&guest);
+    for i in 0..16 {
+        w.rig
+            .machine
+            .mem_mut()
+            .write(PhysAddr(GUEST_IN_POOL + i * K4), &guest_bytes(i))
+            .unwrap();
+    }
+    let (unit, d0) = (&mut w.unit, w.doms[0]);
+    w.rig
+        .hw(|hw| {
+            let (iova, pa) = (Iova(GUEST_IOVA), PhysAddr(GUEST_IN_POOL));
+            unit.map(hw, d0, iova, pa, 8 * K4, PageSize::SIZE_4K, Perms::RW)
+        })
+        .unwrap();
+    w.guest = w.guest.union(&guest);
+    let (blob, _kho) = w.prepare_and_freeze();
+    let rec = record_pa(&w, blob);
+    add_run(&mut w, rec, GUEST_IN_POOL + first * K4, pages);
+    w.rig.machine.kexec(blob).expect("kexec");
+    (w, blob)
+}
+
+/// After finish: the pool, drained, hands out none of the 16 guest pages; DMA through
+/// domain 0 still reads every mapped guest page's bytes, and the preserved devices'
+/// workloads still run clean.
+fn guest_pages_untouched(w: &mut World) {
+    pool_hands_out_no_guest_page(w);
+    let flavor = w.flavor;
+    for i in 0..8 {
+        let iova = Iova(GUEST_IOVA + i * K4);
+        assert!(
+            w.checker
+                .read_returns(&mut w.rig.machine, &DmaAgent::new(A), iova, &guest_bytes(i)),
+            "{flavor:?}: DMA at {iova}: {}",
+            w.checker.report()
+        );
+    }
+    w.dma(
+        &PRESERVED,
+        2,
+        "after finish, guest pages claimed by the record",
+    );
+}
+
+/// Drains the pool: none of the 16 guest pages may come out.
+fn pool_hands_out_no_guest_page(w: &mut World) {
+    let flavor = w.flavor;
+    let guest = GUEST_IN_POOL..GUEST_IN_POOL + 16 * K4;
+    let mut handed = 0u64;
+    while let Some(p) = w.rig.pool.alloc_page() {
+        assert!(
+            !guest.contains(&p.0),
+            "{flavor:?}: guest page {p} handed out"
+        );
+        handed += 1;
+    }
+    assert!(handed > 0);
+}
+
+/// Input shape: the record's extra run covers the 8 guest pages nobody maps here
+/// (preserved by another client), and after the kexec the level-2 entry of domain 2
+/// that points to its first level-1 table is redirected to the first of them (so the
+/// walk reaches a guest page as a table: it is preserved and in the record's runs).
+/// The walk fails on the guest bytes read as entries and domain 2 is refused; its
+/// pages, never established as tables, are kept: finish frees no guest page.
+#[test]
+fn record_run_claiming_guest_pages_reached_by_a_failing_walk_frees_none_of_them() {
+    for flavor in all_flavors() {
+        let w = World::new(flavor);
+        let d1 = w.doms[1];
+        let l2 = {
+            let mem = w.rig.machine.mem();
+            let walk = w
+                .unit
+                .walk_domain(&*mem, d1, &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            walk.tables.iter().find(|t| t.level == 2).unwrap().addr
+        };
+        drop(w);
+        let (mut w, blob) = guest_pages_claimed_by_the_record(flavor, 8, 8);
+        // Entry 0 of domain 2's level-2 table covers IOVA 0..2M: its 4K mappings.
+        redirect(&mut w, l2, 0, GUEST_IN_POOL + 8 * K4);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{flavor:?}: {:?}", ar.blocked);
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{flavor:?}: {vr}");
+        assert_eq!(vr.failures[0].0, d1);
+        w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        pool_hands_out_no_guest_page(&mut w);
+        for i in 0..8 {
+            let iova = Iova(GUEST_IOVA + i * K4);
+            assert!(
+                w.checker.read_returns(
+                    &mut w.rig.machine,
+                    &DmaAgent::new(A),
+                    iova,
+                    &guest_bytes(i)
+                ),
+                "{flavor:?}: DMA at {iova}: {}",
+                w.checker.report()
+            );
+        }
+        w.dma(&[A, B], 2, "domain 1 unaffected");
+    }
+}
+
+/// Input shape: a record with a valid checksum and one more page run covering 16
+/// guest pages another KHO client preserved (so the run passes the run-vs-preserved
+/// check of adopt): the first 8 are DMA targets of domain 0 (IOVA 64 GiB), the other
+/// 8 mapped by nobody. Verify walks every table: none of the 16 is a table page, so
+/// the run is reported as holding pages no verified structure accounts for, and the
+/// domain mapping the first 8 is not refused (they are not tables). Finish frees none
+/// of them: the pool never hands them out and DMA into them lands as before.
+#[test]
+fn record_run_claiming_guest_pages_another_client_preserved_frees_none_of_them() {
+    for flavor in all_flavors() {
+        let (mut w, blob) = guest_pages_claimed_by_the_record(flavor, 0, 16);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{flavor:?}: {:?}", ar.blocked);
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert!(vr.failures.is_empty(), "{flavor:?}: {vr}");
+        assert_eq!(
+            vr.unverified_runs
+                .iter()
+                .map(|e| e.kind.clone())
+                .collect::<Vec<_>>(),
+            vec![HandoverErrorKind::RecordPagesNotTables {
+                start: PhysAddr(GUEST_IN_POOL),
+                pages: 16,
+                page: PhysAddr(GUEST_IN_POOL),
+                count: 16,
+            }],
+            "{flavor:?}: {vr}"
+        );
+        let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        assert_eq!(fin.pages_kept, 16, "{flavor:?}: {fin}");
+        guest_pages_untouched(&mut w);
+    }
+}
+
+/// Input shape: as above, the record's extra run covering the 8 guest pages nobody
+/// maps here (preserved by another client), but `finish` is called right after adopt,
+/// with no `verify` before it. Finish verifies what it must itself and frees only
+/// pages that verification found to be the unit's tables: not these 8.
+#[test]
+fn finish_without_verify_frees_no_guest_page_the_record_claims() {
+    for flavor in all_flavors() {
+        let (mut w, blob) = guest_pages_claimed_by_the_record(flavor, 8, 8);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{flavor:?}: {:?}", ar.blocked);
+        let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        assert!(fin.verify.failures.is_empty(), "{flavor:?}: {fin}");
+        assert_eq!(fin.verify.unverified_runs.len(), 1, "{flavor:?}");
+        assert_eq!(fin.pages_kept, 8, "{flavor:?}: {fin}");
+        guest_pages_untouched(&mut w);
+    }
+}
+
+/// Input shape: after the kexec, a 4K leaf of domain 2 (IOVA 0x3000) is redirected to
+/// a structure of the unit that is not one of domain 2's tables: the root table, the
+/// context table of bus 0, or a level-1 table of domain 1. Each lies in the record's
+/// runs, so the first pass marks the domain; the second pass, against the exact
+/// structure pages (the root and context tables known from adopt, the tables of every
+/// domain walked), refuses domain 2, naming IOVA and page; domain 1 is unaffected.
+#[test]
+fn verify_refuses_a_leaf_redirected_to_the_root_a_context_table_or_another_domains_table() {
+    for flavor in all_flavors() {
+        for case in 0..3 {
+            let mut w = World::new(flavor);
+            let (d0, d1) = (w.doms[0], w.doms[1]);
+            let l1 = l1_tables(&w, &w.unit, d1)[0];
+            let other = l1_tables(&w, &w.unit, d0)[0];
+            let (blob, _kho) = w.prepare_and_freeze();
+            w.rig.machine.kexec(blob).expect("kexec");
+            let root = w.rig.hw(|hw| hw.regs.read64(regs::RTADDR)) & !0xfff;
+            let mut q = [0u8; 8];
+            w.rig.machine.mem().read(PhysAddr(root), &mut q).unwrap();
+            // Bits 63:12 of the root entry's low qword: the (lower) context table.
+            let ctx = u64::from_le_bytes(q) & !0xfff;
+            let target = [root, ctx, other.0][case];
+            redirect(&mut w, l1, 3, target);
+            let (mut unit, ar) = w.adopt(blob).expect("adopt");
+            assert!(ar.blocked.is_empty());
+            let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+            assert_eq!(vr.failures.len(), 1, "{flavor:?} {case}: {vr}");
+            assert_eq!(
+                vr.failures[0].1.kind,
+                HandoverErrorKind::LeafTarget {
+                    did: d1,
+                    iova: Iova(0x3000),
+                    page: PhysAddr(target),
+                    why: "a page table of this unit",
+                },
+                "{flavor:?} {case}"
+            );
+            assert_eq!(vr.blocked, vec![C, D]);
+            w.expect_blocked(C);
+            w.dma(&[A, B], 2, "domain 1 unaffected");
+        }
+    }
+}
+
+/// Input shape: after the kexec, the level-2 entry of domain 2 that points to its
+/// first level-1 table is redirected to the context table of bus 0 (a structure adopt
+/// read for the adopted devices, preserved and in the record's runs). Verify refuses
+/// domain 2 with an alias naming that page (a page cannot be a context table and a
+/// page table at once), before any of its entries are read as page-table entries.
+#[test]
+fn verify_refuses_a_table_pointer_to_a_context_table_as_an_alias() {
+    for flavor in all_flavors() {
+        let mut w = World::new(flavor);
+        let d1 = w.doms[1];
+        let l2 = {
+            let mem = w.rig.machine.mem();
+            let walk = w
+                .unit
+                .walk_domain(&*mem, d1, &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            walk.tables.iter().find(|t| t.level == 2).unwrap().addr
+        };
+        let (blob, _kho) = w.prepare_and_freeze();
+        w.rig.machine.kexec(blob).expect("kexec");
+        let root = w.rig.hw(|hw| hw.regs.read64(regs::RTADDR)) & !0xfff;
+        let mut q = [0u8; 8];
+        w.rig.machine.mem().read(PhysAddr(root), &mut q).unwrap();
+        let ctx = u64::from_le_bytes(q) & !0xfff;
+        redirect(&mut w, l2, 0, ctx);
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty());
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{flavor:?}: {vr}");
+        match &vr.failures[0] {
+            (
+                did,
+                HandoverError {
+                    kind:
+                        HandoverErrorKind::Walk {
+                            err:
+                                WalkError {
+                                    kind: WalkErrorKind::Alias { next, .. },
+                                    level: 2,
+                                    index: 0,
+                                    ..
+                                },
+                            ..
+                        },
+                    ..
+                },
+            ) => {
+                assert_eq!(*did, d1);
+                assert_eq!(*next, PhysAddr(ctx));
+            }
+            (_, e) => panic!("{flavor:?}: {e}"),
+        }
+        w.expect_blocked(C);
+        w.dma(&[A, B], 2, "domain 1 unaffected");
+    }
 }

@@ -85,6 +85,12 @@ pub struct VerifyReport {
     pub failures: Vec<(DomainId, HandoverError)>,
     /// Devices blocked because their domain was refused.
     pub blocked: Vec<RequesterId>,
+    /// Record page runs holding pages that are not tables of an adopted domain or
+    /// device ([`RecordPagesNotTables`](super::HandoverErrorKind::RecordPagesNotTables),
+    /// one per run): `finish` keeps them, never frees them. Nothing is refused for it
+    /// (the adopted tables were checked on their own); with no domain or device
+    /// refused, any entry here means the record claims memory that is not its own.
+    pub unverified_runs: Vec<HandoverError>,
 }
 
 /// What `finish` did.
@@ -92,8 +98,12 @@ pub struct VerifyReport {
 pub struct FinishReport {
     /// The verification `finish` had to do itself (domains not verified before).
     pub verify: VerifyReport,
-    /// Pinned table pages no longer referenced, freed.
+    /// Pinned table pages no longer referenced, freed (only pages verification
+    /// established as the unit's structures).
     pub pages_freed: u64,
+    /// Pages of the record's runs kept, never freed: verification did not establish
+    /// them as the unit's structures (see [`VerifyReport::unverified_runs`]).
+    pub pages_kept: u64,
     /// Pages of the record released.
     pub record_pages_freed: u64,
     /// Domains now live.
@@ -603,11 +613,24 @@ impl Unit {
         report.entries_read = entries;
         report.domains = unit.domains.len();
         report.devices = unit.devices.len();
+        // The structures adoption established (O(devices)); a page that cannot be
+        // added is only never freed.
+        let mut known = PageSet::new();
+        add_page(&mut known, unit.root);
+        for (_, c) in &chains {
+            for p in [Some(c.ctx_table), c.pasid_dir, c.pasid_table]
+                .into_iter()
+                .flatten()
+            {
+                add_page(&mut known, p);
+            }
+        }
         unit.incoming = Some(Incoming {
             record: fb.record,
             record_pa: fb.record_pa,
             record_bytes: fb.record_bytes,
             preserved: fb.preserved,
+            known,
         });
         Ok((unit, report))
     }
@@ -695,6 +718,15 @@ impl Unit {
     /// table page of the unit (the memory devices reach is preserved by its owner, e.g.
     /// guest memory; anything else may be the new kernel's). A domain that fails is
     /// dropped and its devices blocked.
+    ///
+    /// The walks establish the exact set of the unit's table pages (with the root,
+    /// context and PASID pages `adopt` read for adopted devices); `finish` frees no
+    /// other page. A record page run holding pages outside that set (a run claiming
+    /// another client's memory passes adopt's check against the preserved set, which
+    /// all clients share) is reported in
+    /// [`VerifyReport::unverified_runs`]; those pages are kept, never freed. A leaf
+    /// whose target lies in the record's runs is checked again, once every domain is
+    /// walked, against the exact table pages: refused only if it maps a real table.
     pub fn verify(&mut self, hw: &mut Hw<'_>) -> Result<VerifyReport, HandoverError> {
         // A run of contiguous table pages shorter than this goes into the domain's page
         // set page by page (order 0): one radix leaf (4 KiB, allocated) covers the
@@ -716,17 +748,19 @@ impl Unit {
             .filter(|d| d.state == DomainState::Adopted && !d.tables_known)
             .map(|d| d.id)
             .collect();
-        // Every table page seen, across domains (a page in two trees is an alias).
+        // Every table page seen, across domains (a page in two trees is an alias), and
+        // every page established before (adopt's root, context and PASID pages, the
+        // tables of domains verified earlier): a tree reaching one is an alias too.
         let mut visited = super::tree::Visited::new(&inc.record);
-        for d in self.domains.values().filter(|d| d.tables_known) {
-            for p in d.tables.pages() {
-                visited.seed(&inc.record, p);
-            }
+        for p in inc.known.pages() {
+            visited.seed(&inc.record, p);
         }
         let mut scratch = super::tree::Scratch::default();
         // Once: are all the record's pages preserved? Then each table page needs only
         // the record check.
         let all_preserved = super::tree::runs_preserved(&inc.record, &inc.preserved);
+        // Domains with a leaf into the record's runs, to check again (second pass).
+        let mut suspects: Vec<DomainId> = Vec::new();
         for did in todo {
             let d = &self.domains[&did.0];
             let f = self.format_for(d.kind, d.levels, did)?;
@@ -734,7 +768,8 @@ impl Unit {
                 why: "verify without adopt",
             }))?;
             report.domains += 1;
-            let mut targets = super::tree::Targets::new(&inc.preserved, &inc.record);
+            let mut targets =
+                super::tree::Targets::new(&inc.preserved, super::tree::Forbid::Runs(&inc.record));
             let r = super::tree::verify_tree(
                 &f,
                 hw.mem,
@@ -775,6 +810,16 @@ impl Unit {
                     report.tables += set.page_count();
                     report.entries_read += set.page_count() * 512;
                     report.leaves += leaves;
+                    if targets.suspect {
+                        suspects.push(did);
+                    }
+                    if let Some(inc) = self.incoming.as_mut() {
+                        // Disjoint from `known` (all of it seeded in `visited`, which
+                        // the walk refuses to reach again): inserted in place.
+                        for (a, o) in set.iter() {
+                            let _ = inc.known.insert(a, o);
+                        }
+                    }
                     if let Some(d) = self.domains.get_mut(&did.0) {
                         d.tables = set;
                         d.tables_known = true;
@@ -782,34 +827,127 @@ impl Unit {
                 }
                 Err(k) => {
                     let error = self.herr2(k);
-                    let devs: Vec<Device> = self
-                        .devices
-                        .values()
-                        .filter(|x| x.domain == did && x.state != DeviceState::Blocked)
-                        .copied()
-                        .collect();
-                    for dev in devs {
-                        self.block_in_memory(hw, dev.rid, Some(dev.context_entry))?;
-                        let ops = self.block_ops(dev.rid, did.0);
-                        self.invalidate(hw, &ops)?;
-                        if let Some(x) = self.devices.get_mut(&dev.rid) {
-                            x.state = DeviceState::Blocked;
-                        }
-                        report.blocked.push(dev.rid);
-                    }
-                    self.domains.remove(&did.0);
-                    report.failures.push((did, error));
+                    self.refuse_domain(hw, did, error, &mut report)?;
                 }
             }
         }
+        if !suspects.is_empty() {
+            self.recheck_targets(hw, &suspects, &mut report)?;
+        }
+        if let Some(inc) = self.incoming.as_ref() {
+            report.unverified_runs = inc
+                .record
+                .pages
+                .iter()
+                .filter_map(|&(start, pages)| {
+                    // The first page of the run `known` lacks (block by block).
+                    let page = super::tree::first_unpreserved(start, pages, &inc.known)?;
+                    let mut run = PageSet::new();
+                    let known = match run.insert_range(start, pages) {
+                        Ok(()) => run.intersection(&inc.known).page_count(),
+                        Err(_) => 0,
+                    };
+                    Some(self.herr2(K::RecordPagesNotTables {
+                        start,
+                        pages,
+                        page,
+                        count: pages - known,
+                    }))
+                })
+                .collect();
+        }
         Ok(report)
+    }
+
+    /// The second pass of [`verify`](Unit::verify): walks each domain of `suspects`
+    /// again (its tree was walked without error, so the walk is bounded as before),
+    /// now checking its leaf targets against the exact table pages of the unit (every
+    /// page `known` holds, all domains walked). A domain mapping one is refused.
+    fn recheck_targets(
+        &mut self,
+        hw: &mut Hw<'_>,
+        suspects: &[DomainId],
+        report: &mut VerifyReport,
+    ) -> Result<(), HandoverError> {
+        let Some(inc) = self.incoming.as_ref() else {
+            return Ok(());
+        };
+        let tables: Vec<(u64, u64)> = inc
+            .known
+            .iter()
+            .map(|(a, o)| (a.0, a.0.saturating_add(PAGE_SIZE << o)))
+            .collect();
+        let max_tables = (inc.record.page_count() as usize).saturating_add(1);
+        let mut scratch = super::tree::Scratch::default();
+        let mut refused = Vec::new();
+        for &did in suspects {
+            let Some(d) = self.domains.get(&did.0) else {
+                continue;
+            };
+            let f = self.format_for(d.kind, d.levels, did)?;
+            let mut targets =
+                super::tree::Targets::new(&inc.preserved, super::tree::Forbid::Tables(&tables));
+            let r = super::tree::verify_tree(
+                &f,
+                hw.mem,
+                did,
+                d.root,
+                max_tables,
+                Some(&inc.preserved),
+                &inc.record,
+                &mut super::tree::Visited::new(&inc.record),
+                &mut scratch,
+                Some(&mut targets),
+            );
+            report.leaf_targets_checked += targets.checked;
+            if let Err(k) = r {
+                refused.push((did, self.herr2(k)));
+            }
+        }
+        for (did, error) in refused {
+            self.refuse_domain(hw, did, error, report)?;
+        }
+        Ok(())
+    }
+
+    /// Drops domain `did` after a failed check: its devices are blocked (context entry
+    /// made non-present, invalidated) and the refusal reported.
+    fn refuse_domain(
+        &mut self,
+        hw: &mut Hw<'_>,
+        did: DomainId,
+        error: HandoverError,
+        report: &mut VerifyReport,
+    ) -> Result<(), HandoverError> {
+        let devs: Vec<Device> = self
+            .devices
+            .values()
+            .filter(|x| x.domain == did && x.state != DeviceState::Blocked)
+            .copied()
+            .collect();
+        for dev in devs {
+            self.block_in_memory(hw, dev.rid, Some(dev.context_entry))?;
+            let ops = self.block_ops(dev.rid, did.0);
+            self.invalidate(hw, &ops)?;
+            if let Some(x) = self.devices.get_mut(&dev.rid) {
+                x.state = DeviceState::Blocked;
+            }
+            report.blocked.push(dev.rid);
+        }
+        self.domains.remove(&did.0);
+        report.failures.push((did, error));
+        Ok(())
     }
 
     /// New kernel: ends the handover. Domains not verified yet are verified first (their
     /// table pages must be known to manage them); adopted domains and devices become
     /// live (map/unmap allowed again); blocked devices are forgotten; context tables no
-    /// device uses are unhooked; every pinned page no longer referenced is freed, and
-    /// the record's pages are released.
+    /// device uses are unhooked; every structure page verification established (the
+    /// root, adopted devices' context and PASID pages, the tables of every domain whose
+    /// walk succeeded) that is no longer referenced is freed, and the record's pages
+    /// are released. Other pages of the record's runs (tables of domains refused, or
+    /// memory the record claims that is not its own) are kept: counted in
+    /// [`FinishReport::pages_kept`], never freed.
     pub fn finish(&mut self, hw: &mut Hw<'_>) -> Result<FinishReport, HandoverError> {
         if self.incoming.is_none() {
             return Err(self.herr2(K::State {
@@ -831,11 +969,7 @@ impl Unit {
             }));
         };
         let mut referenced = PageSet::new();
-        let mut add = |p: PhysAddr| {
-            if !referenced.contains(p) {
-                let _ = referenced.insert(p, 0);
-            }
-        };
+        let mut add = |p: PhysAddr| add_page(&mut referenced, p);
         add(self.root);
         for &t in self.ctx_tables.values() {
             add(t);
@@ -850,15 +984,19 @@ impl Unit {
                 add(p);
             }
         }
-        for &(start, n) in &inc.record.pages {
-            for i in 0..n {
-                let p = PhysAddr(start.0 + i * PAGE_SIZE);
-                if !referenced.contains(p) {
-                    hw.pages.free_page(p);
-                    report.pages_freed += 1;
-                }
+        // Only pages verification established as this unit's structures: a record
+        // run may claim other pages (another client's preserved memory passes the
+        // run-vs-preserved check), which are kept.
+        for p in inc.known.pages() {
+            if !referenced.contains(p) {
+                hw.pages.free_page(p);
+                report.pages_freed += 1;
             }
         }
+        report.pages_kept = inc
+            .record
+            .page_count()
+            .saturating_sub(inc.known.page_count());
         self.counters.pages_freed += report.pages_freed;
         let record_pages = (inc.record_bytes + iommu_core::kho::record::RECORD_HEADER_SIZE as u64)
             .div_ceil(PAGE_SIZE);
@@ -932,6 +1070,9 @@ impl core::fmt::Display for VerifyReport {
         for (d, e) in &self.failures {
             write!(f, "\n  refused domain {d}: {e}")?;
         }
+        for e in &self.unverified_runs {
+            write!(f, "\n  {e}")?;
+        }
         Ok(())
     }
 }
@@ -940,8 +1081,17 @@ impl core::fmt::Display for FinishReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "finish: {} domains and {} devices live, {} table pages freed, {} record pages released",
-            self.domains, self.devices, self.pages_freed, self.record_pages_freed
+            "finish: {} domains and {} devices live, {} table pages freed, {} record-run pages \
+             kept (not verified as tables), {} record pages released",
+            self.domains, self.devices, self.pages_freed, self.pages_kept, self.record_pages_freed
         )
+    }
+}
+
+/// Adds page `p` to `set` unless it holds it already (a page that cannot be added is
+/// left out: the callers only ever free fewer pages for it).
+fn add_page(set: &mut PageSet, p: PhysAddr) {
+    if !set.contains(p) {
+        let _ = set.insert(p, 0);
     }
 }

@@ -16,10 +16,13 @@
 //! [`Unit::finish`](crate::driver::Unit::finish)): from memory, registers and the blob's
 //! physical address only. `adopt` does O(units + domains + devices) work (the blackout
 //! path) plus one check of the record's page runs against the preserved set (bounded by
-//! the set's blocks); `verify` walks every table (optional, outside the blackout) and
-//! checks every leaf target against the preserved set; `finish` makes the domains
-//! mutable again and frees what is no longer referenced (only pages of runs that
-//! `adopt` found preserved).
+//! the set's blocks); `verify` walks every table (optional, outside the blackout),
+//! checks every leaf target against the preserved set and the unit's table pages, and
+//! establishes the exact set of the unit's structure pages; `finish` makes the domains
+//! mutable again and frees only pages of that set no longer referenced. The preserved
+//! set is shared by every KHO client, so a record run can claim another client's
+//! memory (guest memory) and pass adopt's check: such pages are reported by `verify`
+//! and never freed.
 //!
 //! # Driving a handover (what a scenario runner does)
 //!
@@ -164,6 +167,22 @@ pub enum HandoverErrorKind {
         pages: u64,
         /// Pages in the preserved set.
         preserved: u64,
+    },
+    /// A page run of the record holds pages that no structure verification reached
+    /// accounts for: not the root table, not a context or PASID page of an adopted
+    /// device, not a table page of a domain whose walk succeeded (tables of domains
+    /// refused at adoption or verification are counted too; they were never
+    /// established as tables). `finish` never frees them: they may be another KHO
+    /// client's memory (guest memory a device DMAs into) that a tampered record claims.
+    RecordPagesNotTables {
+        /// First page of the run.
+        start: PhysAddr,
+        /// Pages the run claims.
+        pages: u64,
+        /// The first page of the run not accounted for.
+        page: PhysAddr,
+        /// How many pages of the run are not accounted for.
+        count: u64,
     },
     /// A leaf maps a page that must not be reached: memory nobody preserved (the new
     /// kernel may use it), or a page table of the unit.
@@ -359,6 +378,16 @@ impl fmt::Display for HandoverError {
                 "record page run at {start} claims {pages:#x} pages, more than the {preserved:#x} \
                  preserved pages"
             ),
+            HandoverErrorKind::RecordPagesNotTables {
+                start,
+                pages,
+                page,
+                count,
+            } => write!(
+                f,
+                "record page run at {start} ({pages:#x} pages) claims {count:#x} page(s) that \
+                 are not tables of an adopted domain or device, first {page}: kept, never freed"
+            ),
             HandoverErrorKind::LeafTarget {
                 did,
                 iova,
@@ -542,6 +571,10 @@ pub(crate) struct Incoming {
     pub(crate) record_pa: PhysAddr,
     pub(crate) record_bytes: u64,
     pub(crate) preserved: PageSet,
+    /// Pages established as this unit's structures: the root table and the context
+    /// and PASID pages of adopted devices (by `adopt`), the table pages of every
+    /// domain whose walk succeeded (by `verify`). `finish` frees no other page.
+    pub(crate) known: PageSet,
 }
 
 impl Mode {

@@ -135,29 +135,47 @@ pub(crate) fn first_unpreserved(start: PhysAddr, n: u64, preserved: &PageSet) ->
 
 /// The check of leaf targets during a verification: every page a leaf maps must lie in
 /// the preserved set (memory its owner preserved, e.g. guest memory) and outside the
-/// record's page runs (a device must not reach this unit's tables). Leaves whose IOVAs
-/// and targets both follow on are checked as one run, and the last preserved block
-/// found is kept, so a table of leaves into one preserved block costs one lookup.
+/// unit's tables (a device must not reach them): see [`Forbid`] for the two passes
+/// that check the latter. Leaves whose IOVAs and targets both follow on are checked as
+/// one run, and the last preserved block found is kept, so a table of leaves into one
+/// preserved block costs one lookup.
 pub(crate) struct Targets<'a> {
     preserved: &'a PageSet,
-    record: &'a Record,
+    forbid: Forbid<'a>,
     /// The run being gathered: (first IOVA, first PA, bytes).
     run: Option<(u64, u64, u64)>,
     /// The last preserved block found, `[start, end)`.
     cached: (u64, u64),
     /// Runs checked.
     pub(crate) checked: u64,
+    /// A target met [`Forbid::Runs`]: the domain must be walked again against the
+    /// exact table pages.
+    pub(crate) suspect: bool,
+}
+
+/// The pages a leaf must not map (the unit's tables), as known at the time of a walk.
+#[derive(Clone, Copy)]
+pub(crate) enum Forbid<'a> {
+    /// The record's page runs, a superset of the tables known before any walk. A
+    /// target in them is not refused but marks the walk suspect: a run may claim
+    /// pages that are no table (another client's memory that a device legitimately
+    /// reaches), and only the walks of every domain show which pages are tables.
+    Runs(&'a Record),
+    /// The unit's table pages once every domain is walked: ascending, disjoint
+    /// `[start, end)` ranges. A target in them is refused.
+    Tables(&'a [(u64, u64)]),
 }
 
 impl<'a> Targets<'a> {
-    /// A check against `preserved` and `record`'s runs.
-    pub(crate) fn new(preserved: &'a PageSet, record: &'a Record) -> Self {
+    /// A check against `preserved` and the pages `forbid` names.
+    pub(crate) fn new(preserved: &'a PageSet, forbid: Forbid<'a>) -> Self {
         Targets {
             preserved,
-            record,
+            forbid,
             run: None,
             cached: (0, 0),
             checked: 0,
+            suspect: false,
         }
     }
 
@@ -201,12 +219,24 @@ impl<'a> Targets<'a> {
                 None => return Err(bad(page, "in no preserved memory")),
             }
         }
-        // A record run meeting [start, end): the last run starting below `end`.
-        let i = self.record.pages.partition_point(|&(p, _)| p.0 < end);
-        if let Some(&(p, n)) = i.checked_sub(1).and_then(|i| self.record.pages.get(i)) {
-            let run_end = p.0.saturating_add(n.saturating_mul(PAGE));
-            if run_end > start {
-                return Err(bad(start.max(p.0), "a page table of this unit"));
+        // A forbidden range meeting [start, end): the last one starting below `end`
+        // (the ranges are ascending and disjoint, so it ends last of those).
+        let last = match self.forbid {
+            Forbid::Runs(record) => {
+                let i = record.pages.partition_point(|&(p, _)| p.0 < end);
+                i.checked_sub(1)
+                    .and_then(|i| record.pages.get(i))
+                    .map(|&(p, n)| (p.0, p.0.saturating_add(n.saturating_mul(PAGE))))
+            }
+            Forbid::Tables(t) => {
+                let i = t.partition_point(|&(s, _)| s < end);
+                i.checked_sub(1).and_then(|i| t.get(i)).copied()
+            }
+        };
+        if let Some((s, _)) = last.filter(|&(_, e)| e > start) {
+            match self.forbid {
+                Forbid::Runs(_) => self.suspect = true,
+                Forbid::Tables(_) => return Err(bad(start.max(s), "a page table of this unit")),
             }
         }
         Ok(())
