@@ -353,3 +353,43 @@ fn device_note_of_thousands_of_pasids_against_shared_pasid_entries() {
     let (json, _) = dump_string(&l, OutputFormat::Json);
     assert_eq!(json.matches("\"fault\": ").count(), 0x32 + 1);
 }
+
+/// The scan itself is shared: [`SM_DEVICES`] context entries × [`DIR_ENTRIES`]
+/// directory entries × 64 PASID entries, through two directories (device 1's twin) and
+/// one PASID table, are held as the distinct structures' records (one run per device,
+/// 2 × 128 directory entries, 64 PASID entries), not one record per reachable
+/// (device, PASID); each entry is still produced in full, in order, when asked for.
+#[test]
+fn scalable_devices_sharing_one_pasid_table_are_scanned_once_per_distinct_structure() {
+    let (r, _) = scalable_one_pasid_table(true);
+    let l = load(&r, "sm.elf");
+    let cs = &l.units[0].scan.contexts;
+    let pasids = SM_DEVICES as usize * DIR_ENTRIES as usize * 64;
+    assert_eq!(cs.len(), pasids);
+    assert_eq!(cs.pasid_tables(), 1);
+    assert_eq!(cs.pasid_directories(), 2);
+    assert_eq!(
+        cs.records(),
+        SM_DEVICES as usize + 2 * DIR_ENTRIES as usize + 64
+    );
+    let table = {
+        let c = cs.get(0);
+        c.pasid_entry.expect("PASID entry").0 .0
+    };
+    for (i, c) in cs.iter().enumerate() {
+        let per_dev = DIR_ENTRIES as usize * 64;
+        assert_eq!(c.rid, rid(0, 4, (i / per_dev) as u8), "entry {i}");
+        let pasid = (i % per_dev) as u32;
+        assert_eq!(c.pasid, Some(pasid), "entry {i}");
+        assert_eq!(c.rid_pasid, pasid == 0);
+        assert_eq!(
+            c.pasid_entry.map(|p| p.0 .0),
+            Some(table + 64 * (pasid as u64 % 64))
+        );
+        let (de_at, _) = c.pasid_dir_entry.expect("directory entry");
+        assert_eq!(de_at.0 & 0xfff, 8 * (pasid as u64 / 64));
+        if i % 4099 == 0 || i + 1 == pasids {
+            assert_eq!(cs.get(i), c, "entry {i} by index");
+        }
+    }
+}
