@@ -486,20 +486,29 @@ pub fn pasid_entry(unit: &Unit, pe: &PasidEntry) -> Translation {
             if !ECAP::FLTS.is_set(ecap) {
                 return invalid("first-stage PGTT without ECAP.FLTS".into());
             }
-            let levels = match Flpm::from_bits(pe.flpm()) {
-                Some(Flpm::Level4) => 4,
-                Some(Flpm::Level5) if CAP::FL5LP.is_set(cap) => 5,
+            let flpm = match Flpm::from_bits(pe.flpm()) {
+                Some(Flpm::Level4) => Flpm::Level4,
+                Some(Flpm::Level5) if CAP::FL5LP.is_set(cap) => Flpm::Level5,
                 Some(Flpm::Level5) => {
                     return invalid("5-level first-stage paging without CAP.FL5LP".into())
                 }
                 None => return invalid(format!("FLPM {} is reserved", pe.flpm())),
             };
+            // First-stage input addresses are bounded by the paging mode and by the
+            // entry's AW (30 + 9·AW bits), as QEMU's intel-iommu bounds them
+            // (vtd_get_iova_agaw for every PGTT) and Linux programs AW in first-stage
+            // entries (pasid_set_address_width); AW 4-7 are reserved encodings, so the
+            // entry is invalid. The emulator's model applies the same rule.
+            let aw = pe.aw();
+            if aw > 3 {
+                return invalid(format!("address width field {aw} is reserved (4-7)"));
+            }
             Translation::Tables(PageTable {
                 stage: Stage::First,
                 root: PhysAddr(pe.flptptr()),
-                levels,
+                levels: flpm.levels() as u8,
                 exec: false,
-                width: 12 + 9 * levels as u32,
+                width: flpm.width().min(30 + 9 * aw as u32),
             })
         }
     }
