@@ -133,7 +133,8 @@ impl Loaded {
                 let devices: Vec<DeviceNote> = image
                     .devices()
                     .iter()
-                    .filter(|d| d.unit == unit.base && !unit.assumed)
+                    // A unit made up from options has a base only with --vtd-base.
+                    .filter(|d| d.unit == unit.base && unit.base_known)
                     .copied()
                     .collect();
                 if let Some(d) = devices.first() {
