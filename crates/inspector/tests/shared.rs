@@ -393,3 +393,40 @@ fn scalable_devices_sharing_one_pasid_table_are_scanned_once_per_distinct_struct
         }
     }
 }
+
+/// `verify` of 256 functions sharing one domain whose table has an entry with reserved
+/// bits: the problem is reported once for the table, naming its first 16 users and
+/// counting the rest (before, all 256 labels were joined into the message: output grew
+/// with the users, with every PASID of a shared PASID table's devices).
+#[test]
+fn verify_names_the_first_users_of_a_shared_table_and_counts_the_rest() {
+    use inspector::progress::Progress;
+    use inspector::verify::{verify, VerifyOptions};
+    let (mut r, root) = legacy_256_functions_one_domain();
+    let leaf = r.leaf_entry(root, 4, 0x5000);
+    let v = r.peek(leaf);
+    r.poke(leaf, v | vtd::hw::pte::SL_TM | (1 << 60));
+    let pages = r.pages.clone();
+    let devices: Vec<_> = (0..=255u8)
+        .map(|devfn| (rid(0, devfn >> 3, devfn & 7), None, 1u16))
+        .collect();
+    let blob = r.handover(&pages, &[(1, root, 4)], &devices);
+    let l = load(&r, "shared.elf");
+    let opts = VerifyOptions {
+        blob: Some(blob.0),
+        ..VerifyOptions::default()
+    };
+    let rep = verify(&l, &opts, &mut Progress::hidden()).expect("verify");
+    let named: Vec<&str> = rep
+        .findings
+        .iter()
+        .map(|f| f.what.as_str())
+        .filter(|w| w.contains("(used by "))
+        .collect();
+    assert!(!named.is_empty(), "{:?}", rep.findings);
+    for w in &named {
+        assert!(w.contains("(used by 0000:00:00.0, 0000:00:00.1, "), "{w}");
+        assert!(w.contains("0000:00:01.7 and 240 more)"), "{w}");
+        assert!(!w.contains("0000:00:02.0"), "{w}");
+    }
+}
