@@ -130,6 +130,41 @@ fn pasid_entry_at(r: &mut Rig, d: RequesterId, pasid: u32) -> u64 {
     de.table() + pasid_table_index(pasid) * 64
 }
 
+/// Maps IOVA 2^39 (a second top-level slot) under the 4-level table `root`, then
+/// clears W in its level-4 entry and sets a reserved bit (TM outside a leaf) in its
+/// level-2 entry; returns the IOVA.
+fn read_only_top_over_reserved_entry(r: &mut Rig, root: u64) -> u64 {
+    let far = 1u64 << 39;
+    r.map(root, 4, far, 0x60_0000, 1, true, true);
+    let l4 = sl_entry(r, root, 4, far, 4);
+    let v = r.peek(l4);
+    r.poke(l4, v & !SL_W);
+    let l2 = sl_entry(r, root, 4, far, 2);
+    let v = r.peek(l2);
+    r.poke(l2, v | SL_TM);
+    far
+}
+
+/// A scalable unit with device `d` whose PASID 9 entry is first-stage (4-level) with
+/// pages at 496, 1008 and 2032 MiB, and AW set to `aw`.
+fn first_stage_rig(d: RequesterId, aw: u64) -> Rig {
+    let mut r = Rig::scalable();
+    r.device(d, Some(9));
+    r.scalable_context(d, 0, 1, 4);
+    let fl = r.first_stage_pasid(d, 9, 2);
+    r.map_fl(fl, 0x1f00_0000, 0x55_4000, true);
+    r.map_fl(fl, 0x3f00_0000, 0x55_5000, true);
+    r.map_fl(fl, 0x7f00_0000, 0x55_6000, true);
+    let pe_at = pasid_entry_at(&mut r, d, 9);
+    let q: Vec<u64> = (0..8).map(|i| r.peek(pe_at + 8 * i)).collect();
+    let mut pe = PasidEntry::from_qwords(q.try_into().unwrap());
+    pe.set_aw(aw);
+    for (i, v) in pe.qwords().iter().enumerate() {
+        r.poke(pe_at + 8 * i as u64, *v);
+    }
+    r
+}
+
 /// Scalable mode, second stage, RID_PASID entry: a leaf with R = W = 0 faults 0x79
 /// (SSL.2) for reads and writes; a read-only leaf refuses a write with 0x85, a
 /// write-only leaf a read with 0x86; a level-4 entry without W in front of a level-2
@@ -145,16 +180,9 @@ fn scalable_second_stage_not_present_is_0x79_missing_right_0x85_0x86_before_rese
     r.map(root, 4, 0x2000, 0x50_1000, 1, true, false);
     r.map(root, 4, 0x3000, 0x50_2000, 1, false, true);
     let leaf = r.leaf_entry(root, 4, 0x1000);
-    r.poke(leaf + 3 * 8, 0x50_3000); // IOVA 0x4000: address set, R = W = 0.
-                                     // A second top-level slot: IOVA 2^39 through a read-only level-4 entry.
-    let far = 1u64 << 39;
-    r.map(root, 4, far, 0x60_0000, 1, true, true);
-    let l4 = sl_entry(&mut r, root, 4, far, 4);
-    let v = r.peek(l4);
-    r.poke(l4, v & !SL_W);
-    let l2 = sl_entry(&mut r, root, 4, far, 2);
-    let v = r.peek(l2);
-    r.poke(l2, v | SL_TM);
+    // IOVA 0x4000: address set, R = W = 0.
+    r.poke(leaf + 3 * 8, 0x50_3000);
+    let far = read_only_top_over_reserved_entry(&mut r, root);
     agree(
         &mut r,
         d,
@@ -181,14 +209,7 @@ fn legacy_second_stage_rights_are_0x5_0x6_and_checked_before_reserved_bits() {
     r.device(d, None);
     let root = r.legacy_context(d, 1, 4);
     r.map(root, 4, 0x1000, 0x50_0000, 1, true, false);
-    let far = 1u64 << 39;
-    r.map(root, 4, far, 0x60_0000, 1, true, true);
-    let l4 = sl_entry(&mut r, root, 4, far, 4);
-    let v = r.peek(l4);
-    r.poke(l4, v & !SL_W);
-    let l2 = sl_entry(&mut r, root, 4, far, 2);
-    let v = r.peek(l2);
-    r.poke(l2, v | SL_TM);
+    let far = read_only_top_over_reserved_entry(&mut r, root);
     agree(
         &mut r,
         d,
@@ -210,36 +231,17 @@ fn legacy_second_stage_rights_are_0x5_0x6_and_checked_before_reserved_bits() {
 /// encoding) makes the PASID entry invalid (0x5B).
 #[test]
 fn first_stage_input_is_bounded_by_the_pasid_entry_aw() {
-    let mut r = Rig::scalable();
     let d = rid(0, 4, 0);
-    r.device(d, Some(9));
-    r.scalable_context(d, 0, 1, 4);
-    let fl = r.first_stage_pasid(d, 9, 2);
-    r.map_fl(fl, 0x1f00_0000, 0x55_4000, true);
-    r.map_fl(fl, 0x3f00_0000, 0x55_5000, true);
-    r.map_fl(fl, 0x7f00_0000, 0x55_6000, true);
-    let pe_at = pasid_entry_at(&mut r, d, 9);
-    let set_aw = |r: &mut Rig, aw: u64| {
-        let q: Vec<u64> = (0..8).map(|i| r.peek(pe_at + 8 * i)).collect();
-        let mut pe = PasidEntry::from_qwords(q.try_into().unwrap());
-        pe.set_aw(aw);
-        for (i, v) in pe.qwords().iter().enumerate() {
-            r.poke(pe_at + 8 * i as u64, *v);
-        }
-    };
-    set_aw(&mut r, 2);
-    agree(
-        &mut r,
-        d,
-        Some(9),
-        &[
-            (0x1f00_0010, false, None),
-            (0x3f00_0010, false, None),
-            (0x7f00_0010, true, None),
-        ],
-    );
-    // Fresh rigs for the other widths: the model caches the PASID entry.
+    // A fresh rig per width: the model caches the PASID entry.
     for (aw, cases) in [
+        (
+            2,
+            vec![
+                (0x1f00_0010, false, None),
+                (0x3f00_0010, false, None),
+                (0x7f00_0010, true, None),
+            ],
+        ),
         (
             0,
             vec![
@@ -250,14 +252,7 @@ fn first_stage_input_is_bounded_by_the_pasid_entry_aw() {
         ),
         (4, vec![(0x1f00_0010, false, Some(0x5B))]),
     ] {
-        let mut r = Rig::scalable();
-        r.device(d, Some(9));
-        r.scalable_context(d, 0, 1, 4);
-        let fl = r.first_stage_pasid(d, 9, 2);
-        r.map_fl(fl, 0x1f00_0000, 0x55_4000, true);
-        r.map_fl(fl, 0x3f00_0000, 0x55_5000, true);
-        r.map_fl(fl, 0x7f00_0000, 0x55_6000, true);
-        set_aw(&mut r, aw);
+        let mut r = first_stage_rig(d, aw);
         agree(&mut r, d, Some(9), &cases);
     }
 }

@@ -17,8 +17,10 @@ use vtd::hw::root::{
     AddressWidth, ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry, TranslationType,
 };
 
-/// Most present context and PASID-table entries listed per unit; past it the scan stops
-/// with a problem (a corrupt image could otherwise make billions).
+/// Most present context and PASID-table entries listed per unit, and most records the
+/// scan holds per unit (entries of distinct PASID directories and tables, structure
+/// pages); past either the scan stops with a problem (a corrupt image could otherwise
+/// make billions).
 pub const MAX_CONTEXTS: usize = 1 << 20;
 
 /// Why requests through an entry are blocked: the fault reason and the detail.
