@@ -33,7 +33,7 @@ use crate::memory::{
 use crate::model::{IommuModel, RegisterValue, UnitKind};
 use crate::vtd::{VtdRestoreError, VtdUnit};
 use iommu_core::image::{
-    check_device_units, check_in_ram, check_segments, LayoutError, LoadSegment,
+    check_devices, check_in_ram, check_segments, DeviceEntry, LayoutError, LoadSegment,
 };
 use iommu_core::{Pasid, PhysAddr, RequesterId};
 use object::elf;
@@ -1447,8 +1447,17 @@ pub fn from_bytes_with(data: &[u8], restorer: &dyn UnitRestorer) -> Result<Machi
     }
     let devices = read_devices(&mut notes.devices, counts.devices)?;
     let bases: Vec<u64> = machine.units().map(|u| u.mmio_base().0).collect();
-    check_device_units(devices.iter().map(|(_, d)| d.unit.0), &bases)
-        .map_err(SnapshotError::Layout)?;
+    // The layout rules every reader applies (missing unit, repeated device, requester
+    // split over units); `add_device` would refuse the last two too, as a machine error.
+    let entries: Vec<DeviceEntry> = devices
+        .iter()
+        .map(|(_, d)| DeviceEntry {
+            rid: d.rid,
+            pasid: d.pasid.map(|p| p.0),
+            unit: d.unit.0,
+        })
+        .collect();
+    check_devices(&entries, &bases).map_err(SnapshotError::Layout)?;
     for (offset, device) in devices {
         machine
             .add_device(device)

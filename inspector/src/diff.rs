@@ -70,51 +70,23 @@ pub struct TreeState {
     pub problems: usize,
 }
 
-/// Where a device's entry is: the unit's position in [`Loaded::units`] and the entry's
-/// in its scan's contexts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DevRef {
-    /// Unit index.
-    pub unit: u32,
-    /// Context index.
-    pub context: u32,
-}
-
-/// What one image says: its devices (sorted by key, each referring to its entry in the
-/// image), and its distinct page-table trees, each walked once.
+/// What one image says: its distinct page-table trees, each walked once, and what its
+/// devices are listed under (their entries are produced in key order by [`devices`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct States {
-    /// Devices, sorted by key.
-    pub devices: Vec<(DevKey, DevRef)>,
     /// Distinct trees (per unit, by [`crate::model::TreeKey`]); each walked once.
     pub trees: Vec<TreeState>,
     /// Index in `trees` of each unit's first tree.
     pub tree_base: Vec<usize>,
+    /// Each unit's key (MMIO base, or index for units described on the command line)
+    /// and name.
+    pub units: Vec<(u64, Arc<str>)>,
 }
 
-impl States {
-    /// What `l` (the image these states were collected from) says about device `r`.
-    pub fn device(&self, l: &Loaded, r: DevRef) -> DevState {
-        let us = &l.units[r.unit as usize];
-        let c = &us.scan.contexts[r.context as usize];
-        DevState {
-            did: c.did,
-            translation: c.translation.name(),
-            blocked: match &c.translation {
-                Translation::Blocked(b) => Some(b.reason.code()),
-                _ => None,
-            },
-            table: c.translation.table().copied(),
-            tree: us.trees.of_context[r.context as usize]
-                .map(|t| self.tree_base[r.unit as usize] + t),
-        }
-    }
-}
-
-/// Collects the device states of an image, walking each distinct tree once.
+/// Collects the distinct trees of an image, walking each once.
 pub fn states(l: &Loaded, semantic: bool) -> States {
     let mut out = States::default();
-    for (ui, us) in l.units.iter().enumerate() {
+    for us in &l.units {
         let unit = if us.unit.assumed {
             us.unit.index as u64
         } else {
@@ -143,27 +115,61 @@ pub fn states(l: &Loaded, semantic: bool) -> States {
                 problems: w.problems.len() + w.fatal.is_some() as usize,
             });
         }
-        let name: Arc<str> = Arc::from(us.unit.name.as_str());
-        for (ci, c) in us.scan.contexts.iter().enumerate() {
+        out.units.push((unit, Arc::from(us.unit.name.as_str())));
+    }
+    out
+}
+
+type Heads<'a> = Vec<std::iter::Peekable<Box<dyn Iterator<Item = (DevKey, DevState)> + 'a>>>;
+
+/// The devices of image `l` (whose states are `s`) in key order, each key once (the
+/// first unit's entry wins), made from the scan's shared records as they are reached:
+/// nothing per (device, PASID) is held.
+pub fn devices<'a>(l: &'a Loaded, s: &'a States) -> impl Iterator<Item = (DevKey, DevState)> + 'a {
+    // Each unit's entries come in key order (bus, devfn, PASID); the units are merged.
+    let mut heads: Heads<'a> = Vec::new();
+    for (ui, us) in l.units.iter().enumerate() {
+        let (unit, name) = s.units[ui].clone();
+        let base = s.tree_base[ui];
+        let it = us.scan.contexts.iter().map(move |c| {
             let key = DevKey {
                 unit,
                 unit_name: name.clone(),
                 rid: c.rid,
                 pasid: c.pasid,
             };
-            // Unit and context counts are bounded (scan::MAX_CONTEXTS per unit).
-            out.devices.push((
-                key,
-                DevRef {
-                    unit: ui as u32,
-                    context: ci as u32,
+            let state = DevState {
+                did: c.did,
+                translation: c.translation.name(),
+                blocked: match &c.translation {
+                    Translation::Blocked(b) => Some(b.reason.code()),
+                    _ => None,
                 },
-            ));
-        }
+                table: c.translation.table().copied(),
+                tree: us.trees.of(&c).map(|t| base + t),
+            };
+            (key, state)
+        });
+        let it: Box<dyn Iterator<Item = (DevKey, DevState)> + 'a> = Box::new(it);
+        heads.push(it.peekable());
     }
-    out.devices.sort_by(|x, y| x.0.cmp(&y.0));
-    out.devices.dedup_by(|x, y| x.0 == y.0);
-    out
+    let mut last: Option<DevKey> = None;
+    std::iter::from_fn(move || loop {
+        let mut best: Option<(usize, DevKey)> = None;
+        for (i, h) in heads.iter_mut().enumerate() {
+            if let Some((k, _)) = h.peek() {
+                if best.as_ref().map_or(true, |(_, kb)| k < kb) {
+                    best = Some((i, k.clone()));
+                }
+            }
+        }
+        let (k, st) = heads[best?.0].next()?;
+        if last.as_ref() == Some(&k) {
+            continue;
+        }
+        last = Some(k.clone());
+        return Some((k, st));
+    })
 }
 
 /// Kind of mapping difference.
@@ -495,21 +501,31 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
     d.tree_walks = (sa.trees.len(), sb.trees.len());
     // Differences of each distinct pair of trees, computed once.
     let mut pairs: HashMap<(Option<usize>, Option<usize>), Option<usize>> = HashMap::new();
-    let (mut ia, mut ib) = (0usize, 0usize);
+    let mut da = devices(a, &sa).peekable();
+    let mut db = devices(b, &sb).peekable();
     loop {
-        let (xa, xb) = (sa.devices.get(ia), sb.devices.get(ib));
-        let (k, x, y) = match (xa, xb) {
+        let order = match (da.peek(), db.peek()) {
             (None, None) => break,
-            (Some((ka, ra)), Some((kb, rb))) => match ka.cmp(kb) {
-                Ordering::Less => (ka, Some(*ra), None),
-                Ordering::Greater => (kb, None, Some(*rb)),
-                Ordering::Equal => (ka, Some(*ra), Some(*rb)),
-            },
-            (Some((ka, ra)), None) => (ka, Some(*ra), None),
-            (None, Some((kb, rb))) => (kb, None, Some(*rb)),
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
         };
-        ia += x.is_some() as usize;
-        ib += y.is_some() as usize;
+        let (k, x, y) = match order {
+            Ordering::Less => {
+                let (k, x) = da.next().expect("peeked");
+                (k, Some(x), None)
+            }
+            Ordering::Greater => {
+                let (k, y) = db.next().expect("peeked");
+                (k, None, Some(y))
+            }
+            Ordering::Equal => {
+                let (k, x) = da.next().expect("peeked");
+                let (_, y) = db.next().expect("peeked");
+                (k, Some(x), Some(y))
+            }
+        };
+        let k = &k;
         let only = |status| DevDiff {
             key: k.clone(),
             status,
@@ -518,8 +534,6 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
             pasid_last: None,
             entries: 1,
         };
-        let x = x.map(|r| sa.device(a, r));
-        let y = y.map(|r| sb.device(b, r));
         let dd = match (x, y) {
             (Some(_), None) => only("only-in-a"),
             (None, Some(_)) => only("only-in-b"),

@@ -64,20 +64,25 @@ fn walk_problem(e: &WalkError) -> String {
 /// the entries and one over the notes (a note of many devices against many entries must
 /// not cost their product).
 fn uncovered(us: &UnitState, filter: &Filter) -> Vec<(RequesterId, Option<u32>)> {
-    let mut served: HashSet<(RequesterId, Option<u32>)> = HashSet::new();
-    for c in &us.scan.contexts {
-        served.insert((c.rid, c.pasid));
-        if c.pasid.is_some() && c.rid_pasid {
-            // Requests without PASID go through the RID_PASID entry.
-            served.insert((c.rid, None));
-        }
-    }
-    us.devices
+    let notes: Vec<(RequesterId, Option<u32>)> = us
+        .devices
         .iter()
         .filter(|d| filter.device.map_or(true, |r| r == d.rid))
         .map(|d| (d.rid, d.pasid.map(|p| p.0)))
-        .filter(|k| !served.contains(k))
-        .collect()
+        .collect();
+    // Held: the notes, not the entries (which may be every PASID of many devices).
+    let mut unserved: HashSet<(RequesterId, Option<u32>)> = notes.iter().copied().collect();
+    for c in us.scan.contexts.iter() {
+        if unserved.is_empty() {
+            break;
+        }
+        unserved.remove(&(c.rid, c.pasid));
+        if c.pasid.is_some() && c.rid_pasid {
+            // Requests without PASID go through the RID_PASID entry.
+            unserved.remove(&(c.rid, None));
+        }
+    }
+    notes.into_iter().filter(|k| unserved.contains(k)).collect()
 }
 
 fn context_summary(c: &Context) -> String {
@@ -275,10 +280,10 @@ fn text_structures(
         let mut last_ctx = None;
         while let Some(item) = items.get(next).filter(|i| item_bus(s, i) == r.bus) {
             next += 1;
-            let c = &s.contexts[match item {
+            let c = &s.contexts.get(match item {
                 Listed::Context(ci) => *ci,
                 Listed::Shared(run) => run.start,
-            }];
+            });
             let ce = &c.context_entry;
             if last_ctx != Some(ce.0) {
                 last_ctx = Some(ce.0);
@@ -324,7 +329,7 @@ fn text_structures(
 
 fn item_bus(s: &Scan, i: &Listed) -> u8 {
     match i {
-        Listed::Context(ci) => s.contexts[*ci].rid.bus,
+        Listed::Context(ci) => s.contexts.get(*ci).rid.bus,
         Listed::Shared(run) => run.rid.bus,
     }
 }
@@ -347,7 +352,7 @@ fn shared_text(s: &Scan, run: &SharedRun) -> String {
         },
         run.entries,
         if run.entries == 1 { "y" } else { "ies" },
-        s.contexts[run.same_as].label()
+        s.contexts.get(run.same_as).label()
     )
 }
 
@@ -462,7 +467,7 @@ fn text(
                 }
             };
             progress.set(done + ci as u64);
-            let c = &us.scan.contexts[ci];
+            let c = &us.scan.contexts.get(ci);
             let pasid = match c.pasid {
                 Some(p) if c.rid_pasid => format!("pasid {p:#x} (RID_PASID)"),
                 Some(p) => format!("pasid {p:#x}"),
@@ -476,14 +481,14 @@ fn text(
                 context_summary(c),
                 if c.fpd { "  FPD" } else { "" }
             )?;
-            let Some(t) = us.trees.of_context[ci] else {
+            let Some(t) = us.trees.of(c) else {
                 continue;
             };
             if let Some(first) = listed[t] {
                 writeln!(
                     out,
                     "      same page table as {} (mappings above)",
-                    us.scan.contexts[first].label()
+                    us.scan.contexts.get(first).label()
                 )?;
                 continue;
             }
@@ -770,8 +775,9 @@ fn json(
                 continue;
             };
             progress.set(done + ci as u64);
-            let tree = us.trees.of_context[ci];
-            json_context(&mut j, &us.scan.contexts[ci], tree)?;
+            let c = us.scan.contexts.get(ci);
+            let tree = us.trees.of(&c);
+            json_context(&mut j, &c, tree)?;
             if let Some(t) = tree {
                 users[t] += 1;
             }
@@ -784,7 +790,7 @@ fn json(
             let Listed::Shared(run) = item else {
                 continue;
             };
-            let first = &us.scan.contexts[run.same_as];
+            let first = &us.scan.contexts.get(run.same_as);
             j.begin_object(true)?;
             j.kv_str("bdf", &run.rid.to_string())?;
             j.kv_uint("pasid_first", run.pasids.0 as u64)?;
@@ -869,7 +875,7 @@ fn linux(
         )?;
         for item in listing(&us.scan.contexts, filter) {
             let c = match item {
-                Listed::Context(ci) => &us.scan.contexts[ci],
+                Listed::Context(ci) => us.scan.contexts.get(ci),
                 Listed::Shared(run) => {
                     // Linux prints every PASID entry; a repeated structure is referred to.
                     writeln!(
@@ -912,13 +918,13 @@ fn linux(
         // The device whose block listed each tree's entries.
         let mut listed: Vec<Option<usize>> = vec![None; us.trees.len()];
         for (ci, c) in us.scan.contexts.iter().enumerate() {
+            let c = &c;
             done += 1;
             progress.set(done);
             if !filter.context(c) {
                 continue;
             }
-            let (Translation::Tables(pt), Some(tree)) = (&c.translation, us.trees.of_context[ci])
-            else {
+            let (Translation::Tables(pt), Some(tree)) = (&c.translation, us.trees.of(c)) else {
                 continue;
             };
             if c.pasid.is_some() && !c.rid_pasid && filter.pasid.is_none() {
@@ -940,7 +946,7 @@ fn linux(
             }
             if let Some(first) = listed[tree] {
                 // A shared table is listed once (Linux repeats it in every device's file).
-                let f = &us.scan.contexts[first];
+                let f = &us.scan.contexts.get(first);
                 writeln!(
                     out,
                     "same page table as Device {:04x}:{:02x}:{:02x}.{:x}{} (entries above)",

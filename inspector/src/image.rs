@@ -20,7 +20,7 @@
 
 use crate::error::InspectError;
 use iommu_core::image::{
-    check_device_units, check_in_ram, check_segments, in_runs, ram_runs, LoadSegment,
+    check_devices, check_in_ram, check_segments, in_runs, ram_runs, DeviceEntry, LoadSegment,
 };
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::{Pasid, PhysAddr, RequesterId};
@@ -660,8 +660,16 @@ impl Image {
 
     fn check_snapshot(&self) -> Result<(), InspectError> {
         let bases: Vec<u64> = self.units.iter().map(|u| u.base.0).collect();
-        check_device_units(self.devices.iter().map(|d| d.unit.0), &bases)
-            .map_err(InspectError::Layout)?;
+        let entries: Vec<DeviceEntry> = self
+            .devices
+            .iter()
+            .map(|d| DeviceEntry {
+                rid: d.rid,
+                pasid: d.pasid.map(|p| p.0),
+                unit: d.unit.0,
+            })
+            .collect();
+        check_devices(&entries, &bases).map_err(InspectError::Layout)?;
         for &page in self.poison.keys() {
             if self.segment_of(page).is_none() {
                 return Err(note_err(

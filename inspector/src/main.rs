@@ -91,8 +91,13 @@ enum Cmd {
         image: PathBuf,
         #[command(flatten)]
         img: ImageOpts,
-        /// Only this device ([segment:]bus:device.function, hex).
-        #[arg(long, value_parser = bdf)]
+        /// Only this device (\[segment:\]bus:device.function, hex).
+        // The help is given as text: clap would show the doc comment's escapes.
+        #[arg(
+            long,
+            value_parser = bdf,
+            help = "Only this device ([segment:]bus:device.function, hex)"
+        )]
         device: Option<RequesterId>,
         /// Only this PASID (scalable mode; 20 bits).
         #[arg(long, value_parser = pasid20)]
@@ -117,8 +122,12 @@ enum Cmd {
         iova: u64,
         /// The image.
         image: PathBuf,
-        /// The requester ([segment:]bus:device.function, hex).
-        #[arg(long, value_parser = bdf)]
+        /// The requester (\[segment:\]bus:device.function, hex).
+        #[arg(
+            long,
+            value_parser = bdf,
+            help = "The requester ([segment:]bus:device.function, hex)"
+        )]
         device: RequesterId,
         /// The request's PASID (scalable mode; 20 bits); none = request without PASID.
         #[arg(long, value_parser = pasid20)]

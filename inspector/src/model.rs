@@ -3,7 +3,7 @@
 
 use crate::error::InspectError;
 use crate::image::{DeviceNote, Image, OpenAs};
-use crate::vtd::scan::{self, Context, Scan};
+use crate::vtd::scan::{self, Context, Contexts, Scan};
 use crate::vtd::{PageTable, Stage, Unit, UnitOverride};
 use iommu_core::pgtable::{walk_with, Mapping, TablePage, WalkError, WalkLimits};
 use iommu_core::{PhysAddr, RequesterId};
@@ -68,30 +68,33 @@ pub struct Trees {
     pub tables: Vec<PageTable>,
     /// How many entries use each tree.
     pub users: Vec<usize>,
-    /// For each of the scan's contexts (same order), the index of its tree.
-    pub of_context: Vec<Option<usize>>,
+    /// Index of each tree by identity.
+    ids: HashMap<TreeKey, usize>,
 }
 
 impl Trees {
     /// Groups the page tables of `contexts` by [`TreeKey`].
-    pub fn index(contexts: &[Context]) -> Self {
+    pub fn index(contexts: &Contexts) -> Self {
         let mut t = Trees::default();
-        let mut ids: HashMap<TreeKey, usize> = HashMap::new();
-        t.of_context.reserve_exact(contexts.len());
-        for c in contexts {
-            let id = c.translation.table().map(|pt| {
-                *ids.entry(TreeKey::of(pt)).or_insert_with(|| {
-                    t.tables.push(*pt);
-                    t.users.push(0);
-                    t.tables.len() - 1
-                })
+        for c in contexts.iter() {
+            let Some(pt) = c.translation.table() else {
+                continue;
+            };
+            let i = *t.ids.entry(TreeKey::of(pt)).or_insert_with(|| {
+                t.tables.push(*pt);
+                t.users.push(0);
+                t.tables.len() - 1
             });
-            if let Some(i) = id {
-                t.users[i] += 1;
-            }
-            t.of_context.push(id);
+            t.users[i] += 1;
         }
         t
+    }
+
+    /// The index of the tree `c` translates through, if it has a page table.
+    pub fn of(&self, c: &Context) -> Option<usize> {
+        c.translation
+            .table()
+            .and_then(|pt| self.ids.get(&TreeKey::of(pt)).copied())
     }
 
     /// Number of distinct trees.
@@ -130,7 +133,8 @@ impl Loaded {
                 let devices: Vec<DeviceNote> = image
                     .devices()
                     .iter()
-                    .filter(|d| d.unit == unit.base && !unit.assumed)
+                    // A unit made up from options has a base only with --vtd-base.
+                    .filter(|d| d.unit == unit.base && unit.base_known)
                     .copied()
                     .collect();
                 if let Some(d) = devices.first() {
@@ -190,7 +194,7 @@ pub enum Listed {
 }
 
 /// The items [`list_entries`] visits, collected.
-pub fn listing(contexts: &[Context], filter: &Filter) -> Vec<Listed> {
+pub fn listing(contexts: &Contexts, filter: &Filter) -> Vec<Listed> {
     let mut items = Vec::new();
     let r: Result<(), std::convert::Infallible> = list_entries(contexts, filter, |i| {
         items.push(i);
@@ -223,7 +227,7 @@ fn pasid_structures(c: &Context) -> Option<((PhysAddr, u64), PhysAddr)> {
 /// listing so bounded grows with the distinct structures (and the directory entries
 /// pointing at them), not with the PASIDs they make reachable.
 pub fn list_entries<E>(
-    contexts: &[Context],
+    contexts: &Contexts,
     filter: &Filter,
     mut visit: impl FnMut(Listed) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -237,6 +241,7 @@ pub fn list_entries<E>(
     let mut table_same: Option<usize> = None;
     let mut pending: Option<SharedRun> = None;
     for (ci, c) in contexts.iter().enumerate() {
+        let c = &c;
         if !filter.context(c) {
             continue;
         }
@@ -515,11 +520,11 @@ mod tree_tests {
             ctx(4, 0x5000, 4, false, Stage::First),
             ctx(5, 0x6000, 4, false, Stage::Second),
         ];
-        let t = Trees::index(&cs);
+        let t = Trees::index(&Contexts::from(cs.to_vec()));
         assert_eq!(t.len(), 5);
         assert_eq!(t.users, vec![2, 1, 1, 1, 1]);
         assert_eq!(
-            t.of_context,
+            cs.iter().map(|c| t.of(c)).collect::<Vec<_>>(),
             vec![Some(0), Some(0), Some(1), Some(2), Some(3), Some(4)]
         );
     }

@@ -47,6 +47,12 @@ pub struct VerifyOptions {
     pub scan: Option<(u64, u64)>,
 }
 
+/// A page table, its first users' labels and its number of users.
+type NamedTable = (PageTable, Vec<String>, usize);
+
+/// Most users named in a problem of a shared page table (the rest are counted).
+const MAX_USERS_NAMED: usize = 16;
+
 /// Most bytes of memory `verify` scans for the KHO blob unless told where to look
 /// (`--kho-blob`, `--kho-scan`): 1 GiB, about a second of reading.
 pub const DEFAULT_SCAN_LIMIT: u64 = 1 << 30;
@@ -343,7 +349,7 @@ fn verify_unit(
             },
         );
     }
-    for c in &scan.contexts {
+    for c in scan.contexts.iter() {
         if let Translation::Blocked(b) = &c.translation {
             cx.add(
                 "bad-entry",
@@ -395,22 +401,29 @@ fn verify_unit(
             );
         }
     }
-    // Page tables: each distinct table once.
-    let mut tables: BTreeMap<(u64, bool, u8), (PageTable, Vec<String>)> = BTreeMap::new();
-    for c in &scan.contexts {
+    // Page tables: each distinct table once, named by its first users (a table shared by
+    // every PASID of many devices would otherwise be named by millions of labels).
+    let mut tables: BTreeMap<(u64, bool, u8), NamedTable> = BTreeMap::new();
+    for c in scan.contexts.iter() {
         if let Translation::Tables(pt) = &c.translation {
-            tables
+            let t = tables
                 .entry((pt.root.0, pt.stage == Stage::First, pt.levels))
-                .or_insert_with(|| (*pt, Vec::new()))
-                .1
-                .push(c.label());
+                .or_insert_with(|| (*pt, Vec::new(), 0));
+            t.2 += 1;
+            if t.1.len() < MAX_USERS_NAMED {
+                t.1.push(c.label());
+            }
         }
     }
     let mut pt_pages = 0u64;
-    for (pt, users) in tables.values() {
+    for (pt, users, n) in tables.values() {
         let w = walk_table(u, &l.image, pt);
+        let more = match n - users.len() {
+            0 => String::new(),
+            m => format!(" and {m} more"),
+        };
         let who = format!(
-            "{} {}-level table at {} (used by {})",
+            "{} {}-level table at {} (used by {}{more})",
             pt.stage.name(),
             pt.levels,
             pt.root,
@@ -733,7 +746,7 @@ fn check_record(us: &UnitState, r: &Record, cx: &mut Ctx<'_>) {
             ),
         }
     }
-    for c in &us.scan.contexts {
+    for c in us.scan.contexts.iter() {
         if c.pasid.is_some() && !c.rid_pasid {
             continue;
         }

@@ -170,6 +170,70 @@ fn both_readers_refuse_the_same_layout_breaking_files_with_the_same_error() {
     }
 }
 
+/// A snapshot with two units and two devices behind the first, its device note then
+/// changed so that device 1 repeats device 0 (same requester, no PASID, same unit), or
+/// is device 0's requester with PASID 5 behind the second unit (one requester split over
+/// two units): the inspector and the emulator's loader refuse both files with the same
+/// layout error (before, the inspector accepted them and only the loader refused).
+#[test]
+fn both_readers_refuse_a_repeated_device_and_a_requester_split_over_units() {
+    use emulator::vtd::{VtdConfig, VtdUnit};
+    const SECOND: u64 = 0xfeda_0000;
+    let mut r = Rig::legacy();
+    r.m.add_unit(Box::new(
+        VtdUnit::new(VtdConfig::legacy(PhysAddr(SECOND))).expect("second unit"),
+    ))
+    .expect("second unit on the bus");
+    r.device(rid(0, 2, 0), None);
+    r.device(rid(0, 3, 0), None);
+    let bytes = r.bytes();
+    assert!(Image::from_bytes("ok.elf", bytes.clone(), OpenAs::Elf).is_ok());
+    assert!(emulator::snapshot::from_bytes(&bytes).is_ok());
+    let d0 = device_note_desc(&bytes) + 8;
+    let d1 = d0 + 24;
+    let mut repeated = bytes.clone();
+    repeated.copy_within(d0..d0 + 24, d1);
+    let mut split = repeated.clone();
+    split[d1 + 4..d1 + 8].copy_from_slice(&1u32.to_le_bytes());
+    split[d1 + 8..d1 + 12].copy_from_slice(&5u32.to_le_bytes());
+    split[d1 + 16..d1 + 24].copy_from_slice(&SECOND.to_le_bytes());
+    let r0 = rid(0, 2, 0);
+    for (name, bad, want) in [
+        (
+            "repeated",
+            repeated,
+            LayoutError::DuplicateDevice {
+                device: 1,
+                first: 0,
+                rid: r0,
+                pasid: None,
+            },
+        ),
+        (
+            "split",
+            split,
+            LayoutError::ConflictingRoute {
+                device: 1,
+                rid: r0,
+                unit: SECOND,
+                existing: UNIT.0,
+            },
+        ),
+    ] {
+        match Image::from_bytes(name, bad.clone(), OpenAs::Elf) {
+            Err(InspectError::Layout(e)) => assert_eq!(e, want, "{name}: inspector"),
+            other => panic!("{name}: inspector gave {other:?}"),
+        }
+        match emulator::snapshot::from_bytes(&bad) {
+            Err(emulator::snapshot::SnapshotError::Layout(e)) => {
+                assert_eq!(e, want, "{name}: emulator")
+            }
+            Err(e) => panic!("{name}: emulator gave {e}"),
+            Ok(_) => panic!("{name}: emulator loaded it"),
+        }
+    }
+}
+
 /// A minimal emulator snapshot: a machine note with `ram` and no unit or device, one
 /// PT_LOAD per `(paddr, size)` of `loads`, all reading the same zero bytes of the file.
 fn many_segment_snapshot(ram: &[(u64, u64)], loads: &[(u64, u64)]) -> Vec<u8> {

@@ -353,3 +353,80 @@ fn device_note_of_thousands_of_pasids_against_shared_pasid_entries() {
     let (json, _) = dump_string(&l, OutputFormat::Json);
     assert_eq!(json.matches("\"fault\": ").count(), 0x32 + 1);
 }
+
+/// The scan itself is shared: [`SM_DEVICES`] context entries × [`DIR_ENTRIES`]
+/// directory entries × 64 PASID entries, through two directories (device 1's twin) and
+/// one PASID table, are held as the distinct structures' records (one run per device,
+/// 2 × 128 directory entries, 64 PASID entries), not one record per reachable
+/// (device, PASID); each entry is still produced in full, in order, when asked for.
+#[test]
+fn scalable_devices_sharing_one_pasid_table_are_scanned_once_per_distinct_structure() {
+    let (r, _) = scalable_one_pasid_table(true);
+    let l = load(&r, "sm.elf");
+    let cs = &l.units[0].scan.contexts;
+    let pasids = SM_DEVICES as usize * DIR_ENTRIES as usize * 64;
+    assert_eq!(cs.len(), pasids);
+    assert_eq!(cs.pasid_tables(), 1);
+    assert_eq!(cs.pasid_directories(), 2);
+    assert_eq!(
+        cs.records(),
+        SM_DEVICES as usize + 2 * DIR_ENTRIES as usize + 64
+    );
+    let table = {
+        let c = cs.get(0);
+        c.pasid_entry.expect("PASID entry").0 .0
+    };
+    for (i, c) in cs.iter().enumerate() {
+        let per_dev = DIR_ENTRIES as usize * 64;
+        assert_eq!(c.rid, rid(0, 4, (i / per_dev) as u8), "entry {i}");
+        let pasid = (i % per_dev) as u32;
+        assert_eq!(c.pasid, Some(pasid), "entry {i}");
+        assert_eq!(c.rid_pasid, pasid == 0);
+        assert_eq!(
+            c.pasid_entry.map(|p| p.0 .0),
+            Some(table + 64 * (pasid as u64 % 64))
+        );
+        let (de_at, _) = c.pasid_dir_entry.expect("directory entry");
+        assert_eq!(de_at.0 & 0xfff, 8 * (pasid as u64 / 64));
+        if i % 4099 == 0 || i + 1 == pasids {
+            assert_eq!(cs.get(i), c, "entry {i} by index");
+        }
+    }
+}
+
+/// `verify` of 256 functions sharing one domain whose table has an entry with reserved
+/// bits: the problem is reported once for the table, naming its first 16 users and
+/// counting the rest (before, all 256 labels were joined into the message: output grew
+/// with the users, with every PASID of a shared PASID table's devices).
+#[test]
+fn verify_names_the_first_users_of_a_shared_table_and_counts_the_rest() {
+    use inspector::progress::Progress;
+    use inspector::verify::{verify, VerifyOptions};
+    let (mut r, root) = legacy_256_functions_one_domain();
+    let leaf = r.leaf_entry(root, 4, 0x5000);
+    let v = r.peek(leaf);
+    r.poke(leaf, v | vtd::hw::pte::SL_TM | (1 << 60));
+    let pages = r.pages.clone();
+    let devices: Vec<_> = (0..=255u8)
+        .map(|devfn| (rid(0, devfn >> 3, devfn & 7), None, 1u16))
+        .collect();
+    let blob = r.handover(&pages, &[(1, root, 4)], &devices);
+    let l = load(&r, "shared.elf");
+    let opts = VerifyOptions {
+        blob: Some(blob.0),
+        ..VerifyOptions::default()
+    };
+    let rep = verify(&l, &opts, &mut Progress::hidden()).expect("verify");
+    let named: Vec<&str> = rep
+        .findings
+        .iter()
+        .map(|f| f.what.as_str())
+        .filter(|w| w.contains("(used by "))
+        .collect();
+    assert!(!named.is_empty(), "{:?}", rep.findings);
+    for w in &named {
+        assert!(w.contains("(used by 0000:00:00.0, 0000:00:00.1, "), "{w}");
+        assert!(w.contains("0000:00:01.7 and 240 more)"), "{w}");
+        assert!(!w.contains("0000:00:02.0"), "{w}");
+    }
+}

@@ -12,11 +12,14 @@
 //!   segment) when its bytes are identical to that segment's bytes there. The repeat
 //!   is dropped. The bytes compared across all repeats are bounded by the file size;
 //! - with a RAM layout (a snapshot's machine note), every segment lies in RAM;
-//! - every device names an existing unit.
+//! - every device names an existing unit;
+//! - no two devices have the same requester and PASID, and the devices of one requester
+//!   are all behind one unit (a requester's requests are routed to one unit).
 //!
 //! Segments are sorted by physical address; the checks cost O(n log n) in the number of
 //! segments and RAM ranges, plus the bytes of the repeats.
 
+use crate::RequesterId;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -117,6 +120,29 @@ pub enum LayoutError {
         /// The MMIO base it names.
         unit: u64,
     },
+    /// A device repeats the requester and PASID of an earlier one.
+    DuplicateDevice {
+        /// Index of the device in its list.
+        device: usize,
+        /// Index of the earlier device.
+        first: usize,
+        /// The requester.
+        rid: RequesterId,
+        /// The PASID, if any.
+        pasid: Option<u32>,
+    },
+    /// A device puts its requester behind another unit than an earlier device of the
+    /// same requester does.
+    ConflictingRoute {
+        /// Index of the device in its list.
+        device: usize,
+        /// The requester.
+        rid: RequesterId,
+        /// The unit it names.
+        unit: u64,
+        /// The unit the earlier device of the requester names.
+        existing: u64,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -182,6 +208,28 @@ impl fmt::Display for LayoutError {
             E::NoSuchUnit { device, unit } => write!(
                 f,
                 "device {device} is behind the unit at {unit:#x}, which the image does not have"
+            ),
+            E::DuplicateDevice {
+                device,
+                first,
+                rid,
+                pasid,
+            } => {
+                write!(f, "device {device} repeats device {first}: requester {rid}")?;
+                match pasid {
+                    Some(p) => write!(f, " PASID {p:#x}"),
+                    None => write!(f, " without PASID"),
+                }
+            }
+            E::ConflictingRoute {
+                device,
+                rid,
+                unit,
+                existing,
+            } => write!(
+                f,
+                "device {device} puts requester {rid} behind the unit at {unit:#x}, an earlier \
+                 device behind the unit at {existing:#x}"
             ),
         }
     }
@@ -332,6 +380,77 @@ pub fn check_device_units(
     Ok(())
 }
 
+/// One device as an image lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceEntry {
+    /// The requester.
+    pub rid: RequesterId,
+    /// The PASID its requests carry, if any.
+    pub pasid: Option<u32>,
+    /// MMIO base of its unit.
+    pub unit: u64,
+}
+
+/// Checks the devices of an image: each names one of `units`
+/// ([`check_device_units`]), no two have the same requester and PASID, and the devices
+/// of one requester are behind one unit. The error names the first device (in list
+/// order) that breaks a rule, the repeat before the route when it breaks both, as if the
+/// devices were added one by one. O(n log n) in the devices.
+pub fn check_devices(devices: &[DeviceEntry], units: &[u64]) -> Result<(), LayoutError> {
+    check_device_units(devices.iter().map(|d| d.unit), units)?;
+    // The first failing device in list order; for one device, the repeat is kept over
+    // the route (it is checked first).
+    let mut worst: Option<(usize, LayoutError)> = None;
+    // Repeats: in (requester, PASID, index) order, every entry of a run but the first.
+    let mut order: Vec<usize> = (0..devices.len()).collect();
+    order.sort_unstable_by_key(|&i| (devices[i].rid, devices[i].pasid, i));
+    let mut run = 0;
+    for k in 0..order.len() {
+        let (i, f) = (order[k], order[run]);
+        if (devices[i].rid, devices[i].pasid) != (devices[f].rid, devices[f].pasid) {
+            run = k;
+            continue;
+        }
+        if k != run && worst.as_ref().map_or(true, |(w, _)| i < *w) {
+            worst = Some((
+                i,
+                LayoutError::DuplicateDevice {
+                    device: i,
+                    first: f,
+                    rid: devices[i].rid,
+                    pasid: devices[i].pasid,
+                },
+            ));
+        }
+    }
+    // Routes: in (requester, index) order, the first device of a requester names its
+    // unit.
+    order.sort_unstable_by_key(|&i| (devices[i].rid, i));
+    let mut run = 0;
+    for k in 0..order.len() {
+        let (i, f) = (order[k], order[run]);
+        if devices[i].rid != devices[f].rid {
+            run = k;
+            continue;
+        }
+        if devices[i].unit != devices[f].unit && worst.as_ref().map_or(true, |(w, _)| i < *w) {
+            worst = Some((
+                i,
+                LayoutError::ConflictingRoute {
+                    device: i,
+                    rid: devices[i].rid,
+                    unit: devices[i].unit,
+                    existing: devices[f].unit,
+                },
+            ));
+        }
+    }
+    match worst {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +518,73 @@ mod tests {
                 unit: 0x2000
             })
         );
+    }
+
+    /// Devices as one reader lists them: a repeat of (requester, PASID) and a requester
+    /// split over two units are refused at the first device (list order) that breaks a
+    /// rule, the repeat first when a device breaks both; PASIDs of one requester behind
+    /// one unit are fine.
+    #[test]
+    fn repeated_devices_and_split_requesters_are_refused_at_the_first_offender() {
+        let r = |bus: u8| RequesterId {
+            segment: 0,
+            bus,
+            devfn: 8,
+        };
+        let d = |bus, pasid, unit| DeviceEntry {
+            rid: r(bus),
+            pasid,
+            unit,
+        };
+        let units = [0x1000, 0x2000];
+        let fine = [
+            d(1, None, 0x1000),
+            d(1, Some(3), 0x1000),
+            d(2, Some(3), 0x2000),
+        ];
+        assert_eq!(check_devices(&fine, &units), Ok(()));
+        let repeat = [
+            d(1, None, 0x1000),
+            d(2, Some(3), 0x2000),
+            d(1, None, 0x1000),
+            d(1, Some(4), 0x2000),
+        ];
+        assert_eq!(
+            check_devices(&repeat, &units),
+            Err(LayoutError::DuplicateDevice {
+                device: 2,
+                first: 0,
+                rid: r(1),
+                pasid: None
+            })
+        );
+        // Device 1 splits requester 1 before device 3 repeats it; device 3 breaks both
+        // rules and is not the first offender.
+        let split = [
+            d(1, Some(3), 0x1000),
+            d(1, None, 0x2000),
+            d(2, None, 0x1000),
+            d(1, None, 0x2000),
+        ];
+        assert_eq!(
+            check_devices(&split, &units),
+            Err(LayoutError::ConflictingRoute {
+                device: 1,
+                rid: r(1),
+                unit: 0x2000,
+                existing: 0x1000
+            })
+        );
+        // One device breaking both: the repeat is named.
+        let both = [d(1, None, 0x1000), d(1, None, 0x2000)];
+        assert!(matches!(
+            check_devices(&both, &units),
+            Err(LayoutError::DuplicateDevice { device: 1, .. })
+        ));
+        // A missing unit comes first.
+        assert!(matches!(
+            check_devices(&[d(1, None, 0x1000), d(1, None, 0x3000)], &units),
+            Err(LayoutError::NoSuchUnit { device: 1, .. })
+        ));
     }
 }

@@ -9,6 +9,7 @@
 use super::{PageTable, Stage, Unit};
 use iommu_core::mem::PhysMem;
 use iommu_core::{PhysAddr, RequesterId};
+use std::collections::HashMap;
 use vtd::hw::fault::FaultReason as FR;
 use vtd::hw::pasid::{Flpm, PasidDirEntry, PasidEntry, Pgtt, PASIDS_PER_TABLE};
 use vtd::hw::regs::{Ttm, CAP, ECAP};
@@ -16,8 +17,10 @@ use vtd::hw::root::{
     AddressWidth, ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry, TranslationType,
 };
 
-/// Most present context and PASID-table entries listed per unit; past it the scan stops
-/// with a problem (a corrupt image could otherwise make billions).
+/// Most present context and PASID-table entries listed per unit, and most records the
+/// scan holds per unit (entries of distinct PASID directories and tables, structure
+/// pages); past either the scan stops with a problem (a corrupt image could otherwise
+/// make billions).
 pub const MAX_CONTEXTS: usize = 1 << 20;
 
 /// Why requests through an entry are blocked: the fault reason and the detail.
@@ -150,13 +153,177 @@ pub struct Scan {
     /// Root entries that point somewhere, by bus.
     pub roots: Vec<RootRecord>,
     /// Present context / PASID-table entries, by bus, devfn, PASID.
-    pub contexts: Vec<Context>,
+    pub contexts: Contexts,
     /// Problems met.
     pub problems: Vec<Problem>,
     /// Every structure page read, in scan order.
     pub pages: Vec<StructPage>,
     /// Why the tables were not scanned, if they were not.
     pub skipped: Option<String>,
+}
+
+/// A PASID table read once: its present entries and what each does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TableScan {
+    /// Address of the table.
+    addr: PhysAddr,
+    /// Present entries: index in the table, raw qwords, translation.
+    entries: Vec<(u8, [u64; 8], Translation)>,
+}
+
+/// A present, readable directory entry of a PASID directory read once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirEnt {
+    /// Index in the directory.
+    index: u32,
+    /// Raw value.
+    raw: u64,
+    /// The PASID table (index in [`Contexts::tables`]).
+    table: u32,
+    /// Entries of the directory's earlier directory entries (the first PASID entry of
+    /// this one, counted through the directory).
+    start: usize,
+}
+
+/// A PASID directory read once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct DirScan {
+    /// Address of the directory.
+    addr: PhysAddr,
+    /// Present directory entries whose table was read.
+    entries: Vec<DirEnt>,
+    /// Present PASID entries reachable through it.
+    total: usize,
+}
+
+/// One run of [`Contexts`]: an entry in full, or a scalable context entry's PASID
+/// entries, reached through a PASID directory shared with any other context entry
+/// pointing at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Run {
+    One(Context),
+    Pasids {
+        /// The context-level fields (PASID fields unset).
+        base: Context,
+        /// The device's RID_PASID.
+        rid_pasid: u32,
+        /// The directory (index in [`Contexts::dirs`]).
+        dir: u32,
+        /// Entries of the directory listed (fewer than its total when the scan's
+        /// budget ran out in it).
+        count: usize,
+    },
+}
+
+/// The present context entries (legacy) or PASID-table entries (scalable) of a unit, in
+/// bus, devfn, PASID order. Every PASID directory and PASID table is read and decoded
+/// once, however many context entries or directory entries point at it; a device's
+/// entries are produced from the shared records when asked for, so the memory grows with
+/// the distinct structures and the devices, not with devices × PASIDs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contexts {
+    runs: Vec<Run>,
+    /// Index of each run's first entry.
+    starts: Vec<usize>,
+    dirs: Vec<DirScan>,
+    tables: Vec<TableScan>,
+    len: usize,
+}
+
+impl From<Vec<Context>> for Contexts {
+    fn from(v: Vec<Context>) -> Self {
+        let mut c = Contexts::default();
+        for x in v {
+            c.push_one(x);
+        }
+        c
+    }
+}
+
+impl Contexts {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Distinct PASID tables decoded (each once, however many directory entries point
+    /// at it).
+    pub fn pasid_tables(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Distinct PASID directories decoded (each once, however many context entries
+    /// point at it).
+    pub fn pasid_directories(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// Entry records held: entries in full, directory entries and PASID-table entries
+    /// of the distinct structures (what the memory grows with).
+    pub fn records(&self) -> usize {
+        self.runs.len()
+            + self.dirs.iter().map(|d| d.entries.len()).sum::<usize>()
+            + self.tables.iter().map(|t| t.entries.len()).sum::<usize>()
+    }
+
+    fn push_one(&mut self, c: Context) {
+        self.starts.push(self.len);
+        self.runs.push(Run::One(c));
+        self.len += 1;
+    }
+
+    /// Entry `i` (panics past [`Contexts::len`], like indexing).
+    pub fn get(&self, i: usize) -> Context {
+        assert!(i < self.len, "context {i} of {}", self.len);
+        let r = self.starts.partition_point(|&s| s <= i) - 1;
+        self.entry(r, i - self.starts[r])
+    }
+
+    fn entry(&self, r: usize, k: usize) -> Context {
+        match &self.runs[r] {
+            Run::One(c) => c.clone(),
+            Run::Pasids {
+                base,
+                rid_pasid,
+                dir,
+                ..
+            } => {
+                let d = &self.dirs[*dir as usize];
+                let e = d.entries.partition_point(|e| e.start <= k) - 1;
+                let de = d.entries[e];
+                let t = &self.tables[de.table as usize];
+                let (ti, w, tr) = &t.entries[k - de.start];
+                let pe = PasidEntry::from_qwords(*w);
+                let pasid = de.index * 64 + *ti as u32;
+                Context {
+                    pasid: Some(pasid),
+                    rid_pasid: pasid == *rid_pasid,
+                    pasid_dir_entry: Some((PhysAddr(d.addr.0 + de.index as u64 * 8), de.raw)),
+                    pasid_entry: Some((PhysAddr(t.addr.0 + *ti as u64 * 64), *w)),
+                    did: Some(pe.did()),
+                    fpd: base.fpd || PasidDirEntry::from_qwords([de.raw]).fpd() || pe.fpd(),
+                    translation: tr.clone(),
+                    ..base.clone()
+                }
+            }
+        }
+    }
+
+    /// The entries in order, each made when reached.
+    pub fn iter(&self) -> impl Iterator<Item = Context> + '_ {
+        self.runs.iter().enumerate().flat_map(move |(r, run)| {
+            let n = match run {
+                Run::One(_) => 1,
+                Run::Pasids { count, .. } => *count,
+            };
+            (0..n).map(move |k| self.entry(r, k))
+        })
+    }
 }
 
 fn page_qwords(mem: &dyn PhysMem, at: u64, bytes: usize) -> Result<Vec<u64>, iommu_core::MemError> {
@@ -321,20 +488,29 @@ pub fn pasid_entry(unit: &Unit, pe: &PasidEntry) -> Translation {
             if !ECAP::FLTS.is_set(ecap) {
                 return invalid("first-stage PGTT without ECAP.FLTS".into());
             }
-            let levels = match Flpm::from_bits(pe.flpm()) {
-                Some(Flpm::Level4) => 4,
-                Some(Flpm::Level5) if CAP::FL5LP.is_set(cap) => 5,
+            let flpm = match Flpm::from_bits(pe.flpm()) {
+                Some(Flpm::Level4) => Flpm::Level4,
+                Some(Flpm::Level5) if CAP::FL5LP.is_set(cap) => Flpm::Level5,
                 Some(Flpm::Level5) => {
                     return invalid("5-level first-stage paging without CAP.FL5LP".into())
                 }
                 None => return invalid(format!("FLPM {} is reserved", pe.flpm())),
             };
+            // First-stage input addresses are bounded by the paging mode and by the
+            // entry's AW (30 + 9·AW bits), as QEMU's intel-iommu bounds them
+            // (vtd_get_iova_agaw for every PGTT) and Linux programs AW in first-stage
+            // entries (pasid_set_address_width); AW 4-7 are reserved encodings, so the
+            // entry is invalid. The emulator's model applies the same rule.
+            let aw = pe.aw();
+            if aw > 3 {
+                return invalid(format!("address width field {aw} is reserved (4-7)"));
+            }
             Translation::Tables(PageTable {
                 stage: Stage::First,
                 root: PhysAddr(pe.flptptr()),
-                levels,
+                levels: flpm.levels() as u8,
                 exec: false,
-                width: 12 + 9 * levels as u32,
+                width: flpm.width().min(30 + 9 * aw as u32),
             })
         }
     }
@@ -354,6 +530,12 @@ struct Scanner<'a> {
     mem: &'a dyn PhysMem,
     s: Scan,
     full: bool,
+    /// PASID directories read, by (address, entries).
+    dir_ids: HashMap<(u64, u64), u32>,
+    /// PASID tables read, by address.
+    table_ids: HashMap<u64, u32>,
+    /// Records held (directory entries, PASID entries, structure pages).
+    records: usize,
 }
 
 impl Scanner<'_> {
@@ -365,20 +547,45 @@ impl Scanner<'_> {
         });
     }
 
+    /// Stops the scan with a problem at `at` (once).
+    fn stop(&mut self, at: u64, what: &str) {
+        if !self.full {
+            self.full = true;
+            self.problem(
+                at,
+                None,
+                format!("more than {MAX_CONTEXTS} {what}; the scan stops here"),
+            );
+        }
+    }
+
     fn push(&mut self, c: Context) -> bool {
         if self.s.contexts.len() >= MAX_CONTEXTS {
-            if !self.full {
-                self.full = true;
-                let at = c.context_entry.0 .0;
-                self.problem(
-                    at,
-                    None,
-                    format!("more than {MAX_CONTEXTS} present entries; the scan stops here"),
-                );
-            }
+            self.stop(c.context_entry.0 .0, "present entries");
             return false;
         }
-        self.s.contexts.push(c);
+        self.s.contexts.push_one(c);
+        true
+    }
+
+    /// Takes one record from the budget; false (and the scan stops) when it is spent.
+    fn record(&mut self, at: u64) -> bool {
+        if self.records >= MAX_CONTEXTS {
+            self.stop(
+                at,
+                "PASID-directory entries, PASID entries and structure pages",
+            );
+            return false;
+        }
+        self.records += 1;
+        true
+    }
+
+    fn page(&mut self, at: u64, p: StructPage) -> bool {
+        if !self.record(at) {
+            return false;
+        }
+        self.s.pages.push(p);
         true
     }
 
@@ -581,30 +788,121 @@ impl Scanner<'_> {
         }
         let dir = ce.pasid_dir();
         let entries = ce.pasid_dir_entries();
-        let dq = match page_qwords(self.mem, dir, (entries * 8) as usize) {
-            Ok(q) => q,
-            Err(e) => {
-                self.problem(
-                    cat,
-                    Some(FR::SmPasidDirAccess),
-                    format!("PASID directory of {rid}: {e}"),
-                );
-                return self.push(Context {
-                    translation: Translation::Blocked(Blocked::new(
-                        FR::SmPasidDirAccess,
-                        format!("PASID directory at {dir:#x} cannot be read: {e}"),
-                    )),
-                    ..base
-                });
+        let id = match self.dir_ids.get(&(dir, entries)) {
+            Some(&id) => {
+                // Read before: its pages are reached by this device too.
+                let d = std::mem::take(&mut self.s.contexts.dirs[id as usize]);
+                let ok = self.dir_pages(rid, &d, entries);
+                self.s.contexts.dirs[id as usize] = d;
+                if !ok {
+                    return false;
+                }
+                id
+            }
+            None => {
+                let dq = match page_qwords(self.mem, dir, (entries * 8) as usize) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        self.problem(
+                            cat,
+                            Some(FR::SmPasidDirAccess),
+                            format!("PASID directory of {rid}: {e}"),
+                        );
+                        return self.push(Context {
+                            translation: Translation::Blocked(Blocked::new(
+                                FR::SmPasidDirAccess,
+                                format!("PASID directory at {dir:#x} cannot be read: {e}"),
+                            )),
+                            ..base
+                        });
+                    }
+                };
+                let Some(d) = self.read_dir(rid, dir, entries, &dq) else {
+                    return false;
+                };
+                let id = self.s.contexts.dirs.len() as u32;
+                self.s.contexts.dirs.push(d);
+                self.dir_ids.insert((dir, entries), id);
+                id
             }
         };
-        self.s.pages.push(StructPage {
+        let total = self.s.contexts.dirs[id as usize].total;
+        let room = MAX_CONTEXTS - self.s.contexts.len();
+        let count = total.min(room);
+        if count > 0 {
+            let c = &mut self.s.contexts;
+            c.starts.push(c.len);
+            c.runs.push(Run::Pasids {
+                base,
+                rid_pasid: rid_pasid(self.unit, ce),
+                dir: id,
+                count,
+            });
+            c.len += count;
+        }
+        if count < total {
+            self.stop(cat, "present entries");
+            return false;
+        }
+        true
+    }
+
+    /// The structure pages of a directory read before, reached by `rid` too.
+    fn dir_pages(&mut self, rid: RequesterId, d: &DirScan, entries: u64) -> bool {
+        if !self.page(
+            d.addr.0,
+            StructPage {
+                addr: d.addr,
+                bytes: (entries * 8).max(4096),
+                kind: "PASID directory",
+                owner: rid.to_string(),
+            },
+        ) {
+            return false;
+        }
+        for de in &d.entries {
+            let di = de.index as u64;
+            let addr = self.s.contexts.tables[de.table as usize].addr;
+            if !self.page(
+                d.addr.0 + di * 8,
+                StructPage {
+                    addr,
+                    bytes: 4096,
+                    kind: "PASID table",
+                    owner: format!("{rid} PASIDs {:#x}-{:#x}", di * 64, di * 64 + 63),
+                },
+            ) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads a PASID directory met for the first time (its raw entries `dq`), and the
+    /// PASID tables it points to that were not read before. None when the budget ran out.
+    fn read_dir(
+        &mut self,
+        rid: RequesterId,
+        dir: u64,
+        entries: u64,
+        dq: &[u64],
+    ) -> Option<DirScan> {
+        if !self.page(
+            dir,
+            StructPage {
+                addr: PhysAddr(dir),
+                bytes: (entries * 8).max(4096),
+                kind: "PASID directory",
+                owner: rid.to_string(),
+            },
+        ) {
+            return None;
+        }
+        let mut d = DirScan {
             addr: PhysAddr(dir),
-            bytes: (entries * 8).max(4096),
-            kind: "PASID directory",
-            owner: rid.to_string(),
-        });
-        let rp = rid_pasid(self.unit, ce);
+            entries: Vec::new(),
+            total: 0,
+        };
         for (di, &raw) in dq.iter().enumerate() {
             let de = PasidDirEntry::from_qwords([raw]);
             if !de.present() {
@@ -626,48 +924,63 @@ impl Scanner<'_> {
                 continue;
             }
             let pt = de.table();
-            let pq = match page_qwords(self.mem, pt, 4096) {
-                Ok(q) => q,
-                Err(e) => {
-                    self.problem(
-                        dat,
-                        Some(FR::SmPasidEntryAccess),
-                        format!("PASID table {pt:#x} of {rid}: {e}"),
-                    );
-                    continue;
+            let table = match self.table_ids.get(&pt) {
+                Some(&t) => t,
+                None => {
+                    let pq = match page_qwords(self.mem, pt, 4096) {
+                        Ok(q) => q,
+                        Err(e) => {
+                            self.problem(
+                                dat,
+                                Some(FR::SmPasidEntryAccess),
+                                format!("PASID table {pt:#x} of {rid}: {e}"),
+                            );
+                            continue;
+                        }
+                    };
+                    let mut t = TableScan {
+                        addr: PhysAddr(pt),
+                        entries: Vec::new(),
+                    };
+                    for ti in 0..PASIDS_PER_TABLE as usize {
+                        let mut w = [0u64; 8];
+                        w.copy_from_slice(&pq[8 * ti..8 * ti + 8]);
+                        let pe = PasidEntry::from_qwords(w);
+                        if !pe.present() {
+                            continue;
+                        }
+                        if !self.record(dat) {
+                            return None;
+                        }
+                        t.entries.push((ti as u8, w, pasid_entry(self.unit, &pe)));
+                    }
+                    let id = self.s.contexts.tables.len() as u32;
+                    self.s.contexts.tables.push(t);
+                    self.table_ids.insert(pt, id);
+                    id
                 }
             };
-            self.s.pages.push(StructPage {
-                addr: PhysAddr(pt),
-                bytes: 4096,
-                kind: "PASID table",
-                owner: format!("{rid} PASIDs {:#x}-{:#x}", di * 64, di * 64 + 63),
-            });
-            for ti in 0..PASIDS_PER_TABLE as usize {
-                let q = &pq[8 * ti..8 * ti + 8];
-                let mut w = [0u64; 8];
-                w.copy_from_slice(q);
-                let pe = PasidEntry::from_qwords(w);
-                if !pe.present() {
-                    continue;
-                }
-                let pasid = (di * 64 + ti) as u32;
-                let translation = pasid_entry(self.unit, &pe);
-                if !self.push(Context {
-                    pasid: Some(pasid),
-                    rid_pasid: pasid == rp,
-                    pasid_dir_entry: Some((PhysAddr(dat), raw)),
-                    pasid_entry: Some((PhysAddr(pt + ti as u64 * 64), w)),
-                    did: Some(pe.did()),
-                    fpd: ce.fpd() || de.fpd() || pe.fpd(),
-                    translation,
-                    ..base.clone()
-                }) {
-                    return false;
-                }
+            if !self.page(
+                dat,
+                StructPage {
+                    addr: PhysAddr(pt),
+                    bytes: 4096,
+                    kind: "PASID table",
+                    owner: format!("{rid} PASIDs {:#x}-{:#x}", di * 64, di * 64 + 63),
+                },
+            ) || !self.record(dat)
+            {
+                return None;
             }
+            d.entries.push(DirEnt {
+                index: di as u32,
+                raw,
+                table,
+                start: d.total,
+            });
+            d.total += self.s.contexts.tables[table as usize].entries.len();
         }
-        true
+        Some(d)
     }
 }
 
@@ -682,12 +995,15 @@ pub fn scan(unit: &Unit, mem: &dyn PhysMem) -> Scan {
             mode,
             root_table,
             roots: Vec::new(),
-            contexts: Vec::new(),
+            contexts: Contexts::default(),
             problems: Vec::new(),
             pages: Vec::new(),
             skipped: None,
         },
         full: false,
+        dir_ids: HashMap::new(),
+        table_ids: HashMap::new(),
+        records: 0,
     };
     if !unit.root_latched() && !unit.enabled() && unit.rtaddr() == 0 {
         sc.s.skipped = Some("no root table: RTADDR is 0 and GSTS.RTPS is clear".into());

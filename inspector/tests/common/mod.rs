@@ -476,7 +476,7 @@ pub fn layout_breaking_files(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// File offset of the device note's descriptor.
-fn device_note_desc(bytes: &[u8]) -> usize {
+pub fn device_note_desc(bytes: &[u8]) -> usize {
     let start = le64(bytes, phdr(0) + 8) as usize;
     let end = start + le64(bytes, phdr(0) + 32) as usize;
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
