@@ -7,6 +7,7 @@
 //! fault, a wrong byte or an error fails.
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod config;
 pub mod layout;
 pub mod report;
@@ -14,4 +15,4 @@ pub mod runner;
 
 pub use config::{Mode, Scenario};
 pub use report::Report;
-pub use runner::{run, RunError, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
+pub use runner::{run, run_on, RunError, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
