@@ -246,7 +246,7 @@ impl Arch for Vtd {
         let cfg = unit_config(mode, base);
         let cap = cfg.cap();
         let ids = regs::domain_count(cap) - CAP::CM.is_set(cap) as u32;
-        let window = VtdUnit::new(cfg.clone())
+        let window = VtdUnit::new(cfg)
             .map_err(|e| ConfigError::new("unit-base", base.to_string(), e.to_string()))?
             .mmio_size();
         Ok(UnitLimits {
