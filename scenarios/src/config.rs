@@ -51,9 +51,10 @@ pub struct Scenario {
     pub seed: u64,
     /// RAM: base and size in bytes (4 KiB aligned).
     pub ram: (PhysAddr, u64),
-    /// MMIO base of the VT-d unit.
+    /// MMIO base of the unit.
     pub unit_base: PhysAddr,
-    /// Modes to run, one machine each.
+    /// VT-d modes to run, one machine each ([`crate::run`]; [`crate::run_on`] takes
+    /// the modes of any arch instead).
     pub modes: Vec<Mode>,
     /// Devices behind the unit; they are spread over the domains round-robin.
     pub devices: Vec<RequesterId>,

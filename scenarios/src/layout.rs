@@ -3,10 +3,11 @@
 //! Everything lies inside the scenario's RAM: the first MiB is left to "firmware", the
 //! DMA targets (guest memory, preserved across the kexec like a VMM's) are placed at
 //! their page size's alignment, largest pages first, and the two page pools (the old
-//! kernel's: tables, context and PASID pages, invalidation queue, KHO blob; the new
-//! kernel's: its queue and the tables of the mapping added after `finish`) are sized
-//! from the scenario and placed in what is left. All arithmetic is checked: a scenario
-//! whose sizes overflow is refused, never wrapped.
+//! kernel's: tables, the arch's structures and queues, KHO blob; the new kernel's: its
+//! queues and the tables of the mapping added after `finish`) are sized by the arch
+//! ([`Arch::pool_needs`]; VT-d's in [`crate::arch::vtd::VtdPoolNeeds`]) and placed in
+//! what is left. What the unit can hold comes from [`Arch::unit_limits`]. All
+//! arithmetic is checked: a scenario whose sizes overflow is refused, never wrapped.
 
 use crate::arch::vtd::Vtd;
 use crate::arch::{Arch, PoolNeeds};
