@@ -2,54 +2,15 @@
 //! mappings, the DMA workload and the seed. Built-in scenarios are named presets of it;
 //! every field can be overridden from the command line to mirror a real machine.
 
+use crate::arch::vtd::Vtd;
+use crate::arch::Arch;
 use crate::layout::{MAX_DEVICES, MAX_DMA_STEPS, MAX_STEPS_PER_PHASE};
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use std::fmt;
 
-/// Translation mode a VT-d unit runs the scenario in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Legacy root/context entries with second-stage tables (RTADDR.TTM = 00).
-    Legacy,
-    /// Scalable mode, PASID-table entries with PGTT = second-stage.
-    ScalableSecondStage,
-    /// Scalable mode, PASID-table entries with PGTT = first-stage (x86 paging format).
-    ScalableFirstStage,
-}
-
-impl Mode {
-    /// Every mode, in the order the default scenario runs them.
-    pub const ALL: [Mode; 3] = [
-        Mode::Legacy,
-        Mode::ScalableSecondStage,
-        Mode::ScalableFirstStage,
-    ];
-
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Legacy => "legacy",
-            Mode::ScalableSecondStage => "scalable-ss",
-            Mode::ScalableFirstStage => "scalable-fs",
-        }
-    }
-
-    /// Parses a mode name.
-    pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                ConfigError::new("mode", s, "expected legacy, scalable-ss or scalable-fs")
-            })
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The modes of a scenario's unit: VT-d's (`legacy`, `scalable-ss`, `scalable-fs`),
+/// defined with the VT-d arch.
+pub use crate::arch::vtd::Mode;
 
 /// A value on the command line (or in a preset) that makes no sense.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,9 +51,10 @@ pub struct Scenario {
     pub seed: u64,
     /// RAM: base and size in bytes (4 KiB aligned).
     pub ram: (PhysAddr, u64),
-    /// MMIO base of the VT-d unit.
+    /// MMIO base of the unit.
     pub unit_base: PhysAddr,
-    /// Modes to run, one machine each.
+    /// VT-d modes to run, one machine each ([`crate::run`]; [`crate::run_on`] takes
+    /// the modes of any arch instead).
     pub modes: Vec<Mode>,
     /// Devices behind the unit; they are spread over the domains round-robin.
     pub devices: Vec<RequesterId>,
@@ -162,11 +124,18 @@ impl Scenario {
         "many-domains",
     ];
 
-    /// Checks the scenario on its own: devices distinct and not too many, domains
-    /// between 1 and the devices, sizes aligned, DMA steps between 1 and the limits.
-    /// What the unit and the RAM must hold is checked by [`crate::layout`].
+    /// Checks the VT-d scenario on its own: [`Scenario::validate_for`] with [`Vtd`]
+    /// and `self.modes`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.modes.is_empty() {
+        self.validate_for(&Vtd, &self.modes)
+    }
+
+    /// Checks the scenario on its own, run on `arch` in `modes`: at least one mode,
+    /// devices distinct and not too many, domains between 1 and the devices, page sizes
+    /// the arch has, sizes aligned, DMA steps between 1 and the limits. What the unit
+    /// and the RAM must hold is checked by [`crate::layout`].
+    pub fn validate_for<A: Arch>(&self, arch: &A, modes: &[A::Mode]) -> Result<(), ConfigError> {
+        if modes.is_empty() {
             return Err(ConfigError::new("mode", "", "at least one mode is needed"));
         }
         if self.devices.is_empty() {
@@ -213,12 +182,13 @@ impl Scenario {
                 "at least one page size is needed",
             ));
         }
+        let sizes = arch.page_sizes();
         for p in &self.page_sizes {
-            if ![PageSize::SIZE_4K, PageSize::SIZE_2M, PageSize::SIZE_1G].contains(p) {
+            if !sizes.contains(p) {
                 return Err(ConfigError::new(
                     "page-sizes",
                     p.to_string(),
-                    "VT-d pages are 4K, 2M or 1G",
+                    format!("{} pages are {}", arch.name(), one_of(sizes)),
                 ));
             }
         }
@@ -268,6 +238,16 @@ impl Scenario {
             ));
         }
         Ok(())
+    }
+}
+
+/// `4K, 2M or 1G`: the page sizes as a list in words.
+fn one_of(sizes: &[PageSize]) -> String {
+    let names: Vec<String> = sizes.iter().map(|p| p.to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => "none".into(),
     }
 }
 

@@ -3,18 +3,17 @@
 //! Everything lies inside the scenario's RAM: the first MiB is left to "firmware", the
 //! DMA targets (guest memory, preserved across the kexec like a VMM's) are placed at
 //! their page size's alignment, largest pages first, and the two page pools (the old
-//! kernel's: tables, context and PASID pages, invalidation queue, KHO blob; the new
-//! kernel's: its queue and the tables of the mapping added after `finish`) are sized
-//! from the scenario and placed in what is left. All arithmetic is checked: a scenario
-//! whose sizes overflow is refused, never wrapped.
+//! kernel's: tables, the arch's structures and queues, KHO blob; the new kernel's: its
+//! queues and the tables of the mapping added after `finish`) are sized by the arch
+//! ([`Arch::pool_needs`]; VT-d's in [`crate::arch::vtd::VtdPoolNeeds`]) and placed in
+//! what is left. What the unit can hold comes from [`Arch::unit_limits`]. All
+//! arithmetic is checked: a scenario whose sizes overflow is refused, never wrapped.
 
-use crate::config::{ConfigError, Mode, Scenario};
-use emulator::model::IommuModel;
-use emulator::vtd::{VtdConfig, VtdUnit};
+use crate::arch::vtd::Vtd;
+use crate::arch::{Arch, PoolNeeds};
+use crate::config::{ConfigError, Scenario};
 use iommu_core::pageset::MAX_ORDER;
-use iommu_core::{Iova, PageSize, PhysAddr, RequesterId};
-use std::collections::BTreeSet;
-use vtd::hw::regs::{self, CAP};
+use iommu_core::{Iova, PhysAddr, RequesterId};
 
 /// The device added to every run that is attached but not preserved: its DMA must
 /// fault from freeze on.
@@ -34,14 +33,6 @@ pub const MAX_DMA_STEPS: u32 = 1 << 16;
 /// and what the checkers record in a phase.
 pub const MAX_STEPS_PER_PHASE: u64 = 1 << 20;
 
-/// Levels counted per domain when sizing the pools: 5, the most VT-d has (the driver's
-/// default of 4 for these units is covered).
-const MAX_LEVELS: u32 = 5;
-
-/// Input address width of the domains' tables: 48 bits (4-level tables, the driver's
-/// default for the emulated units).
-const IOVA_BITS: u32 = 48;
-
 /// First IOVA of every domain's mappings.
 const IOVA_START: u64 = 1 << 32;
 
@@ -50,14 +41,6 @@ const IOVA_START: u64 = 1 << 32;
 const EXTRA_IOVA: u64 = 1 << 40;
 
 const PAGE: u64 = 4096;
-
-/// The VT-d unit a scenario runs on in `mode`.
-pub fn unit_config(mode: Mode, base: PhysAddr) -> VtdConfig {
-    match mode {
-        Mode::Legacy => VtdConfig::legacy(base),
-        Mode::ScalableSecondStage | Mode::ScalableFirstStage => VtdConfig::scalable(base),
-    }
-}
 
 /// Where everything goes in RAM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,28 +66,11 @@ fn overflow(option: &'static str, value: impl Into<String>) -> ConfigError {
     )
 }
 
-/// Pages of tables below the root that map `len` bytes of `ps` pages at an IOVA
-/// aligned to `ps`: at each level from the leaf tables up, one table per span the
-/// level covers, plus one for a range straddling a boundary.
-fn table_pages(len: u64, ps: PageSize) -> u64 {
-    let leaf_level = match ps.bytes() {
-        b if b >= 1 << 30 => 3,
-        b if b >= 2 << 20 => 2,
-        _ => 1,
-    };
-    (leaf_level..MAX_LEVELS)
-        .map(|level| {
-            let covers = 1u64 << (12 + 9 * level);
-            len.div_ceil(covers) + 1
-        })
-        .sum()
-}
-
 /// Pages of the KHO preserved-memory tree for any set inside `ram_pages` pages: per
 /// order, block keys inside RAM form one interval, and a node of level `l` covers
 /// `2^(15 + 9 l)` consecutive keys, so each level needs at most `interval / cover + 1`
 /// nodes per order (plus the root).
-fn kho_tree_pages(ram_pages: u64) -> u64 {
+pub fn kho_tree_pages(ram_pages: u64) -> u64 {
     let mut n = 1;
     for level in 0..5u32 {
         for order in 0..=MAX_ORDER {
@@ -113,93 +79,6 @@ fn kho_tree_pages(ram_pages: u64) -> u64 {
         }
     }
     n
-}
-
-/// What the pools must hold, in pages, for scenario `s` in `mode`.
-///
-/// Every count is an upper bound derived from what the driver allocates (tables at up
-/// to 5 levels with one extra per level for a straddled boundary, one context table per
-/// bus or bus half, a PASID directory and table per scalable-mode device, a one-page
-/// queue and its status page) and from the KHO formats (record entry sizes, the
-/// preserved-memory tree's node coverage), rather than a guessed margin: a scenario that
-/// fits runs without exhausting a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolNeeds {
-    /// Domain tables (roots and every level below).
-    pub tables: u64,
-    /// Root table and context tables.
-    pub context: u64,
-    /// PASID directories and tables (scalable mode: one of each per device).
-    pub pasid: u64,
-    /// Invalidation queue and its status page.
-    pub queue: u64,
-    /// KHO blob: FDT, the unit's record, the preserved-memory tree.
-    pub kho: u64,
-    /// The old kernel's pool: all of the above.
-    pub old: u64,
-    /// The new kernel's pool: root table, queue, tables of the mapping after `finish`.
-    pub new: u64,
-}
-
-impl PoolNeeds {
-    /// Sizes the pools of `s` in `mode` (checked arithmetic; `None` on overflow).
-    pub fn of(s: &Scenario, mode: Mode) -> Option<Self> {
-        let domains = s.domains as u64 + 1;
-        let devices = s.devices.len() as u64 + 1;
-        let mut per_domain = 1u64; // the root
-        for &ps in &s.page_sizes {
-            let len = s.map_bytes.checked_next_multiple_of(ps.bytes())?;
-            per_domain = per_domain.checked_add(table_pages(len, ps))?;
-        }
-        let tables = per_domain.checked_mul(domains)?;
-        let all = s.devices.iter().chain([&UNPRESERVED_DEVICE]);
-        let (context, pasid) = match mode {
-            // One context table per bus.
-            Mode::Legacy => (all.map(|d| d.bus).collect::<BTreeSet<_>>().len() as u64, 0),
-            // One per bus and half (128 devfns each); a PASID directory and table per
-            // device.
-            _ => (
-                all.map(|d| (d.bus, d.devfn >> 7))
-                    .collect::<BTreeSet<_>>()
-                    .len() as u64,
-                2 * devices,
-            ),
-        };
-        let context = context + 1;
-        let queue = 2;
-        let structures = tables
-            .checked_add(context)?
-            .checked_add(pasid)?
-            .checked_add(queue)?;
-        // The unit's record: a 0x38-byte header and 16 bytes per domain, device and page
-        // run (at most one run per structure page), in a KHO record with a small header
-        // (256 bytes allowed). Another client (guest memory, preserved by its owner) may
-        // add a record of one 16-byte entry per target range, with its own header and
-        // page. The FDT with a few client nodes fits in a page (two allowed).
-        let ranges = domains.checked_mul(s.page_sizes.len() as u64)?;
-        let record_bytes = structures
-            .checked_add(domains + devices)?
-            .checked_mul(16)?
-            .checked_add(0x38 + 256)?;
-        let other_bytes = ranges.checked_mul(16)?.checked_add(256)?;
-        let ram_pages = s.ram.1 / PAGE;
-        let kho = (2 + 1 + record_bytes.div_ceil(PAGE) + other_bytes.div_ceil(PAGE))
-            .checked_add(kho_tree_pages(ram_pages))?;
-        let old = structures.checked_add(kho)?;
-        // Both pools must be addressable in bytes.
-        old.checked_mul(PAGE)?;
-        // New kernel: an empty root table, the queue, and the tables of one 4K mapping.
-        let new = 1 + queue + (MAX_LEVELS as u64 - 1);
-        Some(Self {
-            tables,
-            context,
-            pasid,
-            queue,
-            kho,
-            old,
-            new,
-        })
-    }
 }
 
 /// Free RAM, as sorted disjoint `[start, end)` ranges, handed out first-fit.
@@ -232,25 +111,47 @@ impl Free {
 }
 
 impl Layout {
-    /// Plans scenario `s` (already [validated](Scenario::validate)) for every mode it
-    /// runs; the pools are sized for the mode that needs most. Says which part does not
-    /// fit and how much it needs.
+    /// Plans VT-d scenario `s` (already [validated](Scenario::validate)) for every
+    /// mode it runs: [`Layout::plan_for`] with [`Vtd`] and `s.modes`.
     pub fn plan(s: &Scenario) -> Result<Self, ConfigError> {
+        Self::plan_for(&Vtd, s, &s.modes)
+    }
+
+    /// Plans scenario `s` (already validated) on `arch` for each of `modes`; the pools
+    /// are sized for the mode that needs most. Says which part does not fit and how
+    /// much it needs.
+    pub fn plan_for<A: Arch>(
+        arch: &A,
+        s: &Scenario,
+        modes: &[A::Mode],
+    ) -> Result<Self, ConfigError> {
         let (base, size) = s.ram;
         let ram = || format!("{base}+{size:#x}");
         let map = || s.map_bytes.to_string();
+        let iova_bits = arch.iova_bits();
+        // 2^bits as u128: a 64-bit input range does not overflow.
+        let iova_limit = 1u128 << iova_bits.min(64);
         let mut needs: Option<PoolNeeds> = None;
-        for &m in &s.modes {
-            let n = PoolNeeds::of(s, m).ok_or_else(|| overflow("map-size", map()))?;
+        for &m in modes {
+            let n = arch
+                .pool_needs(s, m)
+                .filter(|n| n.old.checked_mul(PAGE).is_some() && n.new.checked_mul(PAGE).is_some())
+                .ok_or_else(|| overflow("map-size", map()))?;
             needs = Some(match needs {
                 Some(o) if o.old >= n.old => o,
                 _ => n,
             });
         }
         let needs = needs.ok_or_else(|| ConfigError::new("mode", "", "no mode to run"))?;
+        let old_parts = needs
+            .old_parts
+            .iter()
+            .map(|(n, what)| format!("{n} of {what}"))
+            .collect::<Vec<_>>()
+            .join(", ");
 
         // IOVAs: every domain maps each page size in turn from 4 GiB, a page's gap
-        // between them, inside the tables' 48-bit input range.
+        // between them, inside the tables' input range.
         let mut iova = IOVA_START;
         let mut domain_iovas = Vec::new();
         let mut last_end = iova;
@@ -268,13 +169,13 @@ impl Layout {
                 .checked_add(ps.bytes())
                 .ok_or_else(|| overflow("map-size", map()))?;
         }
-        if last_end > 1 << IOVA_BITS {
+        if last_end as u128 > iova_limit {
             return Err(ConfigError::new(
                 "map-size",
                 map(),
                 format!(
                     "the mappings of a domain reach IOVA {last_end:#x}, beyond the domain \
-                     tables' {IOVA_BITS}-bit input range (they start at {IOVA_START:#x}, one \
+                     tables' {iova_bits}-bit input range (they start at {IOVA_START:#x}, one \
                      run per page size)"
                 ),
             ));
@@ -286,14 +187,14 @@ impl Layout {
         } else {
             last_end.checked_next_multiple_of(1 << 39)
         };
-        let extra = extra.filter(|&e| e.checked_add(PAGE).is_some_and(|x| x <= 1 << IOVA_BITS));
+        let extra = extra.filter(|&e| e.checked_add(PAGE).is_some_and(|x| x as u128 <= iova_limit));
         let Some(extra) = extra else {
             return Err(ConfigError::new(
                 "map-size",
                 map(),
                 format!(
                     "the mappings of a domain end at IOVA {last_end:#x}, leaving no room for \
-                     the 4K mapping added after finish below the tables' {IOVA_BITS}-bit \
+                     the 4K mapping added after finish below the tables' {iova_bits}-bit \
                      input range"
                 ),
             ));
@@ -322,16 +223,10 @@ impl Layout {
                     "too small for this scenario: {part} does not fit. The scenario needs \
                      {data_bytes:#x} bytes of DMA targets ({domains} domains, each target \
                      aligned to its page size), {:#x} bytes for the old kernel's page pool \
-                     ({} pages: {} of domain tables, {} of root and context tables, {} of \
-                     PASID tables, {} of invalidation queue, {} of KHO blob), {:#x} bytes \
-                     for the new kernel's and {FIRMWARE:#x} bytes of firmware",
+                     ({} pages: {old_parts}), {:#x} bytes for the new kernel's and \
+                     {FIRMWARE:#x} bytes of firmware",
                     needs.old * PAGE,
                     needs.old,
-                    needs.tables,
-                    needs.context,
-                    needs.pasid,
-                    needs.queue,
-                    needs.kho,
                     needs.new * PAGE,
                 ),
             )
@@ -356,7 +251,7 @@ impl Layout {
                 t[i] = PhysAddr(at);
             }
         }
-        // `PoolNeeds::of` checked that the pools' byte sizes fit in 64 bits.
+        // The pools' byte sizes were checked to fit in 64 bits above.
         let old = free
             .take(needs.old * PAGE, PAGE)
             .ok_or_else(|| too_small("the old kernel's page pool".into()))?;
@@ -373,11 +268,21 @@ impl Layout {
     }
 }
 
-/// Checks what the scenario asks of the unit in each of its modes: enough domain IDs
-/// (CAP.ND) for the preserved domains plus the unpreserved device's, RAM inside the
-/// unit's address width (CAP.MGAW), a 4 KiB-aligned register window clear of RAM, and
-/// no preserved device on the built-in unpreserved device's BDF.
+/// Checks what VT-d scenario `s` asks of its unit in each of its modes:
+/// [`check_unit_for`] with [`Vtd`] and `s.modes`.
 pub fn check_unit(s: &Scenario) -> Result<(), ConfigError> {
+    check_unit_for(&Vtd, s, &s.modes)
+}
+
+/// Checks what the scenario asks of the unit in each of `modes`: enough domain IDs
+/// (VT-d: CAP.ND) for the preserved domains plus the unpreserved device's, RAM inside
+/// the unit's address width (VT-d: CAP.MGAW), an aligned register window clear of RAM,
+/// and no preserved device on the built-in unpreserved device's BDF.
+pub fn check_unit_for<A: Arch>(
+    arch: &A,
+    s: &Scenario,
+    modes: &[A::Mode],
+) -> Result<(), ConfigError> {
     if let Some(d) = s.devices.iter().find(|&&d| d == UNPRESERVED_DEVICE) {
         return Err(ConfigError::new(
             "device",
@@ -391,44 +296,43 @@ pub fn check_unit(s: &Scenario) -> Result<(), ConfigError> {
         .checked_add(size)
         .ok_or_else(|| ConfigError::new("ram", format!("{base}+{size:#x}"), "overflows"))?;
     let unit = s.unit_base;
-    if unit.0 % PAGE != 0 {
+    let align = arch.window_align();
+    if unit.0 % align != 0 {
         return Err(ConfigError::new(
             "unit-base",
             unit.to_string(),
-            "the register window must be 4 KiB aligned",
+            format!("the register window must be {} KiB aligned", align >> 10),
         ));
     }
-    for &mode in &s.modes {
-        let cfg = unit_config(mode, unit);
-        let cap = cfg.cap();
-        let ids = regs::domain_count(cap) - CAP::CM.is_set(cap) as u32;
-        if s.domains as u64 + 1 > ids as u64 {
+    for &mode in modes {
+        let limits = arch.unit_limits(mode, unit)?;
+        let ids = limits.domain_ids;
+        if s.domains as u64 + 1 > ids {
             return Err(ConfigError::new(
                 "domains",
                 s.domains.to_string(),
                 format!(
-                    "the {mode} unit has {ids} domain IDs (CAP.ND = {}), and the run needs \
+                    "the {mode} unit has {ids} domain IDs ({}), and the run needs \
                      one more than --domains for the domain of the unpreserved device \
                      {UNPRESERVED_DEVICE}: at most {}",
-                    cfg.nd,
-                    ids - 1
+                    limits.domain_ids_from,
+                    ids.saturating_sub(1)
                 ),
             ));
         }
-        let width = cfg.mgaw as u32;
+        let width = limits.address_bits;
         if width < 64 && ram_end > 1u64 << width {
             return Err(ConfigError::new(
                 "ram",
                 format!("{base}+{size:#x}"),
                 format!(
                     "RAM ends at {ram_end:#x}, above the {mode} unit's {width}-bit address \
-                     width (CAP.MGAW): the unit cannot reach it"
+                     width ({}): the unit cannot reach it",
+                    limits.address_bits_from
                 ),
             ));
         }
-        let window = VtdUnit::new(cfg)
-            .map_err(|e| ConfigError::new("unit-base", unit.to_string(), e.to_string()))?
-            .mmio_size();
+        let window = limits.window;
         let Some(wend) = unit.0.checked_add(window) else {
             return Err(ConfigError::new(
                 "unit-base",
@@ -453,6 +357,8 @@ pub fn check_unit(s: &Scenario) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mode;
+    use iommu_core::PageSize;
 
     fn small_machine() -> Scenario {
         let mut s = Scenario::default_scenario();
@@ -498,20 +404,6 @@ mod tests {
         for w in parts.windows(2) {
             assert!(w[0].0 .0 + w[0].1 <= w[1].0 .0, "{w:?}");
         }
-    }
-
-    /// Scalable mode needs a PASID directory and table per device: 10,000 devices need
-    /// 20,002 PASID pages in the old pool (the old sizing ignored them).
-    #[test]
-    fn scalable_pools_count_pasid_pages_of_10000_devices() {
-        let mut s = small_machine();
-        s.devices = (0..10_000u32)
-            .map(|i| RequesterId::new(0, (i >> 8) as u8, ((i >> 3) & 31) as u8, (i & 7) as u8))
-            .collect();
-        let n = PoolNeeds::of(&s, Mode::ScalableSecondStage).unwrap();
-        assert_eq!(n.pasid, 2 * 10_001);
-        assert!(n.old > n.pasid + n.tables);
-        assert_eq!(PoolNeeds::of(&s, Mode::Legacy).unwrap().pasid, 0);
     }
 
     /// A 1G page needs RAM holding an aligned 1 GiB per domain: 1.5 GiB from 512 MiB

@@ -33,6 +33,28 @@ pub struct BlackoutReport {
     pub pages_poisoned: u64,
 }
 
+/// What the new kernel's verification (after adopt, outside the blackout) checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyCounts {
+    /// Domains walked.
+    pub domains: usize,
+    /// Table pages checked.
+    pub tables: u64,
+    /// Runs of leaf targets checked to lie in preserved memory, outside the unit's
+    /// table pages.
+    pub leaf_targets_checked: u64,
+}
+
+/// What `finish` did with the pages the handover record named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FinishCounts {
+    /// Structure pages no longer referenced, freed.
+    pub pages_freed: u64,
+    /// Pages of the record's runs kept because verification did not establish them as
+    /// the unit's own (0 on a clean run).
+    pub pages_kept: u64,
+}
+
 /// The run of one mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModeReport {
@@ -58,6 +80,11 @@ pub struct ModeReport {
     pub record_bytes: u64,
     /// Whether the mappings after adopt equal those before prepare (core walker).
     pub mappings_unchanged: bool,
+    /// What verification after adopt checked (not printed: the text report is kept as
+    /// it was; refusals and unverified record runs show as problems).
+    pub verify: VerifyCounts,
+    /// What `finish` freed and kept (not printed; a kept page shows as a problem).
+    pub finish: FinishCounts,
     /// Everything that went wrong, in words.
     pub problems: Vec<String>,
 }

@@ -1,23 +1,27 @@
-//! Plays a scenario on the emulator: one machine per mode, the VT-d driver in the old
+//! Plays a scenario on the emulator: one machine per mode, the arch's driver in the old
 //! kernel, the live-update handover, a kexec, the driver of the new kernel adopting the
 //! unit, and DMA agents checking every byte in every phase.
 //!
+//! The runner is written once, against [`Arch`]: every step that touches the IOMMU
+//! (bring-up, domains, mappings, attach, prepare, freeze, the KHO blob, adopt, verify,
+//! finish, walks) goes through it. [`run`] plays a scenario on VT-d ([`Vtd`], the arch
+//! of [`Scenario::modes`]); [`run_on`] on any arch.
+//!
 //! Memory layout: see [`crate::layout`]; everything lies inside the scenario's RAM.
 
-use crate::config::{ConfigError, Mode, Scenario};
-use crate::layout::{check_unit, unit_config, Layout};
+use crate::arch::vtd::Vtd;
+use crate::arch::{Arch, Ctx};
+use crate::config::{ConfigError, Scenario};
+use crate::layout::{check_unit_for, Layout};
 use crate::report::{ModeReport, PhaseReport, Report};
 use emulator::dma::{DmaAgent, DmaChecker, ExpectedFailure, MappingSpec, Workload};
 use emulator::machine::{Device, Machine};
 use emulator::model::Access;
 use emulator::snapshot;
-use emulator::vtd::VtdUnit;
-use iommu_core::pgtable::{Mapping, Perms, WalkLimits};
+use iommu_core::pgtable::{Mapping, Perms};
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use vtd::driver::{DomainKind, Hw, Mode as DriverMode, PagePool, Unit, UnitConfig};
-use vtd::handover::{KhoOut, Selection};
 
 /// Options of a run that are not part of the scenario itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,11 +93,23 @@ struct DomainPlan {
     mappings: Vec<MappingSpec>,
 }
 
-/// Runs every mode of `s` and reports.
+/// Runs every mode of VT-d scenario `s` and reports: [`run_on`] with [`Vtd`] and
+/// `s.modes`.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
-    s.validate()?;
-    check_unit(s)?;
-    let layout = Layout::plan(s)?;
+    run_on(&Vtd, s, &s.modes, opts)
+}
+
+/// Runs scenario `s` on `arch` in each of `modes` (the scenario's own `modes` are
+/// VT-d's and not read) and reports.
+pub fn run_on<A: Arch>(
+    arch: &A,
+    s: &Scenario,
+    modes: &[A::Mode],
+    opts: &RunOptions,
+) -> Result<Report, RunError> {
+    s.validate_for(arch, modes)?;
+    check_unit_for(arch, s, modes)?;
+    let layout = Layout::plan_for(arch, s, modes)?;
     if let Some(dir) = &opts.save_snapshots {
         // A path through an existing file is a bad option, not an I/O error.
         if let Some(file) = dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
@@ -123,8 +139,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         seed: s.seed,
         modes: Vec::new(),
     };
-    for &mode in &s.modes {
-        report.modes.push(run_mode(s, mode, &layout, opts)?);
+    for &mode in modes {
+        report.modes.push(run_mode(arch, s, mode, &layout, opts)?);
     }
     Ok(report)
 }
@@ -141,9 +157,19 @@ struct Run<'a> {
     unpreserved_pa: PhysAddr,
 }
 
-fn run_mode(
+/// What a step may touch: the machine, the unit's base, the running kernel's pool.
+fn cx<'a, P>(machine: &'a mut Machine, base: PhysAddr, pool: &'a mut P) -> Ctx<'a, P> {
+    Ctx {
+        machine,
+        base,
+        pool,
+    }
+}
+
+fn run_mode<A: Arch>(
+    arch: &A,
     s: &Scenario,
-    mode: Mode,
+    mode: A::Mode,
     layout: &Layout,
     opts: &RunOptions,
 ) -> Result<ModeReport, RunError> {
@@ -153,11 +179,11 @@ fn run_mode(
         Ok(m) => m,
         Err(e) => return Err(ConfigError::new("ram", format!("{ram_base}"), e.to_string()).into()),
     };
-    let cfg = unit_config(mode, base);
-    let unit = VtdUnit::new(cfg)
-        .map_err(|e| ConfigError::new("unit-base", base.to_string(), e.to_string()))?;
+    let unit = arch
+        .model(mode, base)
+        .map_err(|e| ConfigError::new("unit-base", base.to_string(), e))?;
     machine
-        .add_unit(Box::new(unit))
+        .add_unit(unit)
         .map_err(|e| ConfigError::new("unit-base", base.to_string(), e.to_string()))?;
 
     let mut agents = Vec::new();
@@ -174,21 +200,12 @@ fn run_mode(
     let unpreserved = agents.pop().expect("the unpreserved device was added");
 
     // ---- old kernel: bring-up, domains, mappings, attach.
-    let driver_mode = match mode {
-        Mode::Legacy => DriverMode::Legacy,
-        _ => DriverMode::Scalable,
-    };
-    let kind = match mode {
-        Mode::ScalableFirstStage => DomainKind::FirstStage,
-        _ => DomainKind::SecondStage,
-    };
-    let mut pool = PagePool::new(layout.old_pool.0, layout.old_pool.1);
-    let ucfg = UnitConfig::new(base, driver_mode);
+    let mut pool = arch.pool(layout.old_pool.0, layout.old_pool.1);
     let mut run = Run {
         s,
         machine,
         report: ModeReport {
-            mode: mode.name().into(),
+            mode: mode.to_string(),
             ..ModeReport::default()
         },
         workloads: Vec::new(),
@@ -197,18 +214,16 @@ fn run_mode(
         unpreserved_pa: PhysAddr(0),
     };
 
-    let setup = (|| -> Result<(Unit, Vec<DomainPlan>), String> {
-        let mut unit = with_hw(&mut run.machine, base, &mut pool, |hw| {
-            Unit::init(hw, &ucfg)
-        })
-        .map_err(|e| format!("bring-up: {e}"))?;
+    let setup = (|| -> Result<(A::Unit, Vec<DomainPlan>), String> {
+        let mut unit = arch
+            .bring_up(mode, cx(&mut run.machine, base, &mut pool))
+            .map_err(|e| format!("bring-up: {e}"))?;
         let mut plans = Vec::new();
         // One extra domain for the unpreserved device.
         for d in 0..=s.domains {
-            let did = with_hw(&mut run.machine, base, &mut pool, |hw| {
-                unit.create_domain(hw, kind)
-            })
-            .map_err(|e| format!("create domain {d}: {e}"))?;
+            let did = arch
+                .create_domain(&mut unit, mode, cx(&mut run.machine, base, &mut pool))
+                .map_err(|e| format!("create domain {d}: {e}"))?;
             let mut plan = DomainPlan {
                 did,
                 mappings: Vec::new(),
@@ -216,9 +231,16 @@ fn run_mode(
             for (i, &ps) in s.page_sizes.iter().enumerate() {
                 let len = s.map_bytes.next_multiple_of(ps.bytes());
                 let (iova, data) = (layout.iovas[d][i], layout.targets[d][i]);
-                with_hw(&mut run.machine, base, &mut pool, |hw| {
-                    unit.map(hw, did, iova, data, len, ps, Perms::RW)
-                })
+                arch.map(
+                    &mut unit,
+                    cx(&mut run.machine, base, &mut pool),
+                    did,
+                    iova,
+                    data,
+                    len,
+                    ps,
+                    Perms::RW,
+                )
                 .map_err(|e| format!("map {len:#x} bytes of {ps} pages in {did}: {e}"))?;
                 plan.mappings.push(MappingSpec {
                     iova,
@@ -233,15 +255,16 @@ fn run_mode(
         // the last domain.
         for (i, &rid) in s.devices.iter().enumerate() {
             let did = plans[i % s.domains].did;
-            with_hw(&mut run.machine, base, &mut pool, |hw| {
-                unit.attach(hw, rid, did)
-            })
-            .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
+            arch.attach(&mut unit, cx(&mut run.machine, base, &mut pool), rid, did)
+                .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
         }
         let last = &plans[s.domains];
-        with_hw(&mut run.machine, base, &mut pool, |hw| {
-            unit.attach(hw, UNPRESERVED_DEVICE, last.did)
-        })
+        arch.attach(
+            &mut unit,
+            cx(&mut run.machine, base, &mut pool),
+            UNPRESERVED_DEVICE,
+            last.did,
+        )
         .map_err(|e| format!("attach {UNPRESERVED_DEVICE}: {e}"))?;
         Ok((unit, plans))
     })();
@@ -264,7 +287,7 @@ fn run_mode(
     run.report.preserved_devices = s.devices.len();
     run.report.domains = plans.len();
     let preserved_dids: Vec<DomainId> = plans[..s.domains].iter().map(|p| p.did).collect();
-    let before = match walk_all(&unit, &run.machine, &preserved_dids) {
+    let before = match walk_all(arch, &unit, &run.machine, &preserved_dids) {
         Ok(w) => w,
         Err(p) => {
             run.report.problems.push(p);
@@ -282,41 +305,40 @@ fn run_mode(
     run.phase("before prepare", false);
 
     // ---- prepare.
-    let mut kho = KhoOut::new();
+    let mut ho = arch.handover();
     // Guest memory the devices DMA into is preserved too (by the VMM, in real life),
     // before prepare: prepare checks every leaf target lies in preserved memory.
     for plan in &plans[..s.domains] {
         for m in &plan.mappings {
-            if let Err(e) = kho.preserve_range(m.pa, m.len / 4096) {
+            if let Err(e) = arch.preserve(&mut ho, m.pa, m.len / 4096) {
                 run.report
                     .problems
                     .push(format!("preserving guest memory at {}: {e}", m.pa));
             }
         }
     }
-    let sel = Selection {
-        domains: preserved_dids.clone(),
-        devices: s.devices.clone(),
-    };
-    let prep = with_hw(&mut run.machine, base, &mut pool, |hw| {
-        unit.prepare(hw, &mut kho, &sel)
-    });
+    let prep = arch.prepare(
+        &mut unit,
+        cx(&mut run.machine, base, &mut pool),
+        &mut ho,
+        &preserved_dids,
+        &s.devices,
+    );
     match prep {
-        Ok(r) => run.report.record_bytes = r.record_bytes as u64,
+        Ok(bytes) => run.report.record_bytes = bytes,
         Err(e) => run.report.problems.push(format!("prepare: {e}")),
     }
     run.phase("prepare -> freeze", false);
 
     // ---- freeze.
-    match with_hw(&mut run.machine, base, &mut pool, |hw| unit.freeze(hw)) {
-        Ok(r) => run.report.blackout.freeze_work = r.entries_written,
+    match arch.freeze(&mut unit, cx(&mut run.machine, base, &mut pool)) {
+        Ok(work) => run.report.blackout.freeze_work = work,
         Err(e) => run.report.problems.push(format!("freeze: {e}")),
     }
     run.phase("freeze -> kexec", true);
 
     // ---- kexec.
-    let blob = kho.finalize(run.machine.mem_mut(), &mut pool);
-    let blob = match blob {
+    let blob = match arch.finalize(ho, cx(&mut run.machine, base, &mut pool)) {
         Ok(b) => b,
         Err(e) => {
             run.report
@@ -325,7 +347,7 @@ fn run_mode(
             return Ok(run.finish_report());
         }
     };
-    save_snapshot(&run.machine, opts, mode, "before-kexec")?;
+    save_snapshot(&run.machine, opts, &mode.to_string(), "before-kexec")?;
     drop(unit);
     match run.machine.kexec(blob) {
         Ok(k) => {
@@ -340,7 +362,7 @@ fn run_mode(
 
     // ---- new kernel: the blob's address is all it has.
     run.phase("new kernel, before adopt", true);
-    let mut pool = PagePool::new(layout.new_pool.0, layout.new_pool.1);
+    let mut pool = arch.pool(layout.new_pool.0, layout.new_pool.1);
     let read = iommu_core::kho::read_preserved_in(&*run.machine.mem(), blob, &[s.ram]);
     let preserved = match read {
         Ok(set) => set,
@@ -351,30 +373,28 @@ fn run_mode(
             return Ok(run.finish_report());
         }
     };
-    pool.exclude(&preserved);
-    let adopted = with_hw(&mut run.machine, base, &mut pool, |hw| {
-        Unit::adopt_with_preserved(hw, &ucfg, blob, preserved)
-    });
+    arch.exclude(&mut pool, &preserved);
+    let adopted = arch.adopt(mode, cx(&mut run.machine, base, &mut pool), blob, preserved);
     let mut unit = match adopted {
         Ok((u, r)) => {
-            run.report.blackout.adopt_work = r.registers_read + r.entries_read;
-            for b in &r.blocked {
+            run.report.blackout.adopt_work = r.work;
+            for (rid, error) in &r.blocked {
                 run.report
                     .problems
-                    .push(format!("adopt blocked {}: {}", b.rid, b.error));
+                    .push(format!("adopt blocked {rid}: {error}"));
             }
             u
         }
-        Err(f) => {
+        Err(e) => {
             run.report
                 .problems
-                .push(format!("adopt refused the unit: {}", f.error));
+                .push(format!("adopt refused the unit: {e}"));
             return Ok(run.finish_report());
         }
     };
     run.phase("after adopt", true);
-    save_snapshot(&run.machine, opts, mode, "after-adopt")?;
-    match walk_all(&unit, &run.machine, &preserved_dids) {
+    save_snapshot(&run.machine, opts, &mode.to_string(), "after-adopt")?;
+    match walk_all(arch, &unit, &run.machine, &preserved_dids) {
         Ok(after) => {
             run.report.mappings_unchanged = after == before;
             if after != before {
@@ -386,24 +406,48 @@ fn run_mode(
         Err(p) => run.report.problems.push(format!("after adopt: {p}")),
     }
 
-    // ---- finish, then the domains take new mappings again.
-    if let Err(e) = with_hw(&mut run.machine, base, &mut pool, |hw| unit.finish(hw)) {
-        run.report.problems.push(format!("finish: {e}"));
+    // ---- verify (outside the blackout), finish, then the domains take new mappings
+    // again.
+    match arch.verify(&mut unit, cx(&mut run.machine, base, &mut pool)) {
+        Ok(v) => {
+            run.report.verify = v.counts;
+            for (did, e) in &v.refused {
+                run.report
+                    .problems
+                    .push(format!("verify refused domain {did}: {e}"));
+            }
+            for e in &v.unverified_runs {
+                run.report.problems.push(format!("verify: {e}"));
+            }
+        }
+        Err(e) => run.report.problems.push(format!("verify: {e}")),
+    }
+    match arch.finish(&mut unit, cx(&mut run.machine, base, &mut pool)) {
+        Ok(f) => {
+            run.report.finish = f;
+            if f.pages_kept != 0 {
+                run.report.problems.push(format!(
+                    "finish kept {} pages of the record's runs that verification did not \
+                     establish as the unit's own",
+                    f.pages_kept
+                ));
+            }
+        }
+        Err(e) => run.report.problems.push(format!("finish: {e}")),
     }
     let extra_iova = layout.extra_iova;
     let did = preserved_dids[0];
     let spare = plans[0].mappings[0];
-    match with_hw(&mut run.machine, base, &mut pool, |hw| {
-        unit.map(
-            hw,
-            did,
-            extra_iova,
-            spare.pa,
-            4096,
-            PageSize::SIZE_4K,
-            Perms::RW,
-        )
-    }) {
+    match arch.map(
+        &mut unit,
+        cx(&mut run.machine, base, &mut pool),
+        did,
+        extra_iova,
+        spare.pa,
+        4096,
+        PageSize::SIZE_4K,
+        Perms::RW,
+    ) {
         Ok(()) => {
             let mut mappings = plans[0].mappings.clone();
             mappings.push(MappingSpec {
@@ -503,51 +547,31 @@ fn workload(agent: DmaAgent, mappings: Vec<MappingSpec>, seed: u64) -> Workload 
     Workload::new(agent, mappings, seed).with_max_transfer(16 << 10)
 }
 
-/// Lends the driver the unit's registers, memory and a page pool for one call.
-fn with_hw<T>(
-    machine: &mut Machine,
-    base: PhysAddr,
-    pool: &mut PagePool,
-    f: impl FnOnce(&mut Hw<'_>) -> T,
-) -> T {
-    let (mut regs, mut mem) = machine
-        .driver_access(base)
-        .expect("the scenario's unit is on the bus");
-    let mut hw = Hw {
-        regs: &mut regs,
-        mem: &mut mem,
-        pages: pool,
-    };
-    f(&mut hw)
-}
-
 /// Per domain: its ID, its mappings and its table page count, by the core walker.
-fn walk_all(
-    unit: &Unit,
+fn walk_all<A: Arch>(
+    arch: &A,
+    unit: &A::Unit,
     machine: &Machine,
     dids: &[DomainId],
 ) -> Result<Vec<(DomainId, Vec<Mapping>, u64)>, String> {
     let mem = machine.mem();
     dids.iter()
-        .map(
-            |&did| match unit.walk_domain(&*mem, did, &WalkLimits::default()) {
-                Ok(Ok(w)) => Ok((did, w.mappings, w.tables.len() as u64)),
-                Ok(Err(e)) => Err(format!("walking domain {did}: {e}")),
-                Err(e) => Err(format!("walking domain {did}: {e}")),
-            },
-        )
+        .map(|&did| match arch.walk_domain(unit, &*mem, did) {
+            Ok(w) => Ok((did, w.mappings, w.table_pages)),
+            Err(e) => Err(format!("walking domain {did}: {e}")),
+        })
         .collect()
 }
 
 fn save_snapshot(
     machine: &Machine,
     opts: &RunOptions,
-    mode: Mode,
+    mode: &str,
     when: &str,
 ) -> Result<(), RunError> {
     let Some(dir) = &opts.save_snapshots else {
         return Ok(());
     };
-    let path = Path::new(dir).join(format!("{}-{when}.elf", mode.name()));
+    let path = Path::new(dir).join(format!("{mode}-{when}.elf"));
     snapshot::save(machine, &path).map_err(|error| RunError::Snapshot { path, error })
 }
