@@ -1951,3 +1951,73 @@ proptest! {
         }
     }
 }
+
+/// Input shape: an outgoing handover with two clients of different families (an IOMMU
+/// unit's record and a guest-memory owner's), plus pages preserved by neither client.
+/// Each client's record must come back under its own compatible string (the handover
+/// once stamped every client with the VT-d one), and every page must survive.
+#[test]
+fn kho_out_writes_each_client_with_its_own_compatible() {
+    let mut kho = iommu_core::kho::KhoOut::new();
+    let mut unit_pages = PageSet::new();
+    unit_pages.insert_range(PhysAddr(0x10_0000), 3).unwrap();
+    assert!(kho.add_client(
+        "iommu-vtd-fed90000".into(),
+        "iommu-vtd-v1".into(),
+        vec![1, 2, 3],
+        unit_pages,
+    ));
+    assert!(kho.add_client(
+        "guest-memory".into(),
+        "guest-memory-v2".into(),
+        vec![4; 40],
+        PageSet::new(),
+    ));
+    // A second client of the same name is refused.
+    assert!(!kho.add_client(
+        "guest-memory".into(),
+        "guest-memory-v2".into(),
+        vec![],
+        PageSet::new(),
+    ));
+    kho.preserve_range(PhysAddr(0x4000_0000), 512).unwrap();
+    let mut mem = Mem::default();
+    let mut alloc = Bump {
+        next: 0x200_0000,
+        calls: 0,
+    };
+    let blob = kho.finalize(&mut mem, &mut alloc).unwrap();
+    let h = read_handover(&mem, blob).unwrap();
+    let vtd = Supported {
+        family: "iommu-vtd",
+        oldest: 1,
+        newest: 1,
+    };
+    let guest = Supported {
+        family: "guest-memory",
+        oldest: 2,
+        newest: 2,
+    };
+    let r = read_client_record(&mem, &h, "iommu-vtd-fed90000", &vtd).unwrap();
+    assert_eq!(
+        (r.compatible.as_str(), r.payload),
+        ("iommu-vtd-v1", vec![1, 2, 3])
+    );
+    let r = read_client_record(&mem, &h, "guest-memory", &guest).unwrap();
+    assert_eq!(
+        (r.compatible.as_str(), r.payload),
+        ("guest-memory-v2", vec![4; 40])
+    );
+    let kept = read_preserved(&mem, blob).unwrap();
+    assert!(kept.contains(PhysAddr(0x10_2000)));
+    assert!(kept.contains(PhysAddr(0x401f_f000)));
+    assert_eq!(
+        kho.clients().collect::<Vec<_>>(),
+        ["iommu-vtd-fed90000", "guest-memory"]
+    );
+    // Removing a client drops its record from the next blob.
+    kho.remove_client("guest-memory");
+    let blob = kho.finalize(&mut mem, &mut alloc).unwrap();
+    let h = read_handover(&mem, blob).unwrap();
+    assert!(h.client("guest-memory").is_none());
+}

@@ -18,6 +18,7 @@ use emulator::dma::{DmaAgent, DmaChecker, ExpectedFailure, MappingSpec, Workload
 use emulator::machine::{Device, Machine};
 use emulator::model::Access;
 use emulator::snapshot;
+use iommu_core::kho::KhoOut;
 use iommu_core::pgtable::{Mapping, Perms};
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr};
 use std::fmt;
@@ -305,12 +306,12 @@ fn run_mode<A: Arch>(
     run.phase("before prepare", false);
 
     // ---- prepare.
-    let mut ho = arch.handover();
+    let mut kho = KhoOut::new();
     // Guest memory the devices DMA into is preserved too (by the VMM, in real life),
     // before prepare: prepare checks every leaf target lies in preserved memory.
     for plan in &plans[..s.domains] {
         for m in &plan.mappings {
-            if let Err(e) = arch.preserve(&mut ho, m.pa, m.len / 4096) {
+            if let Err(e) = kho.preserve_range(m.pa, m.len / 4096) {
                 run.report
                     .problems
                     .push(format!("preserving guest memory at {}: {e}", m.pa));
@@ -320,7 +321,7 @@ fn run_mode<A: Arch>(
     let prep = arch.prepare(
         &mut unit,
         cx(&mut run.machine, base, &mut pool),
-        &mut ho,
+        &mut kho,
         &preserved_dids,
         &s.devices,
     );
@@ -338,7 +339,7 @@ fn run_mode<A: Arch>(
     run.phase("freeze -> kexec", true);
 
     // ---- kexec.
-    let blob = match arch.finalize(ho, cx(&mut run.machine, base, &mut pool)) {
+    let blob = match kho.finalize(run.machine.mem_mut(), &mut pool) {
         Ok(b) => b,
         Err(e) => {
             run.report

@@ -5,6 +5,7 @@
 //! unverified record runs and kept pages into problems.
 
 use emulator::model::IommuModel;
+use iommu_core::kho::KhoOut;
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::Perms;
@@ -45,7 +46,6 @@ impl Arch for Recording {
     type Mode = Mode;
     type Unit = <Vtd as Arch>::Unit;
     type Pool = <Vtd as Arch>::Pool;
-    type Handover = <Vtd as Arch>::Handover;
 
     fn name(&self) -> &'static str {
         Vtd.name()
@@ -125,32 +125,20 @@ impl Arch for Recording {
         self.note("walk_domain");
         Vtd.walk_domain(unit, mem, did)
     }
-    fn handover(&self) -> Self::Handover {
-        self.note("handover");
-        Vtd.handover()
-    }
-    fn preserve(&self, ho: &mut Self::Handover, start: PhysAddr, pages: u64) -> Result<(), String> {
-        self.note("preserve");
-        Vtd.preserve(ho, start, pages)
-    }
     fn prepare(
         &self,
         unit: &mut Self::Unit,
         cx: Ctx<'_, Self::Pool>,
-        ho: &mut Self::Handover,
+        kho: &mut KhoOut,
         domains: &[DomainId],
         devices: &[RequesterId],
     ) -> Result<u64, String> {
         self.note("prepare");
-        Vtd.prepare(unit, cx, ho, domains, devices)
+        Vtd.prepare(unit, cx, kho, domains, devices)
     }
     fn freeze(&self, unit: &mut Self::Unit, cx: Ctx<'_, Self::Pool>) -> Result<u64, String> {
         self.note("freeze");
         Vtd.freeze(unit, cx)
-    }
-    fn finalize(&self, ho: Self::Handover, cx: Ctx<'_, Self::Pool>) -> Result<PhysAddr, String> {
-        self.note("finalize");
-        Vtd.finalize(ho, cx)
     }
     fn adopt(
         &self,
@@ -213,9 +201,7 @@ fn the_runner_reaches_every_step_through_the_arch_in_order() {
     }
     want.extend(["attach"; 3]);
     want.extend(["walk_domain"; 2]);
-    want.push("handover");
-    want.extend(["preserve"; 4]);
-    want.extend(["prepare", "freeze", "finalize", "pool", "exclude", "adopt"]);
+    want.extend(["prepare", "freeze", "pool", "exclude", "adopt"]);
     want.extend(["walk_domain"; 2]);
     want.extend(["verify", "finish", "map"]);
     assert_eq!(*arch.log.borrow(), want);

@@ -49,8 +49,11 @@
 //! is written last, is not there, so no half-written blob can pass for a valid one.
 
 pub mod fdt;
+mod out;
 pub mod radix;
 pub mod record;
+
+pub use out::KhoOut;
 
 use crate::addr::PhysAddr;
 use crate::mem::{MemError, PhysMem};

@@ -18,6 +18,7 @@ use crate::config::{ConfigError, Scenario};
 use crate::report::{FinishCounts, VerifyCounts};
 use emulator::machine::Machine;
 use emulator::model::IommuModel;
+use iommu_core::kho::{FrameAllocator, KhoOut};
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::{Mapping, Perms};
@@ -148,10 +149,9 @@ pub trait Arch {
     type Mode: Copy + fmt::Display;
     /// The driver's state of one unit in one kernel.
     type Unit;
-    /// A kernel's page allocator (tables, structures, queues, the KHO blob).
-    type Pool;
-    /// The old kernel's outgoing handover (KHO data and the preserved page set).
-    type Handover;
+    /// A kernel's page allocator (tables, structures, queues, and the KHO blob's
+    /// frames).
+    type Pool: FrameAllocator;
 
     /// Name of the architecture, e.g. `VT-d`.
     fn name(&self) -> &'static str;
@@ -211,27 +211,20 @@ pub trait Arch {
         did: DomainId,
     ) -> Result<DomainWalk, String>;
 
-    /// Old kernel: an empty outgoing handover.
-    fn handover(&self) -> Self::Handover;
-    /// Preserves `pages` pages from `start` (memory other clients own, e.g. guest
-    /// memory a VMM preserves) in the handover's page set.
-    fn preserve(&self, ho: &mut Self::Handover, start: PhysAddr, pages: u64) -> Result<(), String>;
     /// Old kernel: preserves `domains` and `devices` (pins every structure and table
-    /// page, writes the record); returns the record's size in bytes.
+    /// page, adds the unit's record as a client of the arch-neutral outgoing
+    /// handover `kho`); returns the record's size in bytes.
     fn prepare(
         &self,
         unit: &mut Self::Unit,
         cx: Ctx<'_, Self::Pool>,
-        ho: &mut Self::Handover,
+        kho: &mut KhoOut,
         domains: &[DomainId],
         devices: &[RequesterId],
     ) -> Result<u64, String>;
     /// Old kernel: cuts off what is not preserved; returns the work done (the freeze
     /// half of the blackout).
     fn freeze(&self, unit: &mut Self::Unit, cx: Ctx<'_, Self::Pool>) -> Result<u64, String>;
-    /// Old kernel: writes the KHO blob; returns its physical address, all the next
-    /// kernel receives.
-    fn finalize(&self, ho: Self::Handover, cx: Ctx<'_, Self::Pool>) -> Result<PhysAddr, String>;
     /// New kernel: adopts the unit in `mode` from the blob at `blob`, given the
     /// preserved page set read from it. `Err` when the unit is refused as a whole.
     fn adopt(

@@ -7,6 +7,7 @@ use crate::layout::{kho_tree_pages, UNPRESERVED_DEVICE};
 use crate::report::{FinishCounts, VerifyCounts};
 use emulator::model::IommuModel;
 use emulator::vtd::{VtdConfig, VtdUnit};
+use iommu_core::kho::KhoOut;
 use iommu_core::mem::PhysMem;
 use iommu_core::pageset::PageSet;
 use iommu_core::pgtable::{Perms, WalkLimits};
@@ -14,7 +15,7 @@ use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RequesterId};
 use std::collections::BTreeSet;
 use std::fmt;
 use vtd::driver::{DomainKind, Hw, Mode as DriverMode, PagePool, Unit, UnitConfig};
-use vtd::handover::{KhoOut, Selection};
+use vtd::handover::Selection;
 use vtd::hw::regs::{self, CAP};
 
 /// Translation mode a VT-d unit runs the scenario in.
@@ -222,7 +223,6 @@ impl Arch for Vtd {
     type Mode = Mode;
     type Unit = Unit;
     type Pool = PagePool;
-    type Handover = KhoOut;
 
     fn name(&self) -> &'static str {
         "VT-d"
@@ -342,19 +342,11 @@ impl Arch for Vtd {
         }
     }
 
-    fn handover(&self) -> KhoOut {
-        KhoOut::new()
-    }
-
-    fn preserve(&self, ho: &mut KhoOut, start: PhysAddr, pages: u64) -> Result<(), String> {
-        ho.preserve_range(start, pages).map_err(|e| e.to_string())
-    }
-
     fn prepare(
         &self,
         unit: &mut Unit,
         cx: Ctx<'_, PagePool>,
-        ho: &mut KhoOut,
+        kho: &mut KhoOut,
         domains: &[DomainId],
         devices: &[RequesterId],
     ) -> Result<u64, String> {
@@ -362,7 +354,7 @@ impl Arch for Vtd {
             domains: domains.to_vec(),
             devices: devices.to_vec(),
         };
-        with_hw(cx, |hw| unit.prepare(hw, ho, &sel))
+        with_hw(cx, |hw| unit.prepare(hw, kho, &sel))
             .map(|r| r.record_bytes as u64)
             .map_err(|e| e.to_string())
     }
@@ -370,11 +362,6 @@ impl Arch for Vtd {
     fn freeze(&self, unit: &mut Unit, cx: Ctx<'_, PagePool>) -> Result<u64, String> {
         with_hw(cx, |hw| unit.freeze(hw))
             .map(|r| r.entries_written)
-            .map_err(|e| e.to_string())
-    }
-
-    fn finalize(&self, mut ho: KhoOut, cx: Ctx<'_, PagePool>) -> Result<PhysAddr, String> {
-        ho.finalize(cx.machine.mem_mut(), cx.pool)
             .map_err(|e| e.to_string())
     }
 

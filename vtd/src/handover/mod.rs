@@ -65,6 +65,8 @@ mod adopt;
 mod prepare;
 pub use crate::record;
 pub use crate::record::client_name;
+/// The outgoing KHO handover (arch-neutral; it lives in `iommu-core`).
+pub use iommu_core::kho::KhoOut;
 mod tree;
 
 pub use adopt::{AdoptFailure, AdoptReport, BlockedDevice, FinishReport, VerifyReport};
@@ -73,8 +75,8 @@ pub use prepare::{FreezeReport, PrepareReport};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use iommu_core::kho::{write_handover, Client, FrameAllocator, KhoError, Written};
-use iommu_core::mem::{MemError, PhysMem};
+use iommu_core::kho::KhoError;
+use iommu_core::mem::MemError;
 use iommu_core::pageset::{PageSet, PageSetError};
 use iommu_core::pgtable::WalkError;
 use iommu_core::{DomainId, Iova, PhysAddr, RequesterId};
@@ -452,104 +454,6 @@ impl fmt::Display for HandoverError {
             HandoverErrorKind::Mem { what, err } => write!(f, "{what}: {err}"),
             HandoverErrorKind::PageSet(e) => write!(f, "page bookkeeping: {e:?}"),
         }
-    }
-}
-
-/// One client's data waiting in a [`KhoOut`].
-#[derive(Clone, Debug)]
-struct ClientData {
-    name: String,
-    payload: Vec<u8>,
-    pages: PageSet,
-}
-
-/// The outgoing kexec handover: clients' records and preserved pages, written as one
-/// KHO blob by [`finalize`](KhoOut::finalize) (Linux's KHO finalisation).
-#[derive(Debug, Default)]
-pub struct KhoOut {
-    clients: Vec<ClientData>,
-    preserved: PageSet,
-    written: Option<Written>,
-}
-
-impl KhoOut {
-    /// An empty handover.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Preserves pages of other subsystems too (guest memory the devices DMA into).
-    pub fn preserve(&mut self, set: &PageSet) {
-        self.preserved = self.preserved.union(set);
-        self.written = None;
-    }
-
-    /// Preserves `pages` pages from `start`.
-    pub fn preserve_range(&mut self, start: PhysAddr, pages: u64) -> Result<(), PageSetError> {
-        let mut s = PageSet::new();
-        s.insert_range(start, pages)?;
-        self.preserve(&s);
-        Ok(())
-    }
-
-    pub(crate) fn add_client(&mut self, name: String, payload: Vec<u8>, pages: PageSet) -> bool {
-        if self.clients.iter().any(|c| c.name == name) {
-            return false;
-        }
-        self.clients.push(ClientData {
-            name,
-            payload,
-            pages,
-        });
-        self.written = None;
-        true
-    }
-
-    pub(crate) fn remove_client(&mut self, name: &str) {
-        self.clients.retain(|c| c.name != name);
-        self.written = None;
-    }
-
-    /// Names of the clients added.
-    pub fn clients(&self) -> impl Iterator<Item = &str> + '_ {
-        self.clients.iter().map(|c| c.name.as_str())
-    }
-
-    /// Every page to preserve: the clients' pages and the extra ones.
-    pub fn preserved(&self) -> PageSet {
-        let mut s = self.preserved.clone();
-        for c in &self.clients {
-            s = s.union(&c.pages);
-        }
-        s
-    }
-
-    /// Writes the blob (records, preserved-page map, FDT) and returns its physical
-    /// address: the one value the next kernel gets.
-    pub fn finalize(
-        &mut self,
-        mem: &mut dyn PhysMem,
-        frames: &mut dyn FrameAllocator,
-    ) -> Result<PhysAddr, KhoError> {
-        let preserved = self.preserved();
-        let clients: Vec<Client<'_>> = self
-            .clients
-            .iter()
-            .map(|c| Client {
-                name: &c.name,
-                compatible: record::COMPATIBLE,
-                payload: &c.payload,
-            })
-            .collect();
-        let w = write_handover(mem, frames, &preserved, &clients)?;
-        let blob = w.blob;
-        self.written = Some(w);
-        Ok(blob)
-    }
-
-    /// What the last [`finalize`](KhoOut::finalize) wrote (cleared by any change).
-    pub fn written(&self) -> Option<&Written> {
-        self.written.as_ref()
     }
 }
 

@@ -606,7 +606,12 @@ impl Unit {
         let payload = record.encode();
         let record_bytes = payload.len();
         let client = client_name(self.base);
-        if !kho.add_client(client.clone(), payload, compact) {
+        if !kho.add_client(
+            client.clone(),
+            super::record::COMPATIBLE.into(),
+            payload,
+            compact,
+        ) {
             return Err(self.herr(K::State {
                 why: "the KHO handover already holds a record for this unit",
             }));
