@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
     }
     let image = Image::from_bytes("bench.elf", bytes, OpenAs::Elf).expect("snapshot");
     let l = Loaded::from_image(image, &LoadOptions::default()).expect("units");
-    let us = &l.units[0];
+    let us = l.vtd_units()[0];
     let Translation::Tables(pt) = us.scan.contexts.get(0).translation else {
         panic!("device has a page table");
     };

@@ -12,6 +12,7 @@
 //! - [`json`]: the small streaming JSON writer the outputs use.
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod diff;
 pub mod dump;
 pub mod error;

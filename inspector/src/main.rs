@@ -280,25 +280,24 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
             json,
         } => {
             let l = open(&image, &img)?;
+            let units = l.vtd_units();
             let us = match &unit {
-                Some(u) => l
-                    .units
+                Some(u) => *units
                     .iter()
                     .find(|x| x.unit.name == *u || parse_u64(u).is_ok_and(|b| b == x.unit.base.0))
                     .ok_or_else(|| InspectError::Usage(format!("no unit {u} in the image")))?,
                 None => {
-                    let behind: Vec<_> = l
-                        .units
+                    let behind: Vec<_> = units
                         .iter()
                         .filter(|x| x.devices.iter().any(|d| d.rid == device))
                         .collect();
-                    match (behind.len(), l.units.len()) {
-                        (1, _) => behind[0],
-                        (_, 1) => &l.units[0],
+                    match (behind.len(), units.len()) {
+                        (1, _) => *behind[0],
+                        (_, 1) => units[0],
                         _ => {
                             return Err(InspectError::Usage(format!(
                                 "the image has {} units; choose one with --unit",
-                                l.units.len()
+                                units.len()
                             )))
                         }
                     }

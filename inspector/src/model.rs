@@ -1,6 +1,7 @@
 //! An image's IOMMU state: its units with their scanned structures, and for any context
 //! the mappings of its page table.
 
+use crate::arch::{Arch, ArchUnit, REGISTERED};
 use crate::error::InspectError;
 use crate::image::{DeviceNote, Image, OpenAs};
 use crate::vtd::scan::{self, Context, Contexts, Scan};
@@ -108,13 +109,38 @@ impl Trees {
     }
 }
 
+impl UnitState {
+    /// Scans `unit`'s structures in `image`, with the devices the image's device note
+    /// puts behind it.
+    pub fn scan(mut unit: Unit, image: &Image) -> Self {
+        let devices: Vec<DeviceNote> = image
+            .devices()
+            .iter()
+            // A unit made up from options has a base only with --vtd-base.
+            .filter(|d| d.unit == unit.base && unit.base_known)
+            .copied()
+            .collect();
+        if let Some(d) = devices.first() {
+            unit.segment = d.rid.segment;
+        }
+        let scan = scan::scan(&unit, image);
+        let trees = Trees::index(&scan.contexts);
+        UnitState {
+            unit,
+            scan,
+            devices,
+            trees,
+        }
+    }
+}
+
 /// An opened image with its units scanned.
 #[derive(Debug)]
 pub struct Loaded {
     /// The image.
     pub image: Image,
-    /// Its VT-d units.
-    pub units: Vec<UnitState>,
+    /// Its units, of every registered architecture ([`crate::arch::REGISTERED`]).
+    pub units: Vec<Box<dyn ArchUnit>>,
 }
 
 impl Loaded {
@@ -124,33 +150,34 @@ impl Loaded {
         Self::from_image(image, opts)
     }
 
-    /// Scans every unit of an opened image.
+    /// Scans every unit of an opened image, of the registered architectures.
     pub fn from_image(image: Image, opts: &LoadOptions) -> Result<Self, InspectError> {
-        let units = Unit::from_image(&image, &opts.unit)?;
-        let units = units
-            .into_iter()
-            .map(|mut unit| {
-                let devices: Vec<DeviceNote> = image
-                    .devices()
-                    .iter()
-                    // A unit made up from options has a base only with --vtd-base.
-                    .filter(|d| d.unit == unit.base && unit.base_known)
-                    .copied()
-                    .collect();
-                if let Some(d) = devices.first() {
-                    unit.segment = d.rid.segment;
-                }
-                let scan = scan::scan(&unit, &image);
-                let trees = Trees::index(&scan.contexts);
-                UnitState {
-                    unit,
-                    scan,
-                    devices,
-                    trees,
-                }
-            })
-            .collect();
+        Self::from_image_with(image, opts, REGISTERED)
+    }
+
+    /// Scans every unit of an opened image of the architectures `arches`, in that
+    /// order.
+    pub fn from_image_with(
+        image: Image,
+        opts: &LoadOptions,
+        arches: &[&dyn Arch],
+    ) -> Result<Self, InspectError> {
+        let mut units = Vec::new();
+        for a in arches {
+            units.extend(a.load(&image, opts)?);
+        }
+        if units.is_empty() {
+            return Err(crate::vtd::unit::no_units(&image, &opts.unit));
+        }
         Ok(Self { image, units })
+    }
+
+    /// The VT-d units, for the commands specific to VT-d (`walk`, `verify`).
+    pub fn vtd_units(&self) -> Vec<&UnitState> {
+        self.units
+            .iter()
+            .filter_map(|u| u.as_any().downcast_ref::<UnitState>())
+            .collect()
     }
 }
 

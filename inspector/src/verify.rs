@@ -266,7 +266,7 @@ pub fn verify(
     };
     // Owner of every page reached, across units: page -> description.
     let mut owners: BTreeMap<u64, String> = BTreeMap::new();
-    for us in &l.units {
+    for us in l.vtd_units() {
         let name = us.unit.name.clone();
         let record = match (&file_record, &handover) {
             (Some(r), _) => Some(r.clone()),

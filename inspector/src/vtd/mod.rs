@@ -6,7 +6,10 @@
 
 pub mod regs;
 pub mod scan;
+pub mod unit;
 pub mod walk;
+
+pub use unit::VTD;
 
 use crate::error::InspectError;
 use crate::image::{Image, RegValue, UNIT_KIND_VTD};

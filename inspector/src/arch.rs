@@ -1,0 +1,275 @@
+//! The per-architecture seam: what `dump` and `diff` need from one IOMMU unit of any
+//! architecture.
+//!
+//! The commands are written once against [`ArchUnit`]: the image header, the unit loop,
+//! the device listing, each distinct page-table tree walked once and listed under the
+//! first device that uses it (text and JSON), the unit and device comparisons of `diff`
+//! and the tree comparisons. An architecture supplies an [`Arch`] that finds its units
+//! in an image, and a unit type implementing [`ArchUnit`]; it is registered by one line
+//! in [`REGISTERED`]. VT-d's implementation is [`crate::vtd::VTD`] (units
+//! [`crate::model::UnitState`]).
+//!
+//! How the next architectures fill each method (the facts are in
+//! `/work/shared/reference/amdvi.md` and `smmuv3.md`):
+//!
+//! - **AMD-Vi.** [`Arch::load`] takes the image's unit notes of kind
+//!   [`crate::image::UNIT_KIND_AMDVI`] (snapshot unit kind 2) and reads the Device Table
+//!   Base Address register (its size field gives the number of 32-byte entries), the
+//!   control register (IOMMU enable, GT/GA enables) and the event-log base/head/tail.
+//!   The `text_head`/`json_head` sections decode those registers by field, list the
+//!   device-table pages and the problems of each DTE (reserved bits, mode 7 or above,
+//!   an address above the host width) with the event code an access would log
+//!   (`IO_PAGE_FAULT`, `ILLEGAL_DEV_TABLE_ENTRY`), and the pending event-log entries.
+//!   Entries ([`ArchUnit::entry`]) are the valid DTEs by DeviceID (`rid`), `domain` the
+//!   DTE's DomainID, translation `v1` (Mode 1–6 root, NextLevel=7 replicated large pages
+//!   and skipped levels left to the v1 format), `pass-through` (Mode 0 with TV) or
+//!   `blocked` (IR/IW clear); with GV=1 each PASID of the GCR3 table (GLX 1 or 2 levels)
+//!   is one more entry with `pasid` set and a `v2` tree (4- or 5-level, x86 layout).
+//!   Trees are keyed by (format, root, levels) as VT-d's are. `--format linux` has no
+//!   AMD-Vi debugfs layout to copy the shape of beyond `devtbl`; it writes that, or
+//!   nothing (the default).
+//! - **SMMUv3.** [`Arch::load`] takes the notes of kind
+//!   [`crate::image::UNIT_KIND_SMMUV3`] and reads `STRTAB_BASE` and `STRTAB_BASE_CFG`
+//!   (linear or 2-level stream table, LOG2SIZE, SPLIT), `CR0` (SMMUEN), and the event
+//!   queue base/producer/consumer. The head sections decode those registers and list the
+//!   stream-table pages (level-1 descriptors, level-2 tables) with the problems of each
+//!   STE (`C_BAD_STE`, `C_BAD_STREAMID` when above the table) and the pending events.
+//!   Entries are the valid STEs by StreamID (`rid` carries the StreamID, as
+//!   segment/bus/devfn of its PCI RID), `domain` the S2VMID (or ASID of CD 0 for stage
+//!   1 only), translation `stage-1`, `stage-2`, `nested`, `bypass` or `abort`; with
+//!   S1CDMAX > 0 each SubstreamID of the CD table (linear or 2-level) is an entry with
+//!   `pasid` set. Trees are VMSAv8-64 tables keyed by (stage, granule, root, start level,
+//!   concatenated start tables). No `--format linux` (Linux has no such debugfs file).
+//!
+//! A unit's `problems` and `summary` strings, the fault codes and the tree descriptions
+//! are the architecture's own words; everything else in the outputs is common.
+
+use crate::error::InspectError;
+use crate::image::Image;
+use crate::json::Json;
+use crate::model::{Filter, LoadOptions, TableWalk};
+use crate::progress::Progress;
+use crate::tree::TreeTable;
+use iommu_core::pgtable::Mapping;
+use iommu_core::{PhysAddr, RequesterId};
+use std::any::Any;
+use std::fmt::Debug;
+use std::io::{self, Write};
+
+/// An architecture: finds its units in an image.
+pub trait Arch: Sync {
+    /// Short name (`vtd`).
+    fn name(&self) -> &'static str;
+    /// The image's units of this architecture, scanned (none when the image has none).
+    /// `opts` carries the command-line description of units the image does not
+    /// describe.
+    fn load(
+        &self,
+        image: &Image,
+        opts: &LoadOptions,
+    ) -> Result<Vec<Box<dyn ArchUnit>>, InspectError>;
+}
+
+/// The architectures `iommu-inspect` knows, in the order their units are listed. A new
+/// architecture is one more line here.
+pub static REGISTERED: &[&dyn Arch] = &[&crate::vtd::VTD];
+
+/// How a unit is matched with the same unit of another image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitId {
+    /// Architecture (`vtd`).
+    pub kind: &'static str,
+    /// Position among the image's units of that architecture.
+    pub index: usize,
+    /// MMIO base.
+    pub base: PhysAddr,
+    /// The unit was described on the command line (it is then matched by index).
+    pub assumed: bool,
+}
+
+impl UnitId {
+    /// Whether `self` and `other` are the same unit in two images.
+    pub fn same(&self, other: &UnitId) -> bool {
+        self.kind == other.kind
+            && if self.assumed || other.assumed {
+                self.index == other.index
+            } else {
+                self.base == other.base
+            }
+    }
+    /// The unit's key in a device key: the MMIO base, or the index for a unit described
+    /// on the command line.
+    pub fn key(&self) -> u64 {
+        if self.assumed {
+            self.index as u64
+        } else {
+            self.base.0
+        }
+    }
+}
+
+/// What identifies a page-table tree in an arch-neutral way (compared by `diff`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TableDesc {
+    /// Format name (`second-stage`, `first-stage`, `v1`, `stage-2`...).
+    pub format: &'static str,
+    /// Root table address.
+    pub root: PhysAddr,
+    /// Levels.
+    pub levels: u8,
+}
+
+/// One device entry of a unit (a context entry, a PASID entry, a DTE, an STE...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    /// The requester (or stream).
+    pub rid: RequesterId,
+    /// PASID (substream), if the entry is one.
+    pub pasid: Option<u32>,
+    /// The entry also serves requests without PASID.
+    pub rid_pasid: bool,
+    /// Domain tag.
+    pub did: Option<u16>,
+    /// Translation name (`second-stage`, `pass-through`, `blocked`...).
+    pub translation: &'static str,
+    /// Fault code a request gets, when blocked.
+    pub blocked: Option<u8>,
+    /// Faults are not reported for it.
+    pub fpd: bool,
+    /// Its page table.
+    pub table: Option<TableDesc>,
+    /// Index of its tree among the unit's trees.
+    pub tree: Option<usize>,
+}
+
+impl EntryView {
+    /// `segment:bus:dev.fn` and, for PASID entries, `pasid N`.
+    pub fn label(&self) -> String {
+        match self.pasid {
+            Some(p) => format!("{} pasid {p:#x}", self.rid),
+            None => self.rid.to_string(),
+        }
+    }
+}
+
+/// One item of a unit's device listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// The entry at this index, in full.
+    Entry(usize),
+    /// A line about several entries from `at` on (e.g. entries that repeat a structure
+    /// listed before), shown under the requester.
+    Note {
+        /// Index of the first entry it stands for.
+        at: usize,
+        /// The requester.
+        rid: RequesterId,
+        /// The text.
+        text: String,
+    },
+}
+
+/// Where a unit's Linux debugfs output goes: first every unit's unit-wide part, then
+/// every unit's per-device part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxPart {
+    /// The unit-wide file (VT-d: `dmar_translation_struct`).
+    Unit,
+    /// The per-device files (VT-d: `domain_translation_struct`).
+    Devices,
+}
+
+/// One IOMMU unit of an image, scanned: what the common commands ask of it.
+pub trait ArchUnit: Debug + Send + Sync {
+    /// The architecture (`vtd`).
+    fn kind(&self) -> &'static str;
+    /// The architecture's name in text (`VT-d`).
+    fn kind_title(&self) -> &'static str;
+    /// Name (`dmar0`).
+    fn name(&self) -> &str;
+    /// Identity across images.
+    fn id(&self) -> UnitId;
+    /// Itself, for commands specific to one architecture.
+    fn as_any(&self) -> &dyn Any;
+
+    /// Text: the unit's header, registers, structures and their problems, in the order
+    /// the dump shows them before the devices.
+    fn text_head(&self, filter: &Filter, out: &mut dyn Write) -> io::Result<()>;
+    /// JSON: the unit object's members after `name` and `kind`, before `devices`.
+    fn json_head(&self, j: &mut Json<&mut dyn Write>, filter: &Filter) -> io::Result<()>;
+
+    /// Number of device entries.
+    fn entries(&self) -> usize;
+    /// The entry at `i` (below [`ArchUnit::entries`]).
+    fn entry(&self, i: usize) -> EntryView;
+    /// Every entry in order (the default asks [`ArchUnit::entry`] for each).
+    fn entry_iter(&self) -> Box<dyn Iterator<Item = EntryView> + '_> {
+        Box::new((0..self.entries()).map(|i| self.entry(i)))
+    }
+    /// The listing of the entries that pass `filter`, in order.
+    fn listing(&self, filter: &Filter) -> Vec<Item>;
+    /// What entry `i` does, in one line (after its requester and PASID).
+    fn summary(&self, i: usize) -> String;
+    /// JSON: entry `i`'s members after `fpd` (`tree`: its tree's index).
+    fn json_entry(
+        &self,
+        j: &mut Json<&mut dyn Write>,
+        i: usize,
+        tree: Option<usize>,
+    ) -> io::Result<()>;
+    /// JSON: members between `devices` and `page_tables` (none by default).
+    fn json_after_devices(
+        &self,
+        _j: &mut Json<&mut dyn Write>,
+        _filter: &Filter,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+    /// Text: lines after the devices (e.g. devices the snapshot lists that no entry
+    /// serves); returns how many it wrote.
+    fn text_tail(
+        &self,
+        _image: &Image,
+        _filter: &Filter,
+        _out: &mut dyn Write,
+    ) -> io::Result<usize> {
+        Ok(0)
+    }
+    /// JSON: members after `page_tables` (none by default).
+    fn json_tail(
+        &self,
+        _image: &Image,
+        _j: &mut Json<&mut dyn Write>,
+        _filter: &Filter,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Number of distinct page-table trees.
+    fn trees(&self) -> usize;
+    /// Tree `t`'s description.
+    fn tree(&self, t: usize) -> TableDesc;
+    /// JSON: tree `t`'s members after `id`, before `devices`.
+    fn json_tree(&self, j: &mut Json<&mut dyn Write>, t: usize) -> io::Result<()>;
+    /// Walks tree `t`, streaming each mapping run to `visit`.
+    fn walk_tree(&self, image: &Image, t: usize, visit: &mut dyn FnMut(&Mapping)) -> TableWalk;
+    /// The tables of tree `t` by position.
+    fn tree_tables(&self, image: &Image, t: usize) -> Vec<TreeTable>;
+
+    /// Unit attributes `diff` compares: `(name, value, compared in semantic mode)`.
+    fn attrs(&self) -> Vec<(&'static str, String, bool)>;
+
+    /// `--format linux`: the unit's part of the Linux debugfs layout (nothing by
+    /// default: not every architecture has one).
+    fn linux(
+        &self,
+        _part: LinuxPart,
+        _image: &Image,
+        _filter: &Filter,
+        _out: &mut dyn Write,
+        _progress: &mut Progress,
+        _done: &mut u64,
+    ) -> io::Result<u64> {
+        Ok(0)
+    }
+}
