@@ -6,7 +6,7 @@ use crate::error::InspectError;
 use crate::image::{DeviceNote, Image, OpenAs};
 use crate::vtd::scan::{self, Context, Contexts, Scan};
 use crate::vtd::{PageTable, Stage, Unit, UnitOverride};
-use iommu_core::pgtable::{walk_with, Mapping, TablePage, WalkError, WalkLimits};
+use iommu_core::pgtable::{walk_with, Format, Mapping, TablePage, WalkError, WalkLimits};
 use iommu_core::{PhysAddr, RequesterId};
 use std::collections::HashMap;
 use std::path::Path;
@@ -377,7 +377,19 @@ pub fn walk_table_with(
             }
         }
     };
-    match walk_with(&format, mem, pt.root, &walk_limits(), visit) {
+    walk_format(&format, mem, pt.root, visit)
+}
+
+/// Walks the tree of `format` at `root` with the lenient [`walk_limits`], streaming each
+/// run to `visit`; returns the tables and problems (with empty `mappings`). An
+/// architecture's [`crate::arch::ArchUnit::walk_tree`] is this with its format.
+pub fn walk_format<F: Format>(
+    format: &F,
+    mem: &Image,
+    root: PhysAddr,
+    visit: impl FnMut(&Mapping),
+) -> TableWalk {
+    match walk_with(format, mem, root, &walk_limits(), visit) {
         Ok(s) => TableWalk {
             mappings: Vec::new(),
             tables: s.tables,
@@ -418,6 +430,14 @@ impl Filter {
         self.device.is_none_or_eq(c.rid)
             && self.pasid.is_none_or_eq_opt(c.pasid)
             && self.domain.map_or(true, |d| c.did == Some(d))
+    }
+
+    /// Whether an entry of any architecture passes the device, PASID and domain
+    /// filters.
+    pub fn entry(&self, e: &crate::arch::EntryView) -> bool {
+        self.device.is_none_or_eq(e.rid)
+            && self.pasid.is_none_or_eq_opt(e.pasid)
+            && self.domain.map_or(true, |d| e.did == Some(d))
     }
 
     /// The part of `m` inside the IOVA filter, if any.

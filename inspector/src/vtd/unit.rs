@@ -15,7 +15,7 @@ use crate::model::{
     UnitState,
 };
 use crate::progress::Progress;
-use crate::tree::{walk_tree, TreeTable};
+use crate::tree::{tables_of, walk_tree, TreeTable};
 use iommu_core::pgtable::Mapping;
 use iommu_core::{Iova, RequesterId};
 use std::any::Any;
@@ -649,18 +649,10 @@ impl ArchUnit for UnitState {
     }
     fn tree_tables(&self, image: &Image, t: usize) -> Vec<TreeTable> {
         let pt = &self.trees.tables[t];
-        let mut v = Vec::new();
-        if let Ok(f) = pt.format(&self.unit) {
-            walk_tree(
-                &f,
-                image,
-                pt.root,
-                crate::model::walk_limits().max_tables,
-                |x| v.push(x),
-                |_| {},
-            );
+        match pt.format(&self.unit) {
+            Ok(f) => tables_of(&f, image, pt.root),
+            Err(_) => Vec::new(),
         }
-        v
     }
 
     fn attrs(&self) -> Vec<(&'static str, String, bool)> {
