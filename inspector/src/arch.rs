@@ -50,6 +50,7 @@ use crate::json::Json;
 use crate::model::{Filter, LoadOptions, TableWalk};
 use crate::progress::Progress;
 use crate::tree::TreeTable;
+use crate::verify::Checker;
 use iommu_core::pgtable::Mapping;
 use iommu_core::{PhysAddr, RequesterId};
 use std::any::Any;
@@ -258,6 +259,19 @@ pub trait ArchUnit: Debug + Send + Sync {
 
     /// Unit attributes `diff` compares: `(name, value, compared in semantic mode)`.
     fn attrs(&self) -> Vec<(&'static str, String, bool)>;
+
+    /// `verify`: checks the unit's handover state (its record, read from the KHO blob or
+    /// the record file [`Checker::record_file`]) against its structures and tables,
+    /// every page it reaches through [`Checker::check_page`]. The default says the
+    /// architecture's handover is not checked.
+    fn verify(&self, _image: &Image, ck: &mut Checker<'_>) -> Result<(), InspectError> {
+        ck.note(format!(
+            "{}: the handover of {} units is not checked",
+            self.name(),
+            self.kind_title()
+        ));
+        Ok(())
+    }
 
     /// `--format linux`: the unit's part of the Linux debugfs layout (nothing by
     /// default: not every architecture has one).

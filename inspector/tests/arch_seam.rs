@@ -13,7 +13,9 @@ use inspector::dump::{dump, OutputFormat};
 use inspector::image::{Image, OpenAs};
 use inspector::json::Json;
 use inspector::model::{walk_format, Filter, LoadOptions, Loaded, TableWalk};
+use inspector::progress::Progress;
 use inspector::tree::{tables_of, TreeTable};
+use inspector::verify::{verify, Checker, VerifyOptions};
 use inspector::vtd::VTD;
 use inspector::InspectError;
 use iommu_core::mem::PhysMem;
@@ -91,11 +93,14 @@ struct ToyEntry {
 /// A toy unit: its entries and distinct page-table roots.
 #[derive(Debug)]
 struct ToyUnit {
+    index: usize,
+    name: String,
     entries: Vec<ToyEntry>,
     roots: Vec<PhysAddr>,
 }
 
-struct Toy;
+/// The toy architecture; its one unit has this index (named `toy<index>`).
+struct Toy(usize);
 
 impl Arch for Toy {
     fn name(&self) -> &'static str {
@@ -107,6 +112,8 @@ impl Arch for Toy {
         _opts: &LoadOptions,
     ) -> Result<Vec<Box<dyn ArchUnit>>, InspectError> {
         let mut u = ToyUnit {
+            index: self.0,
+            name: format!("toy{}", self.0),
             entries: Vec::new(),
             roots: Vec::new(),
         };
@@ -165,13 +172,13 @@ impl ArchUnit for ToyUnit {
         "Toy"
     }
     fn name(&self) -> &str {
-        "toy0"
+        &self.name
     }
     fn id(&self) -> UnitId {
         UnitId {
             kind: "toy",
-            index: 0,
-            base: PhysAddr(0xfee0_0000),
+            index: self.index,
+            base: PhysAddr(0xfee0_0000 + self.index as u64 * 0x1000),
             assumed: false,
         }
     }
@@ -179,7 +186,7 @@ impl ArchUnit for ToyUnit {
         self
     }
     fn text_head(&self, _filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(out, "unit toy0: Toy, device table at {:#x}", TABLE)
+        writeln!(out, "unit {}: Toy, device table at {:#x}", self.name, TABLE)
     }
     fn json_head(&self, j: &mut Json<&mut dyn Write>, _filter: &Filter) -> io::Result<()> {
         j.kv_hex("device_table", TABLE)
@@ -230,6 +237,18 @@ impl ArchUnit for ToyUnit {
     fn tree_tables(&self, image: &Image, t: usize) -> Vec<TreeTable> {
         tables_of(&ToyFormat, image, self.roots[t])
     }
+    fn verify(&self, image: &Image, ck: &mut Checker<'_>) -> Result<(), InspectError> {
+        let mut pages = 0;
+        for (t, root) in self.roots.iter().enumerate() {
+            for table in self.tree_tables(image, t) {
+                pages += 1;
+                let owner = format!("level {} toy table of {root} ({})", table.level, self.name);
+                ck.check_page(table.addr, owner, None);
+            }
+        }
+        ck.checked(1, pages);
+        Ok(())
+    }
     fn attrs(&self) -> Vec<(&'static str, String, bool)> {
         vec![("devices", self.entries.len().to_string(), true)]
     }
@@ -258,7 +277,7 @@ fn load(name: &str, page0: u64) -> Loaded {
     Loaded::from_image_with(
         toy_image(name, page0),
         &LoadOptions::default(),
-        &[&VTD, &Toy],
+        &[&VTD, &Toy(0)],
     )
     .unwrap()
 }
@@ -362,12 +381,13 @@ fn every_listed_architecture_loads_its_units_and_none_is_an_error() {
     let l = Loaded::from_image_with(
         toy_image("two.raw", 0x8000),
         &LoadOptions::default(),
-        &[&Toy, &Toy],
+        &[&Toy(0), &Toy(1)],
     )
     .unwrap();
     assert_eq!(l.units.len(), 2);
     let t = run(&l, OutputFormat::Text);
     assert!(t.contains("2 Toy units)"), "{t}");
+    assert!(t.contains("\nunit toy1: Toy"), "{t}");
     // No architecture finds a unit: the VT-d hint error.
     let err = Loaded::from_image_with(
         toy_image("none.raw", 0x8000),
@@ -376,4 +396,42 @@ fn every_listed_architecture_loads_its_units_and_none_is_an_error() {
     )
     .unwrap_err();
     assert!(matches!(err, InspectError::NoUnits { .. }), "{err:?}");
+}
+
+/// The common `verify` runs each unit's checks with one page bookkeeping for the image:
+/// two toy units whose trees are the same pages are each checked, and the pages the
+/// second reaches again are reported as reachable twice, under the second unit.
+#[test]
+fn the_common_verify_reports_pages_two_units_reach() {
+    let l = Loaded::from_image_with(
+        toy_image("twice.raw", 0x8000),
+        &LoadOptions::default(),
+        &[&Toy(0), &Toy(1)],
+    )
+    .unwrap();
+    let opts = VerifyOptions {
+        record: Some(Vec::new()),
+        ..VerifyOptions::default()
+    };
+    let r = verify(&l, &opts, &mut Progress::hidden()).unwrap();
+    assert_eq!(
+        r.checked,
+        vec![("toy0".to_string(), 1, 2), ("toy1".to_string(), 1, 2)]
+    );
+    let twice: Vec<(&str, &str, Option<PhysAddr>)> = r
+        .findings
+        .iter()
+        .map(|f| (f.unit.as_str(), f.kind, f.addr))
+        .collect();
+    assert_eq!(
+        twice,
+        vec![
+            ("toy1", "reachable-twice", Some(PhysAddr(0x2000))),
+            ("toy1", "reachable-twice", Some(PhysAddr(0x3000))),
+        ]
+    );
+    assert!(
+        r.findings[0].what.contains("toy table of 0x2000 (toy1)"),
+        "{r:?}"
+    );
 }

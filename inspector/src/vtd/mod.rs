@@ -7,6 +7,7 @@
 pub mod regs;
 pub mod scan;
 pub mod unit;
+pub mod verify;
 pub mod walk;
 
 pub use unit::VTD;

@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::progress::Progress;
 use crate::tree::{tables_of, walk_tree, TreeTable};
+use crate::verify::Checker;
 use iommu_core::pgtable::Mapping;
 use iommu_core::{Iova, RequesterId};
 use std::any::Any;
@@ -662,6 +663,10 @@ impl ArchUnit for UnitState {
             ("mode", mode_name(u.mode()).into(), false),
             ("root_table", u.root_table().to_string(), false),
         ]
+    }
+
+    fn verify(&self, image: &Image, ck: &mut Checker<'_>) -> Result<(), InspectError> {
+        super::verify::verify_unit(self, image, ck)
     }
 
     fn linux(
