@@ -7,7 +7,7 @@
 //! and the tree comparisons. An architecture supplies an [`Arch`] that finds its units
 //! in an image, and a unit type implementing [`ArchUnit`]; it is registered by one line
 //! in [`REGISTERED`]. VT-d's implementation is [`crate::vtd::VTD`] (units
-//! [`crate::model::UnitState`]).
+//! [`crate::vtd::UnitState`]).
 //!
 //! How the next architectures fill each method (the facts are in
 //! `/work/shared/reference/amdvi.md` and `smmuv3.md`):

@@ -73,7 +73,7 @@ pub struct TreeState {
 /// devices are listed under (their entries are produced in key order by [`devices`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct States {
-    /// Distinct trees (per unit, by [`crate::model::TreeKey`]); each walked once.
+    /// Distinct trees (per unit, by [`crate::vtd::TreeKey`]); each walked once.
     pub trees: Vec<TreeState>,
     /// Index in `trees` of each unit's first tree.
     pub tree_base: Vec<usize>,

@@ -51,7 +51,7 @@ fn walk_problem(e: &WalkError) -> String {
 /// What a dump did, for callers that check its cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DumpStats {
-    /// Page-table trees walked: each distinct tree (see [`crate::model::TreeKey`]) of
+    /// Page-table trees walked: each distinct tree (see [`crate::vtd::TreeKey`]) of
     /// the devices shown is walked once, however many devices share it.
     pub tree_walks: u64,
 }

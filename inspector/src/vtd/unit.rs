@@ -4,16 +4,14 @@
 
 use super::regs::decode;
 use super::scan::{Context, Scan, Translation};
+use super::state::{listing, walk_table_with, Listed, SharedRun, SharedStructure, UnitState};
 use super::walk::{walk, Access, WalkResult};
 use super::{mode_name, Unit, UnitOverride};
 use crate::arch::{Arch, ArchUnit, EntryView, Item, LinuxPart, TableDesc, UnitId};
 use crate::error::InspectError;
 use crate::image::Image;
 use crate::json::Json;
-use crate::model::{
-    listing, walk_table_with, Filter, Listed, LoadOptions, SharedRun, SharedStructure, TableWalk,
-    UnitState,
-};
+use crate::model::{Filter, LoadOptions, TableWalk};
 use crate::progress::Progress;
 use crate::tree::{tables_of, walk_tree, TreeTable};
 use crate::verify::Checker;

@@ -3,9 +3,9 @@
 //! checked through the common [`Checker`], and the record and unit checks that mirror
 //! what `adopt` refuses.
 
+use super::state::{walk_table, UnitState};
 use crate::error::InspectError;
 use crate::image::Image;
-use crate::model::{walk_table, UnitState};
 use crate::verify::{pages_of, Checker};
 use crate::vtd::scan::Translation;
 use crate::vtd::{PageTable, Stage};
