@@ -51,8 +51,8 @@ use crate::model::{Filter, LoadOptions, TableWalk};
 use crate::progress::Progress;
 use crate::tree::TreeTable;
 use crate::verify::Checker;
-use iommu_core::pgtable::Mapping;
-use iommu_core::{PhysAddr, RequesterId};
+use iommu_core::pgtable::{Mapping, Perms};
+use iommu_core::{Iova, PageSize, PhysAddr, RequesterId};
 use std::any::Any;
 use std::fmt::Debug;
 use std::io::{self, Write};
@@ -180,6 +180,69 @@ pub enum LinuxPart {
     Devices,
 }
 
+/// One structure or table entry read while translating one address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// What was read (`root entry`, `context entry`, `level 4 entry`, `DTE`, `STE`...).
+    pub what: String,
+    /// Its address.
+    pub addr: PhysAddr,
+    /// Its raw 64-bit words.
+    pub raw: Vec<u64>,
+    /// What it says.
+    pub meaning: String,
+}
+
+/// How the translation of one address ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// Translation is disabled: the address goes out untranslated.
+    Untranslated {
+        /// The physical address (= the IOVA).
+        pa: PhysAddr,
+    },
+    /// The request translates.
+    Mapped {
+        /// Physical address.
+        pa: PhysAddr,
+        /// Effective permissions.
+        perms: Perms,
+        /// Page size.
+        page_size: PageSize,
+        /// Domain tag, when there is one.
+        did: Option<u16>,
+    },
+    /// The request faults.
+    Fault {
+        /// The architecture's fault code (VT-d fault reason, AMD-Vi event code, SMMUv3
+        /// event number).
+        code: u8,
+        /// Its name in the specification's words.
+        reason: &'static str,
+        /// Why.
+        detail: String,
+        /// The fault is not recorded (VT-d FPD, AMD-Vi SA, SMMUv3 S1CD... suppression).
+        fpd: bool,
+    },
+}
+
+/// One address translated for one requester, step by step (the `walk` command).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// The requester.
+    pub rid: RequesterId,
+    /// The PASID of the request, if any.
+    pub pasid: Option<u32>,
+    /// The address.
+    pub iova: Iova,
+    /// A write (otherwise a read).
+    pub write: bool,
+    /// The structures read, in order.
+    pub steps: Vec<Step>,
+    /// The result.
+    pub end: WalkEnd,
+}
+
 /// One IOMMU unit of an image, scanned: what the common commands ask of it.
 pub trait ArchUnit: Debug + Send + Sync {
     /// The architecture (`vtd`).
@@ -259,6 +322,27 @@ pub trait ArchUnit: Debug + Send + Sync {
 
     /// Unit attributes `diff` compares: `(name, value, compared in semantic mode)`.
     fn attrs(&self) -> Vec<(&'static str, String, bool)>;
+
+    /// Whether the image's device notes put `rid` behind this unit (`walk` picks the
+    /// unit by it when the image has several).
+    fn serves(&self, _rid: RequesterId) -> bool {
+        false
+    }
+    /// `walk`: translates `iova` for `rid` (and `pasid`) step by step, or says why
+    /// the requester cannot be asked of this unit. The default: not supported.
+    fn translate(
+        &self,
+        _image: &Image,
+        _rid: RequesterId,
+        _pasid: Option<u32>,
+        _iova: Iova,
+        _write: bool,
+    ) -> Result<Walk, InspectError> {
+        Err(InspectError::Usage(format!(
+            "walk does not translate through {} units yet",
+            self.kind_title()
+        )))
+    }
 
     /// `verify`: checks the unit's handover state (its record, read from the KHO blob or
     /// the record file [`Checker::record_file`]) against its structures and tables,

@@ -20,6 +20,7 @@ pub mod image;
 pub mod json;
 pub mod model;
 pub mod progress;
+pub mod translate;
 pub mod tree;
 pub mod verify;
 pub mod vtd;

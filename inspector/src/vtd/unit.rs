@@ -7,7 +7,9 @@ use super::scan::{Context, Scan, Translation};
 use super::state::{listing, walk_table_with, Listed, SharedRun, SharedStructure, UnitState};
 use super::walk::{walk, Access, WalkResult};
 use super::{mode_name, Unit, UnitOverride};
-use crate::arch::{Arch, ArchUnit, EntryView, Item, LinuxPart, TableDesc, UnitId};
+use crate::arch::{
+    Arch, ArchUnit, EntryView, Item, LinuxPart, Step, TableDesc, UnitId, Walk, WalkEnd,
+};
 use crate::error::InspectError;
 use crate::image::Image;
 use crate::json::Json;
@@ -661,6 +663,68 @@ impl ArchUnit for UnitState {
             ("mode", mode_name(u.mode()).into(), false),
             ("root_table", u.root_table().to_string(), false),
         ]
+    }
+
+    fn serves(&self, rid: RequesterId) -> bool {
+        self.devices.iter().any(|d| d.rid == rid)
+    }
+    fn translate(
+        &self,
+        image: &Image,
+        rid: RequesterId,
+        pasid: Option<u32>,
+        iova: Iova,
+        write: bool,
+    ) -> Result<Walk, InspectError> {
+        let u = &self.unit;
+        if rid.segment != u.segment {
+            return Err(InspectError::Usage(format!(
+                "device {rid} is on PCI segment {:#06x}, but unit {} serves segment {:#06x}",
+                rid.segment, u.name, u.segment
+            )));
+        }
+        let access = if write { Access::Write } else { Access::Read };
+        let t = walk(u, image, rid, pasid, iova, access);
+        Ok(Walk {
+            rid: t.rid,
+            pasid: t.pasid,
+            iova: t.iova,
+            write,
+            steps: t
+                .steps
+                .into_iter()
+                .map(|s| Step {
+                    what: s.what,
+                    addr: s.addr,
+                    raw: s.raw,
+                    meaning: s.meaning,
+                })
+                .collect(),
+            end: match t.result {
+                WalkResult::Untranslated { pa } => WalkEnd::Untranslated { pa },
+                WalkResult::Mapped {
+                    pa,
+                    perms,
+                    page_size,
+                    did,
+                } => WalkEnd::Mapped {
+                    pa,
+                    perms,
+                    page_size,
+                    did,
+                },
+                WalkResult::Fault {
+                    reason,
+                    detail,
+                    fpd,
+                } => WalkEnd::Fault {
+                    code: reason.code(),
+                    reason: reason.description(),
+                    detail,
+                    fpd,
+                },
+            },
+        })
     }
 
     fn verify(&self, image: &Image, ck: &mut Checker<'_>) -> Result<(), InspectError> {
