@@ -14,32 +14,39 @@
 //!
 //! - **AMD-Vi.** [`Arch::load`] takes the image's unit notes of kind
 //!   [`crate::image::UNIT_KIND_AMDVI`] (snapshot unit kind 2) and reads the Device Table
-//!   Base Address register (its size field gives the number of 32-byte entries), the
-//!   control register (IOMMU enable, GT/GA enables) and the event-log base/head/tail.
-//!   The `text_head`/`json_head` sections decode those registers by field, list the
-//!   device-table pages and the problems of each DTE (reserved bits, mode 7 or above,
-//!   an address above the host width) with the event code an access would log
-//!   (`IO_PAGE_FAULT`, `ILLEGAL_DEV_TABLE_ENTRY`), and the pending event-log entries.
-//!   Entries ([`ArchUnit::entry`]) are the valid DTEs by DeviceID (`rid`), `domain` the
-//!   DTE's DomainID, translation `v1` (Mode 1–6 root, NextLevel=7 replicated large pages
-//!   and skipped levels left to the v1 format), `pass-through` (Mode 0 with TV) or
-//!   `blocked` (IR/IW clear); with GV=1 each PASID of the GCR3 table (GLX 1 or 2 levels)
-//!   is one more entry with `pasid` set and a `v2` tree (4- or 5-level, x86 layout).
-//!   Trees are keyed by (format, root, levels) as VT-d's are. `--format linux` has no
-//!   AMD-Vi debugfs layout to copy the shape of beyond `devtbl`; it writes that, or
-//!   nothing (the default).
+//!   Base register (DevTabBase; Size + 1 4 KiB pages of 32-byte DTEs indexed by
+//!   DeviceID), Control (IommuEn, GTEn) and the event-log base, head and tail.
+//!   `text_head`/`json_head` decode those registers by field, list the device-table
+//!   pages, the DTEs with problems (reserved bits, Mode 7, a root above the host width)
+//!   with the event a request would log (ILLEGAL_DEV_TABLE_ENTRY 0x1, IO_PAGE_FAULT
+//!   0x2), and the pending event-log entries. [`ArchUnit::entry`]: one entry per DTE
+//!   with V=1 (V=0 forwards untranslated: listed as `pass-through` only when the
+//!   snapshot's device note names the DeviceID), `rid` = DeviceID, `domain` = DomainID,
+//!   translation `v1` (TV=1, Mode 1–6: a Mode-level table, level skipping and
+//!   NextLevel=7 replicated pages left to the v1 format), `pass-through` (Mode 0),
+//!   `blocked` (TV=0, or IR=IW=0), `fpd` = SA; with GV=1, one more entry per valid
+//!   GCR3-table entry (GLX 0/1/2: one to three levels), `pasid` set and a `v2` tree
+//!   (GuestPagingMode 0/1: 4 or 5 levels). Trees are keyed by (format, root, levels).
+//!   `translate` reads the DTE, the GCR3 entries and each level as [`Step`]s and ends
+//!   in an event code; `verify` reads the `iommu-amdvi-<base>` record and checks the
+//!   device table, GCR3 tables and page tables through [`Checker::check_page`];
+//!   `linux`: none (the default).
 //! - **SMMUv3.** [`Arch::load`] takes the notes of kind
-//!   [`crate::image::UNIT_KIND_SMMUV3`] and reads `STRTAB_BASE` and `STRTAB_BASE_CFG`
-//!   (linear or 2-level stream table, LOG2SIZE, SPLIT), `CR0` (SMMUEN), and the event
-//!   queue base/producer/consumer. The head sections decode those registers and list the
-//!   stream-table pages (level-1 descriptors, level-2 tables) with the problems of each
-//!   STE (`C_BAD_STE`, `C_BAD_STREAMID` when above the table) and the pending events.
-//!   Entries are the valid STEs by StreamID (`rid` carries the StreamID, as
-//!   segment/bus/devfn of its PCI RID), `domain` the S2VMID (or ASID of CD 0 for stage
-//!   1 only), translation `stage-1`, `stage-2`, `nested`, `bypass` or `abort`; with
-//!   S1CDMAX > 0 each SubstreamID of the CD table (linear or 2-level) is an entry with
-//!   `pasid` set. Trees are VMSAv8-64 tables keyed by (stage, granule, root, start level,
-//!   concatenated start tables). No `--format linux` (Linux has no such debugfs file).
+//!   [`crate::image::UNIT_KIND_SMMUV3`] and reads `STRTAB_BASE`, `STRTAB_BASE_CFG` (FMT
+//!   linear or 2-level, LOG2SIZE, SPLIT), `CR0` (SMMUEN) and the event queue's base,
+//!   PROD and CONS. The head sections decode those registers, list the stream-table
+//!   pages (level-1 descriptors with SPAN, level-2 tables) and the STEs and CDs with
+//!   problems and the event a request would record (C_BAD_STREAMID 0x02, C_BAD_STE 0x04,
+//!   C_BAD_SUBSTREAMID 0x08, C_BAD_CD 0x0A), and the pending events. Entries: one per
+//!   valid STE, `rid` = StreamID (for PCI, the RID), `domain` = S2VMID (or CD 0's ASID
+//!   with stage 1 only), translation `stage-1`, `stage-2`, `nested`, `bypass` or `abort`
+//!   (Config; `fpd` where the STE/CD records no fault: S2R / CD.R clear); with
+//!   S1CDMax > 0 one entry per valid CD of the CD table (S1Fmt linear or 2-level),
+//!   `pasid` = SubstreamID. Trees are VMSAv8-64 tables keyed by (stage, granule, root,
+//!   start level, concatenated start tables). `translate` reads the STE, L1CD, CD and
+//!   each descriptor as steps and ends in an event number (F_TRANSLATION 0x10,
+//!   F_PERMISSION 0x13...); `verify` checks the stream table, CD tables and page
+//!   tables of the `iommu-smmuv3-<base>` record; `linux`: none.
 //!
 //! A unit's `problems` and `summary` strings, the fault codes and the tree descriptions
 //! are the architecture's own words; everything else in the outputs is common.

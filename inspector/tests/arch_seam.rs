@@ -7,20 +7,21 @@
 //! tables have two levels of 512 8-byte entries (bit 0 valid, bit 1 write, bit 2 table
 //! at level 2, address in bits 12–47; a level-2 entry without bit 2 maps 2 MiB).
 
-use inspector::arch::{Arch, ArchUnit, EntryView, Item, TableDesc, UnitId};
+use inspector::arch::{Arch, ArchUnit, EntryView, Item, Step, TableDesc, UnitId, Walk, WalkEnd};
 use inspector::diff::{diff, write_text};
 use inspector::dump::{dump, OutputFormat};
 use inspector::image::{Image, OpenAs};
 use inspector::json::Json;
 use inspector::model::{walk_format, Filter, LoadOptions, Loaded, TableWalk};
 use inspector::progress::Progress;
+use inspector::translate;
 use inspector::tree::{tables_of, TreeTable};
 use inspector::verify::{verify, Checker, VerifyOptions};
 use inspector::vtd::VTD;
 use inspector::InspectError;
 use iommu_core::mem::PhysMem;
 use iommu_core::pgtable::{Entry, EntryError, Format, Mapping, Perms};
-use iommu_core::{PageSize, PhysAddr, RequesterId};
+use iommu_core::{Iova, PageSize, PhysAddr, RequesterId};
 use std::any::Any;
 use std::io::{self, Write};
 
@@ -249,6 +250,60 @@ impl ArchUnit for ToyUnit {
         ck.checked(1, pages);
         Ok(())
     }
+    fn translate(
+        &self,
+        image: &Image,
+        rid: RequesterId,
+        pasid: Option<u32>,
+        iova: Iova,
+        write: bool,
+    ) -> Result<Walk, InspectError> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.devfn == rid.devfn)
+            .ok_or_else(|| InspectError::Usage(format!("no toy entry for {rid}")))?;
+        let mut hit = None;
+        if let Some(t) = e.tree {
+            self.walk_tree(image, t, &mut |m| {
+                if m.iova.0 <= iova.0 && iova.0 <= m.iova_last().0 {
+                    hit = Some(*m);
+                }
+            });
+        }
+        let end = match hit {
+            Some(m) if !write || m.perms.write => WalkEnd::Mapped {
+                pa: PhysAddr(m.pa.0 + (iova.0 - m.iova.0)),
+                perms: m.perms,
+                page_size: m.page_size,
+                did: Some(((e.raw >> 4) & 0xff) as u16),
+            },
+            _ => WalkEnd::Fault {
+                code: 7,
+                reason: "toy fault",
+                detail: "not mapped for this access".into(),
+                fpd: false,
+            },
+        };
+        Ok(Walk {
+            rid,
+            pasid,
+            iova,
+            write,
+            steps: vec![Step {
+                what: "toy entry".into(),
+                addr: PhysAddr(TABLE + rid.devfn as u64 * 8),
+                raw: vec![e.raw],
+                meaning: self.summary(
+                    self.entries
+                        .iter()
+                        .position(|x| x.devfn == e.devfn)
+                        .unwrap_or(0),
+                ),
+            }],
+            end,
+        })
+    }
     fn attrs(&self) -> Vec<(&'static str, String, bool)> {
         vec![("devices", self.entries.len().to_string(), true)]
     }
@@ -433,5 +488,36 @@ fn the_common_verify_reports_pages_two_units_reach() {
     assert!(
         r.findings[0].what.contains("toy table of 0x2000 (toy1)"),
         "{r:?}"
+    );
+}
+
+/// The common `walk` writers show a toy unit's translation: its steps and result.
+#[test]
+fn the_common_walk_output_shows_a_toy_translation() {
+    let l = load("walk.raw", 0x8000);
+    let u = &l.units[0];
+    let rid = RequesterId {
+        segment: 0,
+        bus: 0,
+        devfn: 1,
+    };
+    let t = u
+        .translate(&l.image, rid, None, Iova(0x1234), true)
+        .unwrap();
+    let mut out = Vec::new();
+    translate::write_text(&t, u.name(), &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "write request of iova 0x1234 by 0000:00:00.1 through toy0:\n  \
+         1. toy entry at 0x1008\n       = 0x0000000000002051\n       \
+         toy table at 0x2000\n  => fault 0x07 (toy fault): not mapped for this access\n"
+    );
+    let t = u.translate(&l.image, rid, None, Iova(0x234), true).unwrap();
+    let mut out = Vec::new();
+    translate::write_json(&t, u.name(), &mut out).unwrap();
+    let j = String::from_utf8(out).unwrap();
+    assert!(
+        j.contains("\"result\": {\"kind\": \"mapped\", \"pa\": \"0x8234\", \"perms\": \"rw-\""),
+        "{j}"
     );
 }
