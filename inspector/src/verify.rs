@@ -58,7 +58,8 @@ pub struct Finding {
     pub unit: String,
     /// Kind: `not-preserved`, `not-in-record`, `reachable-twice`, `bad-entry`,
     /// `record-mismatch`, `record`, `adopt-refuses` (a state or record `adopt` refuses),
-    /// `run-not-preserved` (a record page run outside the preserved set), `unit-state`
+    /// `run-not-preserved` (a record page run outside the preserved set), `run-not-table`
+    /// (record run pages that are not structures or tables of the unit), `unit-state`
     /// (the root pointer not latched).
     pub kind: &'static str,
     /// Address concerned.

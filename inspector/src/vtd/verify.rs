@@ -117,9 +117,12 @@ fn check_unit(image: &Image, us: &UnitState, record: Option<&Record>, cx: &mut C
         }
     }
     let mut struct_pages = 0u64;
+    // Every page the unit's structures and tables reach (for the record's runs).
+    let mut reached = PageSet::new();
     for sp in &scan.pages {
         for page in pages_of(sp.addr, sp.bytes) {
             struct_pages += 1;
+            let _ = reached.insert(page, 0);
             let owner = format!("{} of {} ({})", sp.kind, sp.owner, cx.unit());
             cx.check_page(page, owner, record.map(|r| r.holds_page(page)));
         }
@@ -166,6 +169,7 @@ fn check_unit(image: &Image, us: &UnitState, record: Option<&Record>, cx: &mut C
         for t in &w.tables {
             for page in pages_of(t.addr, t.bytes) {
                 pt_pages += 1;
+                let _ = reached.insert(page, 0);
                 let owner = format!(
                     "level {} page table of {} table {} ({})",
                     t.level,
@@ -183,6 +187,7 @@ fn check_unit(image: &Image, us: &UnitState, record: Option<&Record>, cx: &mut C
         check_record(us, r, cx);
         let preserved = cx.preserved();
         check_adoptable(u, r, preserved, cx);
+        check_runs_are_tables(image, u, r, &tables, &mut reached, cx);
     }
 }
 
@@ -344,6 +349,61 @@ fn check_adoptable(
                 );
             }
         }
+    }
+}
+
+/// What `adopt` keeps and `finish` never frees, mirrored (`vtd::handover::adopt`,
+/// `RecordPagesNotTables`): pages of the record's runs that are not structures or
+/// tables of the unit. Reached here: the structure pages and the live page tables (see
+/// [`check_unit`]), and the tables of the record's domains no entry uses (walked as the
+/// record describes them). Each run costs at most the reached pages it holds plus one
+/// lookup, and one range insert: bounded by the unit's tables, not by the run's claim.
+fn check_runs_are_tables(
+    image: &Image,
+    u: &crate::vtd::Unit,
+    r: &Record,
+    tables: &BTreeMap<(u64, bool, u8), NamedTable>,
+    reached: &mut PageSet,
+    cx: &mut Checker<'_>,
+) {
+    for d in &r.domains {
+        let first = d.kind == DomainKind::FirstStage;
+        if tables.contains_key(&(d.root.0, first, d.levels)) {
+            continue;
+        }
+        let pt = PageTable {
+            stage: if first { Stage::First } else { Stage::Second },
+            root: d.root,
+            levels: d.levels,
+            exec: false,
+            width: u.mgaw(),
+        };
+        for t in walk_table(u, image, &pt).tables {
+            for page in pages_of(t.addr, t.bytes) {
+                let _ = reached.insert(page, 0);
+            }
+        }
+    }
+    let count = reached.page_count();
+    for &(start, pages) in &r.pages {
+        let Some(page) = first_unpreserved(reached, count, start, pages) else {
+            continue;
+        };
+        let mut run = PageSet::new();
+        let known = match run.insert_range(start, pages) {
+            Ok(()) => run.intersection(reached).page_count(),
+            Err(_) => 0,
+        };
+        cx.add(
+            "run-not-table",
+            Some(page),
+            format!(
+                "record page run {start}+{pages} pages claims {} page(s) that are not \
+                 structures or tables of the unit, first {page}: adopt keeps them, finish \
+                 never frees them",
+                pages - known
+            ),
+        );
     }
 }
 
