@@ -10,8 +10,9 @@ use common::{rid, Rig};
 use criterion::{criterion_group, criterion_main, Criterion};
 use inspector::dump::{dump, OutputFormat};
 use inspector::image::{Image, OpenAs};
-use inspector::model::{walk_table, walk_table_with, Filter, LoadOptions, Loaded};
+use inspector::model::{Filter, LoadOptions, Loaded};
 use inspector::vtd::scan::Translation;
+use inspector::vtd::state::{walk_table, walk_table_with};
 use iommu_core::mem::PhysMem;
 use iommu_core::PhysAddr;
 use std::hint::black_box;
@@ -68,7 +69,7 @@ fn bench(c: &mut Criterion) {
     }
     let image = Image::from_bytes("bench.elf", bytes, OpenAs::Elf).expect("snapshot");
     let l = Loaded::from_image(image, &LoadOptions::default()).expect("units");
-    let us = &l.units[0];
+    let us = l.vtd_units()[0];
     let Translation::Tables(pt) = us.scan.contexts.get(0).translation else {
         panic!("device has a page table");
     };

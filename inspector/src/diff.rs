@@ -12,11 +12,10 @@
 //! pair refer to the result, so memory and output grow with the tables, not with the
 //! number of devices sharing them.
 
+use crate::arch::TableDesc;
 use crate::json::Json;
-use crate::model::{walk_table, Loaded};
-use crate::tree::{walk_tree, TreeTable};
-use crate::vtd::scan::Translation;
-use crate::vtd::{mode_name, PageTable};
+use crate::model::Loaded;
+use crate::tree::TreeTable;
 use iommu_core::pgtable::{Mapping, Perms};
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use std::cmp::Ordering;
@@ -52,7 +51,7 @@ pub struct DevState {
     /// Fault code when blocked.
     pub blocked: Option<u8>,
     /// Page table.
-    pub table: Option<PageTable>,
+    pub table: Option<TableDesc>,
     /// Index of its page-table tree in [`States::trees`].
     pub tree: Option<usize>,
 }
@@ -61,7 +60,7 @@ pub struct DevState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TreeState {
     /// The table.
-    pub table: PageTable,
+    pub table: TableDesc,
     /// Mapping runs.
     pub mappings: Vec<Mapping>,
     /// Tables by position (empty with `semantic`).
@@ -74,7 +73,7 @@ pub struct TreeState {
 /// devices are listed under (their entries are produced in key order by [`devices`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct States {
-    /// Distinct trees (per unit, by [`crate::model::TreeKey`]); each walked once.
+    /// Distinct trees (per unit, by [`crate::vtd::TreeKey`]); each walked once.
     pub trees: Vec<TreeState>,
     /// Index in `trees` of each unit's first tree.
     pub tree_base: Vec<usize>,
@@ -86,36 +85,23 @@ pub struct States {
 /// Collects the distinct trees of an image, walking each once.
 pub fn states(l: &Loaded, semantic: bool) -> States {
     let mut out = States::default();
-    for us in &l.units {
-        let unit = if us.unit.assumed {
-            us.unit.index as u64
-        } else {
-            us.unit.base.0
-        };
+    for u in &l.units {
         out.tree_base.push(out.trees.len());
-        for pt in &us.trees.tables {
-            let w = walk_table(&us.unit, &l.image, pt);
-            let mut t = Vec::new();
-            if !semantic {
-                if let Ok(f) = pt.format(&us.unit) {
-                    walk_tree(
-                        &f,
-                        &l.image,
-                        pt.root,
-                        crate::model::walk_limits().max_tables,
-                        |x| t.push(x),
-                        |_| {},
-                    );
-                }
-            }
+        for t in 0..u.trees() {
+            let mut mappings = Vec::new();
+            let w = u.walk_tree(&l.image, t, &mut |m| mappings.push(*m));
             out.trees.push(TreeState {
-                table: *pt,
-                mappings: w.mappings,
-                tables: t,
+                table: u.tree(t),
+                mappings,
+                tables: if semantic {
+                    Vec::new()
+                } else {
+                    u.tree_tables(&l.image, t)
+                },
                 problems: w.problems.len() + w.fatal.is_some() as usize,
             });
         }
-        out.units.push((unit, Arc::from(us.unit.name.as_str())));
+        out.units.push((u.id().key(), Arc::from(u.name())));
     }
     out
 }
@@ -128,10 +114,10 @@ type Heads<'a> = Vec<std::iter::Peekable<Box<dyn Iterator<Item = (DevKey, DevSta
 pub fn devices<'a>(l: &'a Loaded, s: &'a States) -> impl Iterator<Item = (DevKey, DevState)> + 'a {
     // Each unit's entries come in key order (bus, devfn, PASID); the units are merged.
     let mut heads: Heads<'a> = Vec::new();
-    for (ui, us) in l.units.iter().enumerate() {
+    for (ui, u) in l.units.iter().enumerate() {
         let (unit, name) = s.units[ui].clone();
         let base = s.tree_base[ui];
-        let it = us.scan.contexts.iter().map(move |c| {
+        let it = u.entry_iter().map(move |c| {
             let key = DevKey {
                 unit,
                 unit_name: name.clone(),
@@ -140,13 +126,10 @@ pub fn devices<'a>(l: &'a Loaded, s: &'a States) -> impl Iterator<Item = (DevKey
             };
             let state = DevState {
                 did: c.did,
-                translation: c.translation.name(),
-                blocked: match &c.translation {
-                    Translation::Blocked(b) => Some(b.reason.code()),
-                    _ => None,
-                },
-                table: c.translation.table().copied(),
-                tree: us.trees.of(&c).map(|t| base + t),
+                translation: c.translation,
+                blocked: c.blocked,
+                table: c.table,
+                tree: c.tree.map(|t| base + t),
             };
             (key, state)
         });
@@ -347,9 +330,9 @@ pub struct TableMove {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableDiff {
     /// A's table.
-    pub a: Option<PageTable>,
+    pub a: Option<TableDesc>,
     /// B's table.
-    pub b: Option<PageTable>,
+    pub b: Option<TableDesc>,
     /// Mapping differences.
     pub mappings: Vec<MapDiff>,
     /// Tables that moved.
@@ -431,13 +414,7 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
         ..Diff::default()
     };
     for ua in &a.units {
-        let ub = b.units.iter().find(|u| {
-            if ua.unit.assumed || u.unit.assumed {
-                u.unit.index == ua.unit.index
-            } else {
-                u.unit.base == ua.unit.base
-            }
-        });
+        let ub = b.units.iter().find(|u| u.id().same(&ua.id()));
         let mut changes = Vec::new();
         match ub {
             None => changes.push(AttrChange {
@@ -446,48 +423,24 @@ pub fn diff(a: &Loaded, b: &Loaded, semantic: bool) -> Diff {
                 b: "absent".into(),
             }),
             Some(ub) => {
-                let (x, y) = (&ua.unit, &ub.unit);
-                if x.enabled() != y.enabled() {
-                    changes.push(AttrChange {
-                        what: "translation_enabled",
-                        a: x.enabled().to_string(),
-                        b: y.enabled().to_string(),
-                    });
-                }
-                if !semantic && x.mode() != y.mode() {
-                    changes.push(AttrChange {
-                        what: "mode",
-                        a: mode_name(x.mode()).into(),
-                        b: mode_name(y.mode()).into(),
-                    });
-                }
-                if !semantic && x.root_table() != y.root_table() {
-                    changes.push(AttrChange {
-                        what: "root_table",
-                        a: x.root_table().to_string(),
-                        b: y.root_table().to_string(),
-                    });
+                for ((what, x, in_semantic), (_, y, _)) in ua.attrs().into_iter().zip(ub.attrs()) {
+                    if (in_semantic || !semantic) && x != y {
+                        changes.push(AttrChange { what, a: x, b: y });
+                    }
                 }
             }
         }
         if !changes.is_empty() {
             d.units.push(UnitDiff {
-                name: ua.unit.name.clone(),
+                name: ua.name().to_string(),
                 changes,
             });
         }
     }
     for ub in &b.units {
-        let found = a.units.iter().any(|u| {
-            if ub.unit.assumed || u.unit.assumed {
-                u.unit.index == ub.unit.index
-            } else {
-                u.unit.base == ub.unit.base
-            }
-        });
-        if !found {
+        if !a.units.iter().any(|u| u.id().same(&ub.id())) {
             d.units.push(UnitDiff {
-                name: ub.unit.name.clone(),
+                name: ub.name().to_string(),
                 changes: vec![AttrChange {
                     what: "unit",
                     a: "absent".into(),
@@ -622,11 +575,11 @@ fn attr_changes(x: &DevState, y: &DevState, semantic: bool) -> Vec<AttrChange> {
                 b: q.root.to_string(),
             });
         }
-        if !semantic && (p.levels != q.levels || p.stage != q.stage) {
+        if !semantic && (p.levels != q.levels || p.format != q.format) {
             changes.push(AttrChange {
                 what: "levels",
-                a: format!("{} {}", p.stage.name(), p.levels),
-                b: format!("{} {}", q.stage.name(), q.levels),
+                a: format!("{} {}", p.format, p.levels),
+                b: format!("{} {}", q.format, q.levels),
             });
         }
     }
@@ -889,13 +842,13 @@ pub fn write_json(d: &Diff, a: &str, b: &str, out: &mut dyn Write) -> io::Result
     j.end_object()
 }
 
-fn json_table<W: Write>(j: &mut Json<W>, k: &str, t: &Option<PageTable>) -> io::Result<()> {
+fn json_table<W: Write>(j: &mut Json<W>, k: &str, t: &Option<TableDesc>) -> io::Result<()> {
     j.key(k)?;
     match t {
         None => j.null(),
         Some(t) => {
             j.begin_object(true)?;
-            j.kv_str("stage", t.stage.name())?;
+            j.kv_str("stage", t.format)?;
             j.kv_hex("root", t.root.0)?;
             j.kv_uint("levels", t.levels as u64)?;
             j.end_object()

@@ -12,6 +12,7 @@
 //! - [`json`]: the small streaming JSON writer the outputs use.
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod diff;
 pub mod dump;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod image;
 pub mod json;
 pub mod model;
 pub mod progress;
+pub mod translate;
 pub mod tree;
 pub mod verify;
 pub mod vtd;

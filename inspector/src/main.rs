@@ -9,8 +9,8 @@ use inspector::dump::{self, OutputFormat};
 use inspector::image::OpenAs;
 use inspector::model::{parse_range, parse_u64, Filter, LoadOptions, Loaded};
 use inspector::progress::Progress;
+use inspector::translate;
 use inspector::verify::{self, VerifyOptions};
-use inspector::vtd::walk::{walk, Access, WalkResult};
 use inspector::vtd::UnitOverride;
 use inspector::InspectError;
 use iommu_core::{Iova, RequesterId};
@@ -280,43 +280,31 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
             json,
         } => {
             let l = open(&image, &img)?;
+            let units = &l.units;
             let us = match &unit {
-                Some(u) => l
-                    .units
+                Some(u) => units
                     .iter()
-                    .find(|x| x.unit.name == *u || parse_u64(u).is_ok_and(|b| b == x.unit.base.0))
+                    .find(|x| x.name() == *u || parse_u64(u).is_ok_and(|b| b == x.id().base.0))
                     .ok_or_else(|| InspectError::Usage(format!("no unit {u} in the image")))?,
                 None => {
-                    let behind: Vec<_> = l
-                        .units
-                        .iter()
-                        .filter(|x| x.devices.iter().any(|d| d.rid == device))
-                        .collect();
-                    match (behind.len(), l.units.len()) {
+                    let behind: Vec<_> = units.iter().filter(|x| x.serves(device)).collect();
+                    match (behind.len(), units.len()) {
                         (1, _) => behind[0],
-                        (_, 1) => &l.units[0],
+                        (_, 1) => &units[0],
                         _ => {
                             return Err(InspectError::Usage(format!(
                                 "the image has {} units; choose one with --unit",
-                                l.units.len()
+                                units.len()
                             )))
                         }
                     }
                 }
             };
-            if device.segment != us.unit.segment {
-                return Err(InspectError::Usage(format!(
-                    "device {device} is on PCI segment {:#06x}, but unit {} serves segment \
-                     {:#06x}",
-                    device.segment, us.unit.name, us.unit.segment
-                )));
-            }
-            let access = if write { Access::Write } else { Access::Read };
-            let t = walk(&us.unit, &l.image, device, pasid, Iova(iova), access);
+            let t = us.translate(&l.image, device, pasid, Iova(iova), write)?;
             if json {
-                write_walk_json(&t, &us.unit.name, &mut out)?;
+                translate::write_json(&t, us.name(), &mut out)?;
             } else {
-                write_walk_text(&t, &us.unit.name, &mut out)?;
+                translate::write_text(&t, us.name(), &mut out)?;
             }
             0
         }
@@ -389,135 +377,6 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
     };
     out.flush()?;
     Ok(code)
-}
-
-fn write_walk_text(
-    t: &inspector::vtd::walk::Walkthrough,
-    unit: &str,
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{} request of iova {:#x} by {}{} through {unit}:",
-        if t.access == Access::Write {
-            "write"
-        } else {
-            "read"
-        },
-        t.iova.0,
-        t.rid,
-        t.pasid.map_or(String::new(), |p| format!(" pasid {p:#x}"))
-    )?;
-    for (i, s) in t.steps.iter().enumerate() {
-        let raw: Vec<String> = s.raw.iter().rev().map(|q| format!("{q:#018x}")).collect();
-        writeln!(out, "  {}. {} at {:#x}", i + 1, s.what, s.addr.0)?;
-        writeln!(out, "       = {}", raw.join(":"))?;
-        writeln!(out, "       {}", s.meaning)?;
-    }
-    match &t.result {
-        WalkResult::Untranslated { pa } => {
-            writeln!(out, "  => translation disabled: goes to {pa} untranslated")
-        }
-        WalkResult::Mapped {
-            pa,
-            perms,
-            page_size,
-            did,
-        } => writeln!(
-            out,
-            "  => translates to {pa} ({perms}, {page_size} page{})",
-            did.map_or(String::new(), |d| format!(", domain {d:#06x}"))
-        ),
-        WalkResult::Fault {
-            reason,
-            detail,
-            fpd,
-        } => writeln!(
-            out,
-            "  => fault {:#04x} ({}): {detail}{}",
-            reason.code(),
-            reason.description(),
-            if *fpd {
-                " [FPD set: blocked, not recorded]"
-            } else {
-                ""
-            }
-        ),
-    }
-}
-
-fn write_walk_json(
-    t: &inspector::vtd::walk::Walkthrough,
-    unit: &str,
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
-    let mut j = inspector::json::Json::new(out);
-    j.begin_object(false)?;
-    j.kv_str("schema", "iommu-inspect/walk/v1")?;
-    j.kv_str("unit", unit)?;
-    j.kv_str("bdf", &t.rid.to_string())?;
-    j.key("pasid")?;
-    match t.pasid {
-        Some(p) => j.uint(p as u64)?,
-        None => j.null()?,
-    }
-    j.kv_hex("iova", t.iova.0)?;
-    j.kv_str(
-        "access",
-        if t.access == Access::Write {
-            "write"
-        } else {
-            "read"
-        },
-    )?;
-    j.key("steps")?;
-    j.begin_array(false)?;
-    for s in &t.steps {
-        j.begin_object(true)?;
-        j.kv_str("what", &s.what)?;
-        j.kv_hex("addr", s.addr.0)?;
-        j.kv_hex_list("raw", &s.raw)?;
-        j.kv_str("meaning", &s.meaning)?;
-        j.end_object()?;
-    }
-    j.end_array()?;
-    j.key("result")?;
-    j.begin_object(true)?;
-    match &t.result {
-        WalkResult::Untranslated { pa } => {
-            j.kv_str("kind", "untranslated")?;
-            j.kv_hex("pa", pa.0)?;
-        }
-        WalkResult::Mapped {
-            pa,
-            perms,
-            page_size,
-            did,
-        } => {
-            j.kv_str("kind", "mapped")?;
-            j.kv_hex("pa", pa.0)?;
-            j.kv_str("perms", &perms.to_string())?;
-            j.kv_hex("page_size", page_size.bytes())?;
-            j.key("domain")?;
-            match did {
-                Some(d) => j.uint(*d as u64)?,
-                None => j.null()?,
-            }
-        }
-        WalkResult::Fault {
-            reason,
-            detail,
-            fpd,
-        } => {
-            j.kv_str("kind", "fault")?;
-            j.kv_uint("fault", reason.code() as u64)?;
-            j.kv_str("reason", reason.description())?;
-            j.kv_str("detail", detail)?;
-            j.kv_bool("fpd", *fpd)?;
-        }
-    }
-    j.end_object()?;
-    j.end_object()
 }
 
 fn main() -> ExitCode {

@@ -148,3 +148,19 @@ where
     }
     true
 }
+
+/// The tables of the tree of `format` at `root` by position (level and first IOVA),
+/// within the lenient walk limits of [`crate::model::walk_limits`]. An architecture's
+/// [`crate::arch::ArchUnit::tree_tables`] is this with its format.
+pub fn tables_of<F: Format>(format: &F, mem: &dyn PhysMem, root: PhysAddr) -> Vec<TreeTable> {
+    let mut v = Vec::new();
+    walk_tree(
+        format,
+        mem,
+        root,
+        crate::model::walk_limits().max_tables,
+        |x| v.push(x),
+        |_| {},
+    );
+    v
+}

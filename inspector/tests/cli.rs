@@ -915,6 +915,40 @@ fn verify_refuses_record_runs_of_2_pow_40_pages_or_all_of_ram_outside_the_preser
     }
 }
 
+/// A record whose page runs also claim a preserved guest page that device 00:02.0 maps
+/// (0x800000, not a table): adopt keeps it and finish never frees it, so verify reports
+/// the run; the same record without that page reports nothing of the kind.
+#[test]
+fn verify_reports_record_run_pages_that_are_not_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [("extra.elf", Some(0x80_0000u64)), ("exact.elf", None)] {
+        let (mut r, ta, tb) = sample_legacy(POOL);
+        let mut pages = r.pages.clone();
+        pages.extend(extra);
+        r.handover(
+            &pages,
+            &[(1, ta, 4), (2, tb, 4)],
+            &[(rid(0, 2, 0), None, 1), (rid(3, 0, 1), None, 2)],
+        );
+        r.save(dir.path(), name);
+        let o = inspect(dir.path(), &["verify", name]);
+        let s = stdout(&o);
+        match extra {
+            Some(_) => {
+                assert_eq!(code(&o), 1, "{s}");
+                let want = "[run-not-table] record page run 0x800000+1 pages claims 1 page(s) \
+                            that are not structures or tables of the unit, first 0x800000";
+                assert!(s.contains(want), "missing {want:?} in\n{s}");
+                assert_eq!(s.matches("[run-not-table]").count(), 1, "{s}");
+            }
+            None => {
+                assert_eq!(code(&o), 0, "{s}");
+                assert!(!s.contains("run-not-table"), "{s}");
+            }
+        }
+    }
+}
+
 /// A unit whose GSTS reads 0 (translation disabled, root pointer never latched) with a
 /// record that otherwise matches: adopt refuses it, so verify must not say "ok".
 #[test]

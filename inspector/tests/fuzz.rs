@@ -70,7 +70,7 @@ proptest! {
         let l2 = Loaded::from_image(img2, &opts).unwrap();
         prop_assert!(diff(&l, &l2, false).same());
         prop_assert!(diff(&l, &l2, true).same());
-        let us = &l.units[0];
+        let us = l.vtd_units()[0];
         if std::env::var_os("FUZZ_STATS").is_some() {
             let mut out = Vec::new();
             dump(&l, &Filter::default(), OutputFormat::Text, &mut out).unwrap();

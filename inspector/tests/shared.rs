@@ -69,7 +69,7 @@ fn legacy_256_functions_one_domain() -> (Rig, u64) {
 fn legacy_256_functions_sharing_one_domain_dump_walks_and_lists_the_table_once() {
     let (r, _) = legacy_256_functions_one_domain();
     let l = load(&r, "shared.elf");
-    let us = &l.units[0];
+    let us = l.vtd_units()[0];
     assert_eq!(us.scan.contexts.len(), 256);
     assert_eq!(us.trees.len(), 1, "one distinct tree");
     assert_eq!(us.trees.users, vec![256]);
@@ -201,7 +201,7 @@ fn scalable_one_pasid_table(twin_dir: bool) -> (Rig, u64) {
 fn scalable_pasid_directory_entries_all_pointing_at_one_pasid_table_dump_is_bounded() {
     let (r, _) = scalable_one_pasid_table(true);
     let l = load(&r, "sm.elf");
-    let us = &l.units[0];
+    let us = l.vtd_units()[0];
     let pasids = SM_DEVICES as usize * DIR_ENTRIES as usize * 64;
     assert_eq!(us.scan.contexts.len(), pasids, "every PASID is reachable");
     assert_eq!(us.trees.len(), 1);
@@ -363,7 +363,7 @@ fn device_note_of_thousands_of_pasids_against_shared_pasid_entries() {
 fn scalable_devices_sharing_one_pasid_table_are_scanned_once_per_distinct_structure() {
     let (r, _) = scalable_one_pasid_table(true);
     let l = load(&r, "sm.elf");
-    let cs = &l.units[0].scan.contexts;
+    let cs = &l.vtd_units()[0].scan.contexts;
     let pasids = SM_DEVICES as usize * DIR_ENTRIES as usize * 64;
     assert_eq!(cs.len(), pasids);
     assert_eq!(cs.pasid_tables(), 1);

@@ -6,7 +6,15 @@
 
 pub mod regs;
 pub mod scan;
+pub mod state;
+pub mod unit;
+pub mod verify;
 pub mod walk;
+
+pub use state::{
+    list_entries, listing, Listed, SharedRun, SharedStructure, TreeKey, Trees, UnitState,
+};
+pub use unit::VTD;
 
 use crate::error::InspectError;
 use crate::image::{Image, RegValue, UNIT_KIND_VTD};
