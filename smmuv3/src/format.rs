@@ -705,3 +705,310 @@ impl WriteFormat for Vmsa {
         Some(keep | ty | self.addr_bits(child))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hw::Granule::{K16, K4, K64};
+
+    const CAPS: Caps = Caps {
+        oas_bits: 48,
+        gran4k: true,
+        gran16k: true,
+        gran64k: true,
+        vax: false,
+        aarch32: false,
+    };
+
+    fn s1(g: Granule, t0sz: u32) -> Vmsa {
+        Vmsa::stage1(&CAPS, g, t0sz, 5).unwrap()
+    }
+
+    fn enc(f: &Vmsa, level: u8, pa: u64, perms: Perms) -> u64 {
+        let size = PageSize::from_shift(f.entry_shift(level)).unwrap();
+        f.encode_leaf(level, PhysAddr(pa), size, perms, Attrs::default(), 0)
+            .unwrap()
+    }
+
+    /// Stage-1 leaves as Linux `arm_lpae_prot_to_pte` + `arm_lpae_init_pte` write them
+    /// for `IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE`: nG (0x800) | AP_UNPRIV (0x40) |
+    /// AttrIndx 1 (0x4) | SH_IS (0x300) | AF (0x400) | page (0b11) = 0xf47 with the
+    /// address; `IOMMU_NOEXEC` adds XN = 3 << 53; read-only adds AP_RDONLY (0x80); a
+    /// 2 MiB block has type 0b01. Positions: reference §7.
+    #[test]
+    fn stage1_leaf_known_answers() {
+        let f = s1(K4, 16);
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::RWX), 0x8000_0f47);
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::RW), 0x0060_0000_8000_0f47);
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::R), 0x0060_0000_8000_0fc7);
+        assert_eq!(enc(&f, 2, 0x4020_0000, Perms::RWX), 0x4020_0f45);
+        assert_eq!(enc(&f, 3, 0x4000_0000, Perms::RWX), 0x4000_0f45);
+        assert_eq!(
+            f.decode(2, 0x4020_0f45),
+            Ok(Entry::Leaf {
+                base: PhysAddr(0x4020_0000),
+                size: PageSize::from_shift(21).unwrap(),
+                perms: Perms::RWX
+            })
+        );
+        // No write-only or no-read leaf at stage 1.
+        let size = PageSize::from_shift(12).unwrap();
+        assert!(f
+            .encode_leaf(1, PhysAddr(0), size, Perms::W, Attrs::default(), 0)
+            .is_err());
+        // AP[1] = 0 (privileged only): an unprivileged access may do nothing.
+        assert_eq!(
+            f.decode(1, 0x8000_0f07),
+            Ok(Entry::Leaf {
+                base: PhysAddr(0x8000_0000),
+                size,
+                perms: Perms::default()
+            })
+        );
+    }
+
+    /// Stage-2 leaves as Linux writes them for `IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE`:
+    /// HAP_READ (0x40) | HAP_WRITE (0x80) | MemAttr OIWB (0xf << 2) | SH_IS | AF | page =
+    /// 0x7ff. Execute-never: this crate writes XN = bit 54 only (Arm ARM: stage-2 XN[1];
+    /// bit 53 is XN[0] only with FEAT_XNX); Linux writes `ARM_LPAE_PTE_XN` = 3 << 53 at
+    /// both stages. Both bits decode as no-exec.
+    #[test]
+    fn stage2_leaf_known_answers() {
+        let f = Vmsa::stage2(&CAPS, K4, 24, 1, 5).unwrap();
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::RWX), 0x8000_07ff);
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::RW), 0x0040_0000_8000_07ff);
+        assert_eq!(enc(&f, 1, 0x8000_0000, Perms::W), 0x0040_0000_8000_07bf);
+        let linux_xn = 0x0060_0000_8000_07ff;
+        match f.decode(1, linux_xn) {
+            Ok(Entry::Leaf { perms, .. }) => assert_eq!(perms, Perms::RW),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Table descriptors as Linux writes them (`ARM_LPAE_PTE_TYPE_TABLE | paddr`): 0b11
+    /// with the address; 64 KiB keeps OA[51:48] in bits 15:12 (reference §12, Linux
+    /// `paddr_to_iopte`); stage-1 APTable[1] narrows to read-only.
+    #[test]
+    fn table_and_52_bit_known_answers() {
+        let f = s1(K4, 16);
+        assert_eq!(f.encode_table(4, PhysAddr(0x8000_1000), 3), 0x8000_1003);
+        assert_eq!(
+            f.decode(4, 0x8000_1003 | AP_TABLE_RDONLY),
+            Ok(Entry::Table {
+                next: PhysAddr(0x8000_1000),
+                level: 3,
+                perms: Perms::RX
+            })
+        );
+        let caps52 = Caps {
+            oas_bits: 52,
+            vax: true,
+            ..CAPS
+        };
+        let f = Vmsa::stage1(&caps52, K64, 12, 6).unwrap();
+        assert_eq!(f.oa_bits(), 52);
+        assert_eq!(
+            f.encode_table(2, PhysAddr(0x000f_0000_0001_0000), 1),
+            0x1_f003
+        );
+        assert_eq!(
+            enc(&f, 1, 0x000a_0000_0002_0000, Perms::RWX) & !0xfff,
+            0x2_a000
+        );
+        // 4 TiB blocks exist at level 3 only with 52-bit output.
+        assert_eq!(
+            f.leaf_entries(3, PageSize::from_shift(42).unwrap()),
+            Some(1)
+        );
+        assert_eq!(
+            s1(K64, 16).leaf_entries(3, PageSize::from_shift(42).unwrap()),
+            None
+        );
+    }
+
+    /// Start level from T0SZ per granule: the Arm ARM table of reference §12
+    /// (T0SZ 16–39).
+    #[test]
+    fn stage1_start_levels_known_answers() {
+        let rows: [(core::ops::RangeInclusive<u32>, [u8; 3]); 8] = [
+            (16..=16, [0, 0, 1]),
+            (17..=21, [0, 1, 1]),
+            (22..=24, [0, 1, 2]),
+            (25..=27, [1, 1, 2]),
+            (28..=33, [1, 2, 2]),
+            (34..=34, [2, 2, 2]),
+            (35..=38, [2, 2, 3]),
+            (39..=39, [2, 3, 3]),
+        ];
+        for (range, levels) in rows {
+            for t0sz in range {
+                for (g, want) in [K4, K16, K64].into_iter().zip(levels) {
+                    let f = s1(g, t0sz);
+                    assert_eq!(f.arm_start_level(), want, "T0SZ {t0sz} {g}");
+                    assert_eq!(f.ia_bits(), 64 - t0sz);
+                }
+            }
+        }
+        for t0sz in [15, 40] {
+            assert!(matches!(
+                Vmsa::stage1(&CAPS, K4, t0sz, 5),
+                Err(FormatError::TxszOutOfRange { .. })
+            ));
+        }
+        let vax = Caps { vax: true, ..CAPS };
+        assert!(Vmsa::stage1(&vax, K64, 12, 5).is_ok());
+        assert!(Vmsa::stage1(&vax, K4, 12, 5).is_err());
+    }
+
+    /// Stage 2: legal S2T0SZ per start level and concatenated tables, the Arm ARM table
+    /// of reference §12 (without STT and S2DS).
+    #[test]
+    fn stage2_start_levels_and_concatenation_known_answers() {
+        // (granule, S2SL0, Arm start level, one table, 2/4/8/16 tables).
+        let rows = [
+            (K4, 2, 0, 16..=24, [0; 4]),
+            (K4, 1, 1, 25..=33, [24, 23, 22, 21]),
+            (K4, 0, 2, 34..=39, [33, 32, 31, 30]),
+            (K16, 2, 1, 17..=27, [16, 0, 0, 0]),
+            (K16, 1, 2, 28..=38, [27, 26, 25, 24]),
+            (K16, 0, 3, 39..=39, [38, 37, 36, 35]),
+            (K64, 2, 1, 16..=21, [0; 4]),
+            (K64, 1, 2, 22..=34, [21, 20, 19, 18]),
+            (K64, 0, 3, 35..=39, [34, 33, 32, 31]),
+        ];
+        for (g, sl0, start, single, concat) in rows {
+            for t in 12..=40u32 {
+                let r = Vmsa::stage2(&CAPS, g, t, sl0, 5);
+                let want = if single.contains(&t) {
+                    Some(1)
+                } else {
+                    concat
+                        .iter()
+                        .position(|&c| c == t && c != 0)
+                        .map(|i| 2u64 << i)
+                };
+                match (r, want) {
+                    (Ok(f), Some(n)) => {
+                        assert_eq!(f.arm_start_level(), start, "{g} SL0 {sl0} S2T0SZ {t}");
+                        assert_eq!(f.concatenated(), n, "{g} SL0 {sl0} S2T0SZ {t}");
+                    }
+                    (Err(_), None) => {}
+                    (r, w) => panic!("{g} SL0 {sl0} S2T0SZ {t}: {r:?}, want {w:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            Vmsa::stage2(&CAPS, K4, 39, 3, 5),
+            Err(FormatError::S2Sl0Unsupported {
+                granule: K4,
+                sl0: 3
+            })
+        );
+        assert!(Vmsa::stage2(&CAPS, K64, 35, 3, 5).is_err());
+        assert_eq!(
+            Vmsa::stage2(&CAPS, K4, 20, 1, 5),
+            Err(FormatError::StartLevelMismatch {
+                granule: K4,
+                s2t0sz: 20,
+                sl0: 1
+            })
+        );
+        // 40-bit IPA at level 1: an 8 KiB start table of 1024 entries.
+        let f = Vmsa::stage2(&CAPS, K4, 24, 1, 5).unwrap();
+        assert_eq!((f.root_level(), f.table_bytes(3)), (3, 8192));
+    }
+
+    /// Output size: min(IPS/S2PS, IDR5.OAS); 52 bits only with 64 KiB (48 otherwise);
+    /// the reserved encoding 7 refused; IDR5 of QEMU (OAS 44 bits, all granules: 0x74).
+    #[test]
+    fn output_size_and_caps_known_answers() {
+        let caps52 = Caps {
+            oas_bits: 52,
+            ..CAPS
+        };
+        assert_eq!(Vmsa::stage1(&caps52, K4, 16, 6).unwrap().oa_bits(), 48);
+        assert_eq!(Vmsa::stage1(&caps52, K64, 16, 6).unwrap().oa_bits(), 52);
+        assert_eq!(Vmsa::stage1(&CAPS, K4, 16, 2).unwrap().oa_bits(), 40);
+        assert_eq!(Vmsa::stage1(&CAPS, K64, 16, 6).unwrap().oa_bits(), 48);
+        assert_eq!(
+            Vmsa::stage2(&CAPS, K4, 24, 1, 7),
+            Err(FormatError::PaSizeReserved { value: 7 })
+        );
+        let c = Caps::from_idr(2 << 2, 0x74).unwrap();
+        assert_eq!(
+            c,
+            Caps {
+                oas_bits: 44,
+                gran4k: true,
+                gran16k: true,
+                gran64k: true,
+                vax: false,
+                aarch32: false
+            }
+        );
+        assert_eq!(Caps::from_idr(3 << 2, 0x7).map(|c| c.oas_bits), None);
+        let no16 = Caps::from_idr(3 << 2, 0x55).unwrap();
+        assert!(no16.aarch32 && !no16.gran16k);
+        assert_eq!((no16.oas_bits, no16.ias_bits()), (48, 48));
+        // AArch32 LPAE tables make the IPA size at least 40 bits (OAS 36 here).
+        assert_eq!(Caps::from_idr(1 << 2, 0x51).unwrap().ias_bits(), 40);
+        assert_eq!(
+            Vmsa::stage1(&no16, K16, 16, 5),
+            Err(FormatError::GranuleUnsupported { granule: K16 })
+        );
+        // IAS bounds S2T0SZ from below: 40-bit OAS → S2T0SZ at least 24.
+        let c40 = Caps {
+            oas_bits: 40,
+            ..CAPS
+        };
+        assert!(Vmsa::stage2(&c40, K4, 23, 1, 2).is_err());
+        assert!(Vmsa::stage2(&c40, K4, 24, 1, 2).is_ok());
+    }
+
+    /// Malformed and faulting descriptors: AF = 0 (F_ACCESS unless AFFD), output beyond
+    /// the output size (F_ADDR_SIZE), RES0 low address bits of a 16 KiB table, stage-2
+    /// table bits 63:59; a block where the granule has none and a level-3 0b01 are
+    /// invalid (translation fault, Arm ARM).
+    #[test]
+    fn malformed_descriptors_are_named() {
+        let f = s1(K4, 16);
+        let reason = |r: Result<Entry, EntryError>| r.unwrap_err().reason;
+        assert!(reason(f.decode(1, 0x8000_0b47)).contains("F_ACCESS"));
+        assert!(matches!(
+            f.with_access_flag_faults(false).decode(1, 0x8000_0b47),
+            Ok(Entry::Leaf { .. })
+        ));
+        assert!(matches!(f.classify(1, 0x8000_0b47), Ok(Entry::Leaf { .. })));
+        let f40 = Vmsa::stage1(&CAPS, K4, 16, 2).unwrap();
+        assert!(reason(f40.decode(1, 0x100_0000_0f47)).contains("F_ADDR_SIZE"));
+        assert!(reason(f40.decode(4, 0x100_0000_0003)).contains("F_ADDR_SIZE"));
+        let f16 = s1(K16, 17);
+        assert!(reason(f16.decode(3, 0x8000_1003)).contains("RES0"));
+        assert!(matches!(
+            f16.decode(3, 0x8000_4003),
+            Ok(Entry::Table { .. })
+        ));
+        // A 16 KiB level-1 (here level 3) block needs DS: invalid.
+        assert_eq!(f16.decode(3, 0x10_0000_0f45), Ok(Entry::Invalid));
+        assert_eq!(f.decode(4, 0x80_0000_0f45), Ok(Entry::Invalid));
+        assert_eq!(f.decode(1, 0x8000_0f45), Ok(Entry::Invalid));
+        // A 2 MiB block with low address bits set (bit 16 is nT and ignored).
+        assert!(reason(f.decode(2, 0x4020_1f45)).contains("RES0"));
+        assert!(matches!(f.decode(2, 0x4021_0f45), Ok(Entry::Leaf { .. })));
+        let s2 = Vmsa::stage2(&CAPS, K4, 24, 1, 5).unwrap();
+        assert!(reason(s2.decode(3, 0x8000_1003 | 1 << 63)).contains("RES0"));
+    }
+
+    /// Splitting a 1 GiB block gives 2 MiB blocks with the same attributes (Contiguous
+    /// dropped); splitting a 2 MiB block gives pages (type 0b11).
+    #[test]
+    fn split_keeps_attributes() {
+        let f = s1(K4, 16);
+        let g = enc(&f, 3, 0x4000_0000, Perms::R) | CONTIGUOUS;
+        assert_eq!(f.split_leaf(3, g, 1), Some(0x0060_0000_4020_0fc5));
+        let m = enc(&f, 2, 0x4020_0000, Perms::RW);
+        assert_eq!(f.split_leaf(2, m, 511), Some(0x0060_0000_403f_ff47));
+        assert_eq!(f.split_leaf(2, m, 512), None);
+        assert_eq!(f.split_leaf(1, enc(&f, 1, 0, Perms::R), 0), None);
+    }
+}
