@@ -30,7 +30,9 @@
 //! and not AP\[2\], execute = read and not UXN; table entries narrow them with
 //! APTable and XNTable. Stage-2 permissions are S2AP (bit 6 read, bit 7 write) and XN.
 
+use crate::hw::cd::Cd;
 use crate::hw::regs::{IDR0, IDR5};
+use crate::hw::ste::Ste;
 use crate::hw::{pa_size_bits, Granule};
 use core::fmt;
 use iommu_core::addr::{PageSize, PhysAddr};
@@ -172,6 +174,16 @@ pub enum FormatError {
         /// S2SL0.
         sl0: u64,
     },
+    /// CD.TG0 or STE.S2TG holds the reserved encoding 3 (the CD or STE is ILLEGAL).
+    GranuleReserved {
+        /// The field value.
+        value: u64,
+    },
+    /// CD.AA64 or STE.S2AA64 is 0: AArch32 LPAE tables, which this format does not
+    /// implement.
+    NotAArch64,
+    /// CD.EPD0 is 1: TTB0 is never walked (every input address faults).
+    Ttb0Disabled,
     /// S2T0SZ and S2SL0 do not fit together: the start level would need no table or
     /// more than 16 concatenated tables (the STE is ILLEGAL).
     StartLevelMismatch {
@@ -205,6 +217,13 @@ impl fmt::Display for FormatError {
             FormatError::PaSizeReserved { value } => {
                 write!(f, "address size encoding {value} is reserved")
             }
+            FormatError::GranuleReserved { value } => {
+                write!(f, "granule encoding {value} is reserved")
+            }
+            FormatError::NotAArch64 => {
+                f.write_str("AArch32 LPAE tables (AA64 = 0) are not implemented")
+            }
+            FormatError::Ttb0Disabled => f.write_str("EPD0 = 1: TTB0 is not walked"),
             FormatError::S2Sl0Unsupported { granule, sl0 } => write!(
                 f,
                 "S2SL0 {sl0} with the {granule} granule is reserved or needs STT/S2DS"
@@ -369,6 +388,37 @@ impl Vmsa {
             root: (4 - arm_start) as u8,
             af_fault: true,
         })
+    }
+
+    /// The stage-1 format a CD's TTB0 tables use: TG0, T0SZ, IPS; access-flag faults
+    /// unless AFFD or HA (reference §6).
+    pub fn from_cd(caps: &Caps, cd: &Cd) -> Result<Self, FormatError> {
+        if !cd.aa64() {
+            return Err(FormatError::NotAArch64);
+        }
+        if cd.epd0() {
+            return Err(FormatError::Ttb0Disabled);
+        }
+        let g = cd.tg0().ok_or(FormatError::GranuleReserved {
+            value: cd.tg0_bits(),
+        })?;
+        Ok(Self::stage1(caps, g, cd.t0sz() as u32, cd.ips())?
+            .with_access_flag_faults(!(cd.affd() || cd.ha())))
+    }
+
+    /// The stage-2 format an STE's S2TTB tables use: S2TG, S2T0SZ, S2SL0, S2PS;
+    /// access-flag faults unless S2AFFD or S2HA (reference §5).
+    pub fn from_ste(caps: &Caps, ste: &Ste) -> Result<Self, FormatError> {
+        if !ste.s2aa64() {
+            return Err(FormatError::NotAArch64);
+        }
+        let g = ste.s2tg().ok_or(FormatError::GranuleReserved {
+            value: ste.s2tg_bits(),
+        })?;
+        Ok(
+            Self::stage2(caps, g, ste.s2t0sz() as u32, ste.s2sl0(), ste.s2ps())?
+                .with_access_flag_faults(!(ste.s2affd() || ste.s2ha())),
+        )
     }
 
     /// With `false`, a leaf with AF = 0 translates (CD.AFFD / STE.S2AFFD = 1, or
@@ -1014,6 +1064,88 @@ mod tests {
         assert_eq!(f.split_leaf(2, m, 511), Some(0x0060_0000_403f_ff47));
         assert_eq!(f.split_leaf(2, m, 512), None);
         assert_eq!(f.split_leaf(1, enc(&f, 1, 0, Perms::R), 0), None);
+    }
+
+    /// The formats of the CD and STE known answers (`hw::cd`, `hw::ste`: what Linux
+    /// writes): a 48-bit 4 KiB stage 1 from level 0, and a 40-bit 4 KiB stage 2 from
+    /// level 1 with 2 concatenated tables; malformed fields give typed errors.
+    #[test]
+    fn formats_from_cd_and_ste() {
+        let cd = Cd::from_qwords([
+            0x0001_e205_c000_3510,
+            0x8123_4000,
+            0,
+            0xf404_ff44,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let f = Vmsa::from_cd(&CAPS, &cd).unwrap();
+        assert_eq!(
+            (
+                f.stage(),
+                f.granule(),
+                f.ia_bits(),
+                f.oa_bits(),
+                f.arm_start_level()
+            ),
+            (Stage::One, K4, 48, 48, 0)
+        );
+        assert!(f.decode(1, 0x8000_0b47).is_err());
+        let mut affd = cd;
+        affd.set_affd(true);
+        assert!(Vmsa::from_cd(&CAPS, &affd)
+            .unwrap()
+            .decode(1, 0x8000_0b47)
+            .is_ok());
+        let mut bad = cd;
+        bad.set_tg0_bits(3);
+        assert_eq!(
+            Vmsa::from_cd(&CAPS, &bad),
+            Err(FormatError::GranuleReserved { value: 3 })
+        );
+        bad = cd;
+        bad.set_aa64(false);
+        assert_eq!(Vmsa::from_cd(&CAPS, &bad), Err(FormatError::NotAArch64));
+        bad = cd;
+        bad.set_epd0(true);
+        assert_eq!(Vmsa::from_cd(&CAPS, &bad), Err(FormatError::Ttb0Disabled));
+
+        let ste = Ste::from_qwords([
+            0xd,
+            1 << 44,
+            0x044a_3558_0000_0001,
+            0x1_2345_6000,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let f = Vmsa::from_ste(&CAPS, &ste).unwrap();
+        assert_eq!(
+            (
+                f.stage(),
+                f.ia_bits(),
+                f.oa_bits(),
+                f.arm_start_level(),
+                f.concatenated()
+            ),
+            (Stage::Two, 40, 40, 1, 2)
+        );
+        let mut bad = ste;
+        bad.set_s2sl0(0);
+        assert!(matches!(
+            Vmsa::from_ste(&CAPS, &bad),
+            Err(FormatError::StartLevelMismatch {
+                s2t0sz: 24,
+                sl0: 0,
+                ..
+            })
+        ));
+        bad = ste;
+        bad.set_s2aa64(false);
+        assert_eq!(Vmsa::from_ste(&CAPS, &bad), Err(FormatError::NotAArch64));
     }
 
     fn formats() -> [Vmsa; 6] {
