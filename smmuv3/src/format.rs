@@ -38,45 +38,45 @@ use core::fmt;
 use iommu_core::addr::{PageSize, PhysAddr};
 use iommu_core::pgtable::{Entry, EntryError, Format, Perms, WriteFormat};
 
-/// Descriptor bit 0: valid [L][Q].
+/// Descriptor bit 0: valid \[L\]\[Q\].
 pub const DESC_VALID: u64 = 1 << 0;
-/// Descriptor bit 1: table (levels 0–2) or page (level 3); 0 = block [L][Q].
+/// Descriptor bit 1: table (levels 0–2) or page (level 3); 0 = block \[L\]\[Q\].
 pub const DESC_TABLE: u64 = 1 << 1;
-/// Stage-1 leaf AttrIndx, bits 4:2 (index into the CD's MAIR) [L][A64P].
+/// Stage-1 leaf AttrIndx, bits 4:2 (index into the CD's MAIR) \[L\]\[A64P\].
 pub const ATTR_INDX_SHIFT: u32 = 2;
-/// Stage-2 leaf MemAttr, bits 5:2 [L][A64P].
+/// Stage-2 leaf MemAttr, bits 5:2 \[L\]\[A64P\].
 pub const MEM_ATTR_SHIFT: u32 = 2;
-/// Stage-1 leaf AP\[1\] (bit 6): unprivileged (EL0) access allowed [L][Q][A64P].
+/// Stage-1 leaf AP\[1\] (bit 6): unprivileged (EL0) access allowed \[L\]\[Q\]\[A64P\].
 pub const AP_UNPRIV: u64 = 1 << 6;
-/// Stage-1 leaf AP\[2\] (bit 7): read-only [L][Q][A64P].
+/// Stage-1 leaf AP\[2\] (bit 7): read-only \[L\]\[Q\]\[A64P\].
 pub const AP_RDONLY: u64 = 1 << 7;
-/// Stage-2 leaf S2AP\[0\] (bit 6): read allowed [L][Q].
+/// Stage-2 leaf S2AP\[0\] (bit 6): read allowed \[L\]\[Q\].
 pub const S2AP_READ: u64 = 1 << 6;
-/// Stage-2 leaf S2AP\[1\] (bit 7): write allowed [L][Q].
+/// Stage-2 leaf S2AP\[1\] (bit 7): write allowed \[L\]\[Q\].
 pub const S2AP_WRITE: u64 = 1 << 7;
 /// Leaf shareability SH, bits 9:8: 0 non-shareable, 2 outer, 3 inner (1 reserved).
 pub const SH_SHIFT: u32 = 8;
-/// Leaf access flag AF (bit 10) [L][Q][A64P].
+/// Leaf access flag AF (bit 10) \[L\]\[Q\]\[A64P\].
 pub const AF: u64 = 1 << 10;
-/// Stage-1 leaf nG (bit 11): not global, tagged with the ASID [L][A64P].
+/// Stage-1 leaf nG (bit 11): not global, tagged with the ASID \[L\]\[A64P\].
 pub const NG: u64 = 1 << 11;
 /// Block bit 16: nT with FEAT_BBML1; ignored here (reference §12).
 pub const BLOCK_NT: u64 = 1 << 16;
-/// Leaf Contiguous hint (bit 52) [L][A64P].
+/// Leaf Contiguous hint (bit 52) \[L\]\[A64P\].
 pub const CONTIGUOUS: u64 = 1 << 52;
-/// Stage-1 leaf PXN (bit 53); stage-2 XN\[0\] with FEAT_XNX [L][A64P].
+/// Stage-1 leaf PXN (bit 53); stage-2 XN\[0\] with FEAT_XNX \[L\]\[A64P\].
 pub const PXN: u64 = 1 << 53;
-/// Stage-1 leaf UXN / stage-2 XN\[1\] (bit 54) [L][A64P].
+/// Stage-1 leaf UXN / stage-2 XN\[1\] (bit 54) \[L\]\[A64P\].
 pub const UXN: u64 = 1 << 54;
-/// Stage-1 table PXNTable (bit 59) [A64P].
+/// Stage-1 table PXNTable (bit 59) \[A64P\].
 pub const PXN_TABLE: u64 = 1 << 59;
-/// Stage-1 table XNTable / UXNTable (bit 60) [A64P].
+/// Stage-1 table XNTable / UXNTable (bit 60) \[A64P\].
 pub const XN_TABLE: u64 = 1 << 60;
-/// Stage-1 table APTable\[0\] (bit 61): no unprivileged access below [Q][A64P].
+/// Stage-1 table APTable\[0\] (bit 61): no unprivileged access below \[Q\]\[A64P\].
 pub const AP_TABLE_NO_EL0: u64 = 1 << 61;
-/// Stage-1 table APTable\[1\] (bit 62): no write below [Q][A64P].
+/// Stage-1 table APTable\[1\] (bit 62): no write below \[Q\]\[A64P\].
 pub const AP_TABLE_RDONLY: u64 = 1 << 62;
-/// Stage-1 table NSTable (bit 63) [L][A64P].
+/// Stage-1 table NSTable (bit 63) \[L\]\[A64P\].
 pub const NS_TABLE: u64 = 1 << 63;
 /// Stage-2 table descriptor bits 63:59, RES0 (Arm ARM: the hierarchical attributes
 /// exist at stage 1 only).

@@ -177,7 +177,7 @@ impl Granule {
         self.shift() - 3
     }
     /// CD.TG0 and STE.S2TG encoding: 0 4 KiB, 1 64 KiB, 2 16 KiB (3 reserved)
-    /// [IHI0070][L][F][Q].
+    /// \[IHI0070\]\[L\]\[F\]\[Q\].
     pub const fn tg0(self) -> u8 {
         match self {
             Granule::K4 => 0,
@@ -194,7 +194,7 @@ impl Granule {
             _ => None,
         }
     }
-    /// CD.TG1 encoding: 1 16 KiB, 2 4 KiB, 3 64 KiB (0 reserved) [IHI0070][F][Q].
+    /// CD.TG1 encoding: 1 16 KiB, 2 4 KiB, 3 64 KiB (0 reserved) \[IHI0070\]\[F\]\[Q\].
     pub const fn tg1(self) -> u8 {
         match self {
             Granule::K16 => 1,
@@ -212,7 +212,7 @@ impl Granule {
         }
     }
     /// The TG field of range TLBI commands: 1 4 KiB, 2 16 KiB, 3 64 KiB (0 = no range,
-    /// no TTL) [IHI0070][Q]; Linux writes `(shift - 10) / 2` [L].
+    /// no TTL) \[IHI0070\]\[Q\]; Linux writes `(shift - 10) / 2` \[L\].
     pub const fn tlbi_tg(self) -> u8 {
         ((self.shift() - 10) / 2) as u8
     }
@@ -238,7 +238,7 @@ impl fmt::Display for Granule {
 }
 
 /// A physical-address size in the encoding of IDR5.OAS, CD.IPS and STE.S2PS:
-/// 0 32, 1 36, 2 40, 3 42, 4 44, 5 48, 6 52 bits (7 reserved) [L][F][Q].
+/// 0 32, 1 36, 2 40, 3 42, 4 44, 5 48, 6 52 bits (7 reserved) \[L\]\[F\]\[Q\].
 pub const fn pa_size_bits(enc: u64) -> Option<u32> {
     match enc {
         0 => Some(32),

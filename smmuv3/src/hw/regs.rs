@@ -1,8 +1,8 @@
 //! SMMUv3 register pages 0 and 1: offsets, fields, and the queue pointers.
 //!
 //! Offsets are from the SMMU's base; page 1 starts at [`PAGE1`] (reference
-//! `smmuv3.md` §1: the event queue's PROD and CONS live in page 1 [F][L][G5]; QEMU
-//! aliases page 1 onto page 0 [Q]). Fields use `tock-registers` bitfields: read them
+//! `smmuv3.md` §1: the event queue's PROD and CONS live in page 1 \[F\]\[L\]\[G5\]; QEMU
+//! aliases page 1 onto page 0 \[Q\]). Fields use `tock-registers` bitfields: read them
 //! with `FIELD.read(value)` or through a [`LocalRegisterCopy`].
 
 pub use fields::*;
@@ -440,7 +440,7 @@ mod tests {
     }
 
     /// CR0 (Linux `CR0_SMMUEN` 0, `CR0_EVTQEN` 2, `CR0_CMDQEN` 3, PRIQEN 1, ATSCHK 4;
-    /// VMW 8:6 [F][G5][IHI0070]); CR1 as Linux writes it: queues and tables inner
+    /// VMW 8:6 \[F\]\[G5\]\[IHI0070\]); CR1 as Linux writes it: queues and tables inner
     /// shareable write-back, `CR1_TABLE_SH` (11,10) … `CR1_QUEUE_IC` (1,0) → 0xd75;
     /// CR2 (Linux `CR2_PTM` 2, `CR2_RECINVSID` 1, `CR2_E2H` 0).
     #[test]

@@ -62,7 +62,7 @@ impl Config {
 pub enum S1Fmt {
     /// 0: linear, 2^S1CDMax CDs.
     Linear,
-    /// 1: 2-level, 4 KiB L2 tables of 64 CDs ([F][G5][IHI0070]; Linux never uses it).
+    /// 1: 2-level, 4 KiB L2 tables of 64 CDs (\[F\]\[G5\]\[IHI0070\]; Linux never uses it).
     TwoLevel4K,
     /// 2: 2-level, 64 KiB L2 tables of 1024 CDs.
     TwoLevel64K,
