@@ -3,6 +3,7 @@
 //! `arm-smmu-v3.h` `STRTAB_STE_*`, `STRTAB_L1_DESC_*`; QEMU `smmuv3-internal.h`
 //! `STE_*`).
 
+use super::regs::STRTAB_BASE_CFG;
 use super::{fields, genmask, qwords, Granule};
 
 qwords!(
@@ -285,6 +286,99 @@ impl L1Std {
     }
 }
 
+/// The stream table's format (STRTAB_BASE_CFG.FMT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StrtabFmt {
+    /// 0: an array of 2^LOG2SIZE STEs.
+    Linear,
+    /// 1: an array of L1STDs, each pointing to an L2 array of STEs.
+    TwoLevel,
+}
+
+/// Where the STE of a StreamID lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SteSlot {
+    /// Index of the STE in a linear table (at STRTAB_BASE + index × 64).
+    Linear {
+        /// The STE index.
+        index: u32,
+    },
+    /// Index of the L1STD (at STRTAB_BASE + l1 × 8) and of the STE in its L2 table
+    /// (at L2Ptr + l2 × 64).
+    TwoLevel {
+        /// The L1STD index: StreamID\[LOG2SIZE−1:SPLIT\].
+        l1: u32,
+        /// The STE index in the L2 table: StreamID\[SPLIT−1:0\].
+        l2: u32,
+    },
+}
+
+/// The effective stream table configuration (IHI0070 §6.3 SMMU_STRTAB_BASE_CFG):
+/// reserved FMT values behave as linear (FMT is RES0 when IDR0.ST_LEVEL = 0), SPLIT
+/// values other than 6, 8 and 10 behave as 6, and LOG2SIZE is capped by IDR1.SIDSIZE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StrtabCfg {
+    /// The format.
+    pub fmt: StrtabFmt,
+    /// log2 of the number of StreamIDs (effective).
+    pub log2size: u32,
+    /// StreamID bits indexing an L2 table (6, 8 or 10).
+    pub split: u32,
+}
+
+impl StrtabCfg {
+    /// The effective configuration of register value `cfg` on an SMMU with
+    /// IDR1.SIDSIZE `sidsize` and (`two_level`) IDR0.ST_LEVEL ≠ 0.
+    pub fn effective(cfg: u32, sidsize: u32, two_level: bool) -> Self {
+        let fmt = if two_level && STRTAB_BASE_CFG::FMT.read(cfg) == 1 {
+            StrtabFmt::TwoLevel
+        } else {
+            StrtabFmt::Linear
+        };
+        let split = match STRTAB_BASE_CFG::SPLIT.read(cfg) {
+            s @ (6 | 8 | 10) => s,
+            _ => 6,
+        };
+        Self {
+            fmt,
+            log2size: STRTAB_BASE_CFG::LOG2SIZE.read(cfg).min(sidsize),
+            split,
+        }
+    }
+    /// The register value.
+    pub fn to_reg(&self) -> u32 {
+        let fmt = match self.fmt {
+            StrtabFmt::Linear => 0,
+            StrtabFmt::TwoLevel => 1,
+        };
+        (STRTAB_BASE_CFG::FMT.val(fmt)
+            + STRTAB_BASE_CFG::SPLIT.val(self.split)
+            + STRTAB_BASE_CFG::LOG2SIZE.val(self.log2size))
+        .value
+    }
+    /// Entries of the table STRTAB_BASE points to: STEs (linear) or L1STDs
+    /// (2-level: MAX(1, 2^(LOG2SIZE − SPLIT))).
+    pub fn base_entries(&self) -> u64 {
+        match self.fmt {
+            StrtabFmt::Linear => 1 << self.log2size,
+            StrtabFmt::TwoLevel => 1 << self.log2size.saturating_sub(self.split),
+        }
+    }
+    /// Where the STE of `sid` lives, or `None` when `sid` ≥ 2^LOG2SIZE (C_BAD_STREAMID).
+    pub fn locate(&self, sid: u32) -> Option<SteSlot> {
+        if self.log2size < 32 && sid >> self.log2size != 0 {
+            return None;
+        }
+        Some(match self.fmt {
+            StrtabFmt::Linear => SteSlot::Linear { index: sid },
+            StrtabFmt::TwoLevel => SteSlot::TwoLevel {
+                l1: sid >> self.split,
+                l2: sid & ((1 << self.split) - 1),
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +528,45 @@ mod tests {
         let s = Ste::from_qwords([0x0102_0304_0506_0708, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&s.as_bytes()[..8], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(Ste::read_from_bytes(s.as_bytes()).unwrap(), s);
+    }
+
+    /// STRTAB_BASE_CFG as Linux writes it for 2-level tables (FMT 1, SPLIT 8, LOG2SIZE
+    /// = SIDSIZE: 0x10210 for 16 bits) and the IHI0070 rules for reserved values:
+    /// FMT 2/3 behave as linear, SPLIT 7 as 6, LOG2SIZE capped by SIDSIZE; StreamID
+    /// 0x1234 is L1STD 0x12, STE 0x34.
+    #[test]
+    fn stream_table_config_known_answers() {
+        let c = StrtabCfg::effective(0x10210, 16, true);
+        assert_eq!(
+            c,
+            StrtabCfg {
+                fmt: StrtabFmt::TwoLevel,
+                log2size: 16,
+                split: 8
+            }
+        );
+        assert_eq!(c.to_reg(), 0x10210);
+        assert_eq!(c.base_entries(), 256);
+        assert_eq!(
+            c.locate(0x1234),
+            Some(SteSlot::TwoLevel { l1: 0x12, l2: 0x34 })
+        );
+        assert_eq!(c.locate(0x1_0000), None);
+        assert_eq!(
+            StrtabCfg::effective(0x10210, 16, false).fmt,
+            StrtabFmt::Linear
+        );
+        assert_eq!(
+            StrtabCfg::effective(0x20210, 16, true).fmt,
+            StrtabFmt::Linear
+        );
+        assert_eq!(StrtabCfg::effective(7 << 6 | 5, 16, true).split, 6);
+        let small = StrtabCfg::effective(0x10000 | 10 << 6 | 20, 8, true);
+        assert_eq!((small.log2size, small.base_entries()), (8, 1));
+        let lin = StrtabCfg::effective(5, 16, true);
+        assert_eq!(
+            (lin.base_entries(), lin.locate(31), lin.locate(32)),
+            (32, Some(SteSlot::Linear { index: 31 }), None)
+        );
     }
 }
