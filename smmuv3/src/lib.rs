@@ -1,3 +1,22 @@
-//! Arm SMMUv3 backend: will hold the register map, STE/CD layouts (`hw`), the VMSAv8-64
-//! table formats, the driver and the live-update handover for SMMUv3. Not built yet.
+//! Arm SMMUv3 backend.
+//!
+//! - [`hw`]: the register pages 0 and 1 and the in-memory structures (stream table
+//!   entries and L1 descriptors, context descriptors and L1 CD descriptors, commands,
+//!   event records), the single source of truth for SMMUv3 bits;
+//! - [`format`]: the VMSAv8-64 stage-1 and stage-2 translation-table formats (4, 16
+//!   and 64 KiB granules, concatenated stage-2 start tables) for the generic walker and
+//!   the generic `map` / `unmap` of `iommu-core`.
+//!
+//! Bit positions come from `shared/reference/smmuv3.md`, the Arm SMMUv3 specification
+//! (IHI0070) and the Arm ARM (DDI0487) translation chapters, Linux
+//! (`drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.h`, `drivers/iommu/io-pgtable-arm.c`)
+//! and QEMU (`hw/arm/smmuv3-internal.h`); every layout has known-answer tests naming
+//! their source. The driver, the live-update handover and the emulator model are not
+//! built yet.
 #![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod format;
+pub mod hw;
