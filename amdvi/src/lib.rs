@@ -15,4 +15,5 @@
 
 extern crate alloc;
 
+pub mod format;
 pub mod hw;
