@@ -20,7 +20,7 @@
 //! except for leaves asked to stay decrypted, as Linux leaves MMIO), and limits output
 //! addresses to the bits below it. The default is no C-bit.
 
-use crate::hw::dte::{DeviceTableEntry, GuestPagingMode, Mode};
+use crate::hw::dte::{DeviceTableEntry, Glx, GuestPagingMode, Mode};
 use crate::hw::pte::{
     sized_page_addr, sized_page_shift, v1_pde, v2_table, NextLevel, ADDR_MASK, FC, IR, IW, PR,
     RSVD_56_52, U, V2_A, V2_ADDR_MASK, V2_D, V2_NX, V2_P, V2_PAT_LARGE, V2_PS, V2_RW, V2_US,
@@ -28,6 +28,7 @@ use crate::hw::pte::{
 use crate::hw::regs::{guest_levels, host_levels};
 use core::fmt;
 use iommu_core::addr::{PageSize, PhysAddr};
+use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::pgtable::{Entry, EntryError, Format, Perms, WriteFormat};
 
 /// Bytes of a page table (every level but a Mode-6 root).
@@ -523,6 +524,70 @@ impl GuestV2 {
 
     fn is_leaf(level: u8, raw: u64) -> bool {
         level == 1 || (raw & V2_PS != 0 && (2..=3).contains(&level))
+    }
+}
+
+/// Why the guest page-table root of a PASID could not be found in a GCR3 table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gcr3Error {
+    /// The DTE does not translate through guest tables.
+    NotGuest(FormatError),
+    /// DTE.GLX holds the reserved value 3.
+    GlxReserved,
+    /// The PASID has more bits than a GCR3 table of this depth indexes.
+    PasidBeyondTable {
+        /// The PASID.
+        pasid: u32,
+        /// Index bits the table has (9 per level).
+        bits: u32,
+    },
+    /// The GCR3 entry at `addr` (in the table at `level`, 0 the last) has V = 0.
+    NotPresent {
+        /// Level of the table (0 holds the guest CR3 values).
+        level: u8,
+        /// Address of the entry.
+        addr: PhysAddr,
+    },
+    /// Reading the table failed.
+    Mem(MemError),
+}
+
+impl GuestV2 {
+    /// The guest page-table root of `pasid` for the device whose DTE is `dte` (PASID 0
+    /// is what requests without a PASID use when DTE.GIoV is set), walking the GCR3
+    /// table in `mem`: `GLX + 1` levels of 512 8-byte entries, each indexed by 9 PASID
+    /// bits from the top level down, every entry V (bit 0) with a 4 KiB-aligned
+    /// pointer in bits 51:12 (Linux `__get_gcr3_pte`: `index = (pasid >> (9 *
+    /// level)) & 0x1ff`, `GCR3_VALID`; GLX levels from FreeBSD, unconfirmed). The
+    /// C-bit is stripped from every pointer.
+    pub fn gcr3_lookup<M: PhysMem + ?Sized>(
+        &self,
+        dte: &DeviceTableEntry,
+        mem: &M,
+        pasid: u32,
+    ) -> Result<PhysAddr, Gcr3Error> {
+        Self::from_dte(dte).map_err(Gcr3Error::NotGuest)?;
+        let top: u8 = match dte.glx() {
+            Glx::One => 0,
+            Glx::Two => 1,
+            Glx::Three => 2,
+            Glx::Reserved => return Err(Gcr3Error::GlxReserved),
+        };
+        let bits = 9 * (top as u32 + 1);
+        if bits < 32 && pasid >> bits != 0 {
+            return Err(Gcr3Error::PasidBeyondTable { pasid, bits });
+        }
+        let mut table = self.addr(dte.gcr3_root());
+        for level in (0..=top).rev() {
+            let index = ((pasid >> (9 * level as u32)) & 0x1ff) as u64;
+            let at = PhysAddr(table + index * 8);
+            let e = mem.read_u64(at).map_err(Gcr3Error::Mem)?;
+            if e & 1 == 0 {
+                return Err(Gcr3Error::NotPresent { level, addr: at });
+            }
+            table = self.addr(e);
+        }
+        Ok(PhysAddr(table))
     }
 }
 
@@ -1079,6 +1144,67 @@ mod tests {
         assert_eq!(f.split_leaf(2, 0x20_1081 | V2_RW, 2), Some(0x20_2083));
         assert_eq!(f.split_leaf(3, 0x4000_1081, 1), Some(0x4020_1081));
         assert_eq!(f.split_leaf(1, 0x7001, 0), None);
+    }
+
+    #[test]
+    fn gcr3_table_lookup() {
+        // A two-level GCR3 table (GLX = 1): PASID 0x201 takes entry 1 of the top table
+        // and entry 1 of the second (Linux __get_gcr3_pte, 9 bits per level).
+        let (mut m, mut t) = rig();
+        let top = table(&mut m, &mut t, 2, 4096);
+        let leaf = table(&mut m, &mut t, 1, 4096);
+        m.write_u64(PhysAddr(top + 8), leaf | 1).unwrap();
+        m.write_u64(
+            PhysAddr(leaf + 8),
+            crate::hw::dte::Gcr3Entry::new(0xabc_d000).qwords()[0],
+        )
+        .unwrap();
+        m.write_u64(PhysAddr(leaf), 0x5000).unwrap();
+        let mut dte = DeviceTableEntry::blocking(1);
+        dte.set_guest(top, Glx::Two, true, GuestPagingMode::Level4);
+        let f = GuestV2::new(4).unwrap();
+        assert_eq!(f.gcr3_lookup(&dte, &m, 0x201), Ok(PhysAddr(0xabc_d000)));
+        // PASID 0x200: entry 0 of the second table has V = 0.
+        assert_eq!(
+            f.gcr3_lookup(&dte, &m, 0x200),
+            Err(Gcr3Error::NotPresent {
+                level: 0,
+                addr: PhysAddr(leaf)
+            })
+        );
+        // PASID 0: entry 0 of the top table has V = 0.
+        assert_eq!(
+            f.gcr3_lookup(&dte, &m, 0),
+            Err(Gcr3Error::NotPresent {
+                level: 1,
+                addr: PhysAddr(top)
+            })
+        );
+        assert_eq!(
+            f.gcr3_lookup(&dte, &m, 1 << 18),
+            Err(Gcr3Error::PasidBeyondTable {
+                pasid: 1 << 18,
+                bits: 18
+            })
+        );
+        let mut one = dte;
+        one.set_bits(57, 56, Glx::One.bits());
+        assert!(matches!(
+            f.gcr3_lookup(&one, &m, 0x201),
+            Err(Gcr3Error::PasidBeyondTable { bits: 9, .. })
+        ));
+        one.set_bits(57, 56, 3);
+        assert_eq!(f.gcr3_lookup(&one, &m, 1), Err(Gcr3Error::GlxReserved));
+        assert!(matches!(
+            f.gcr3_lookup(&DeviceTableEntry::host(0x1000, 4, 1, true, true), &m, 0),
+            Err(Gcr3Error::NotGuest(_))
+        ));
+        // A pointer to memory that is not there.
+        m.write_u64(PhysAddr(top + 16), 0x7_0000_0001).unwrap();
+        assert!(matches!(
+            f.gcr3_lookup(&dte, &m, 0x401),
+            Err(Gcr3Error::Mem(MemError::Unbacked { .. }))
+        ));
     }
 
     /// A strict memory and an allocator whose tables a test links by hand.
