@@ -933,7 +933,10 @@ where
     let largest = sizes.iter().map(|p| p.1.bytes()).max().unwrap();
     let region_len = (largest * 4).min(if ia >= 64 { 1 << 63 } else { 1u64 << (ia - 1) });
     let top = if ia >= 64 {
-        u64::MAX - region_len + 1
+        // Ranges here and in the algorithm end exclusively in a u64, so they cannot
+        // reach 2^64: a 64-bit input range (AMD-Vi v1 Mode 6) gets its top region one
+        // region below the end.
+        (u64::MAX - region_len + 1) - region_len
     } else {
         (1u64 << ia) - region_len
     };
