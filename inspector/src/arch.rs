@@ -10,7 +10,7 @@
 //! [`crate::vtd::UnitState`]).
 //!
 //! How the next architectures fill each method (the facts are in
-//! `/work/shared/reference/amdvi.md` and `smmuv3.md`):
+//! `shared/reference/amdvi.md` and `smmuv3.md` beside the checkout):
 //!
 //! - **AMD-Vi.** [`Arch::load`] takes the image's unit notes of kind
 //!   [`crate::image::UNIT_KIND_AMDVI`] (snapshot unit kind 2) and reads the Device Table
