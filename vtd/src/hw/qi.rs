@@ -4,8 +4,8 @@
 //! qwords are reserved for every type decoded here). The type is
 //! `bits[11:9] << 4 | bits[3:0]`.
 
-use super::qword_struct;
 use super::regs::{ContextGranularity, IotlbGranularity};
+use iommu_core::qword_struct;
 
 /// Context-cache invalidate descriptor type.
 pub const TYPE_CONTEXT_CACHE: u8 = 1;
