@@ -24,17 +24,23 @@ pub mod root;
 /// A mask of address bits `[12, haw)`: the bits a 4 KiB-aligned pointer may use on a
 /// unit with host address width `haw` (clamped to 12..=64).
 pub const fn addr_mask(haw: u32) -> u64 {
-    let haw = if haw < 12 {
-        12
-    } else if haw > 64 {
-        64
-    } else {
-        haw
-    };
-    let top = if haw == 64 {
-        u64::MAX
-    } else {
-        (1u64 << haw) - 1
-    };
-    top & !0xfff
+    // `low_mask` saturates at 64 bits, and below 12 bits nothing survives `!0xfff`.
+    iommu_core::entry::low_mask(haw) & !0xfff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addr_mask;
+
+    /// Widths below 12, the usual 39/48/52, 64 and above 64.
+    #[test]
+    fn addr_mask_clamps_to_12_through_64() {
+        assert_eq!(addr_mask(0), 0);
+        assert_eq!(addr_mask(12), 0);
+        assert_eq!(addr_mask(39), 0x0000_007f_ffff_f000);
+        assert_eq!(addr_mask(48), 0x0000_ffff_ffff_f000);
+        assert_eq!(addr_mask(52), 0x000f_ffff_ffff_f000);
+        assert_eq!(addr_mask(64), 0xffff_ffff_ffff_f000);
+        assert_eq!(addr_mask(100), 0xffff_ffff_ffff_f000);
+    }
 }

@@ -221,7 +221,7 @@ impl QiDescriptor {
             check(ty, 2, self.qword(2), u64::MAX)?;
             check(ty, 3, self.qword(3), u64::MAX)?;
         }
-        let bits = |v: u64, hi_b: u32, lo_b: u32| (v >> lo_b) & ((1u64 << (hi_b - lo_b + 1)) - 1);
+        let bits = iommu_core::entry::get_bits;
         let reserved_g = |qword: usize, g: u64| DescriptorError::Reserved { ty, qword, bits: g };
         match ty {
             TYPE_CONTEXT_CACHE => {
