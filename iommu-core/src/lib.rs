@@ -7,6 +7,8 @@
 //!   and aligned ranges, all printed in hex;
 //! - [`mem`]: the [`mem::PhysMem`] trait through which tables are read and written;
 //! - [`regs`]: the [`regs::RegisterAccess`] trait through which MMIO registers are reached;
+//! - [`entry`]: `qword_struct!`/`qword_fields!` for little-endian multi-qword entries and
+//!   the bit-field helpers shared by every architecture's `hw` module;
 //! - [`pgtable`]: the page-table [`pgtable::Format`] trait and the one generic, bounded
 //!   walker that turns a table tree into coalesced mapping runs and its set of table pages;
 //! - [`pageset`]: [`pageset::PageSet`], a set of preserved physical pages modelled on
@@ -24,6 +26,7 @@ extern crate alloc;
 pub mod addr;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod entry;
 pub mod image;
 pub mod kho;
 pub mod mem;

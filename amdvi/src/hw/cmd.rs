@@ -3,7 +3,7 @@
 //! Layouts from `shared/reference/amdvi.md` §9 (Linux `build_completion_wait`,
 //! `build_inv_*` and `CMD_*`; Xen `iommu_cmd.c`; VirtualBox; FreeBSD `amd_reg.h`).
 
-use super::qwords;
+use iommu_core::qword_struct;
 
 /// COMPLETION_WAIT opcode.
 pub const OP_COMPLETION_WAIT: u8 = 0x1;
@@ -184,7 +184,7 @@ pub enum Cmd {
     InvalidateIommuAll,
 }
 
-qwords!(
+qword_struct!(
     /// One command-buffer entry (128 bits).
     Command,
     2

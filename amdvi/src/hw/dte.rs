@@ -9,7 +9,8 @@
 //! needs a walk; V = 1, TV = 1, Mode = 0 passes through with IR/IW applied. A blocking
 //! entry is V = 1, TV = 1, IR = IW = 0 ([`DeviceTableEntry::blocking`]).
 
-use super::{qwords, ADDR_51_12};
+use super::ADDR_51_12;
+use iommu_core::qword_struct;
 
 /// Host (v1) paging mode, DTE bits 11:9.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -243,7 +244,7 @@ pub mod bits {
     pub const LINT1_PASS: u32 = 191;
 }
 
-qwords!(
+qword_struct!(
     /// Device table entry (256 bits), indexed by DeviceID (PCI requester ID).
     DeviceTableEntry,
     4
@@ -411,7 +412,7 @@ impl DeviceTableEntry {
     }
 }
 
-qwords!(
+qword_struct!(
     /// GCR3 table entry (64 bits), indexed by PASID: V bit 0, guest CR3 (the guest
     /// page-table root) bits 51:12 (Linux `GCR3_VALID` 1 and `cr3 & PAGE_MASK`;
     /// unconfirmed by a second source).

@@ -5,7 +5,7 @@
 //! `flags = dw1[27:16]`, `address = dw3:dw2`; Xen decodes the same flag bits; the
 //! per-code field layouts follow VirtualBox and FreeBSD `amd_reg.h`.
 
-use super::qwords;
+use iommu_core::qword_struct;
 
 /// Event codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,7 +182,7 @@ pub enum Event {
     },
 }
 
-qwords!(
+qword_struct!(
     /// One event-log entry (128 bits).
     EventEntry,
     2

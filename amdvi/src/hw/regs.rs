@@ -8,9 +8,8 @@
 //! Field definitions use `tock-registers` bitfields; read them with
 //! `FIELD.read(value)` or through a [`LocalRegisterCopy`].
 
-use tock_registers::fields::Field;
+use tock_registers::register_bitfields;
 pub use tock_registers::LocalRegisterCopy;
-use tock_registers::{register_bitfields, RegisterLongName};
 
 /// Device Table Base register: DevTabBase and Size.
 pub const DEV_TAB_BASE: u64 = 0x0000;
@@ -77,15 +76,8 @@ pub fn ring_entries(len: u8) -> Option<u32> {
         .then(|| 1u32 << len)
 }
 
-/// Builds a raw value from a field and a value for it (value masked to the field).
-pub fn field_value<R: RegisterLongName>(field: Field<u64, R>, value: u64) -> u64 {
-    (value & field.mask) << field.shift
-}
-
-/// The in-place mask of a field (the bits it occupies).
-pub fn field_mask<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
-    field.mask << field.shift
-}
+// The field helpers every architecture shares.
+pub use iommu_core::entry::{field_mask, field_value};
 
 /// Host (v1) page-table levels the unit supports, `4 + EFR.HATS` (Xen
 /// `max_paging_mode = 4 + hats`, FreeBSD HATS_4LVL/5LVL/6LVL = 0/1/2); `None` for the

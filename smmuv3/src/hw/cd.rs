@@ -3,9 +3,11 @@
 //! `CTXDESC_CD_*`, `CTXDESC_L1_DESC_*`; QEMU `smmuv3-internal.h` `CD_*`).
 
 use super::ste::S1Fmt;
-use super::{fields, genmask, qwords, Granule};
+use super::Granule;
+use iommu_core::entry::genmask;
+use iommu_core::{qword_fields, qword_struct};
 
-qwords!(
+qword_struct!(
     /// A context descriptor: 8 qwords; qwords 5–7 hold no field used here.
     Cd,
     8
@@ -14,7 +16,7 @@ qwords!(
 /// Bits of qwords 1 and 2 holding TTB0 / TTB1 (51:4; spec G.b 55:4).
 pub const TTB_MASK: u64 = genmask(51, 4);
 
-fields!(Cd {
+qword_fields!(Cd {
     /// T0SZ (bits 5:0): VA size is 64 − T0SZ.
     t0sz / set_t0sz: 5, 0;
     /// TG0, raw (bits 7:6); see [`Cd::tg0`].
@@ -94,7 +96,7 @@ impl Cd {
     }
 }
 
-qwords!(
+qword_struct!(
     /// A level-1 CD descriptor (2-level CD tables).
     L1Cd,
     1
@@ -103,7 +105,7 @@ qwords!(
 /// Bits of an L1CD holding L2Ptr (51:12; spec G.b 55:12).
 pub const L1CD_L2PTR_MASK: u64 = genmask(51, 12);
 
-fields!(L1Cd {
+qword_fields!(L1Cd {
     /// V (bit 0): valid; V = 0 raises C_BAD_SUBSTREAMID.
     v / set_v: 0;
 });

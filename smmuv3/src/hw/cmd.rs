@@ -2,9 +2,11 @@
 //! §16 (sources per row there; Linux `arm-smmu-v3.h` `CMDQ_*`; QEMU
 //! `smmuv3-internal.h` `CMD_*`).
 
-use super::{fields, genmask, qwords, Granule};
+use super::Granule;
+use iommu_core::entry::genmask;
+use iommu_core::{qword_fields, qword_struct};
 
-qwords!(
+qword_struct!(
     /// One command: 2 qwords, the opcode in bits 7:0.
     Cmd,
     2
@@ -126,7 +128,7 @@ pub const TLBI_IPA_MASK: u64 = genmask(51, 12);
 /// Bits of dw1 holding CMD_SYNC's MSIAddress (51:2).
 pub const SYNC_MSI_ADDR_MASK: u64 = genmask(51, 2);
 
-fields!(Cmd {
+qword_fields!(Cmd {
     /// Opcode (dw0\[7:0\]).
     opcode_byte / set_opcode_byte: 7, 0;
     /// SSV (dw0\[11\]): SubstreamID valid (ATC_INV).

@@ -2,9 +2,10 @@
 //! §15 (sources per row there; Linux `arm-smmu-v3.h` `EVTQ_*`; QEMU
 //! `smmuv3-internal.h` `EVT_SET_*`).
 
-use super::{fields, genmask, qwords};
+use iommu_core::entry::genmask;
+use iommu_core::{qword_fields, qword_struct};
 
-qwords!(
+qword_struct!(
     /// One event record: 4 qwords.
     Event,
     4
@@ -155,7 +156,7 @@ pub const IPA_MASK: u64 = genmask(51, 12);
 /// Bits of dw3 holding FetchAddr (51:3; G.b 55:3).
 pub const FETCH_ADDR_MASK: u64 = genmask(51, 3);
 
-fields!(Event {
+qword_fields!(Event {
     /// Event type code (dw0\[7:0\]); see [`Event::event_type`].
     code / set_code: 7, 0;
     /// SSV (dw0\[11\]): SubstreamID valid.

@@ -8,9 +8,10 @@
 //! - [`cmd`]: command-queue entries and their opcodes;
 //! - [`event`]: event-queue records and event types.
 //!
-//! Every in-memory structure is a `#[repr(C)]` zerocopy type of little-endian qwords,
-//! so it can be read from and written to physical memory as bytes. Bit `N` of a
-//! structure is bit `N % 64` of qword `N / 64` (the convention of the Arm SMMUv3
+//! Every in-memory structure is a `#[repr(C)]` zerocopy type of little-endian qwords
+//! defined with [`iommu_core::qword_struct!`] and [`iommu_core::qword_fields!`], so it
+//! can be read from and written to physical memory as bytes. Bit `N` of a structure is
+//! bit `N % 64` of qword `N / 64` (the convention of the Arm SMMUv3
 //! specification, IHI0070, and of `shared/reference/smmuv3.md`).
 
 pub mod cd;
@@ -20,133 +21,6 @@ pub mod regs;
 pub mod ste;
 
 use core::fmt;
-
-/// Defines a `#[repr(C)]` structure of `$n` little-endian qwords with bit accessors.
-macro_rules! qwords {
-    ($(#[$m:meta])* $name:ident, $n:expr) => {
-        $(#[$m])*
-        #[derive(
-            Clone,
-            Copy,
-            PartialEq,
-            Eq,
-            Default,
-            zerocopy::FromBytes,
-            zerocopy::IntoBytes,
-            zerocopy::Immutable,
-            zerocopy::KnownLayout,
-        )]
-        #[repr(C)]
-        pub struct $name {
-            qw: [zerocopy::byteorder::little_endian::U64; $n],
-        }
-
-        impl $name {
-            /// Size in bytes.
-            pub const SIZE: usize = $n * 8;
-
-            /// From qwords (qword 0 holds bits 63:0).
-            pub fn from_qwords(q: [u64; $n]) -> Self {
-                Self { qw: q.map(Into::into) }
-            }
-            /// The qwords (qword 0 holds bits 63:0).
-            pub fn qwords(&self) -> [u64; $n] {
-                self.qw.map(|v| v.get())
-            }
-            /// Bits `hi:lo` (inclusive, within one qword).
-            pub fn bits(&self, hi: u32, lo: u32) -> u64 {
-                $crate::hw::get_bits(self.qw[(lo / 64) as usize].get(), hi % 64, lo % 64)
-            }
-            /// Sets bits `hi:lo` (inclusive, within one qword) to `v`, masked to the width.
-            pub fn set_bits(&mut self, hi: u32, lo: u32, v: u64) {
-                let q = &mut self.qw[(lo / 64) as usize];
-                *q = $crate::hw::put_bits(q.get(), hi % 64, lo % 64, v).into();
-            }
-            /// Bit `n`.
-            pub fn bit(&self, n: u32) -> bool {
-                self.bits(n, n) != 0
-            }
-            /// Sets or clears bit `n`.
-            pub fn set_bit(&mut self, n: u32, v: bool) {
-                self.set_bits(n, n, v as u64);
-            }
-        }
-
-        impl core::fmt::Debug for $name {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(stringify!($name))?;
-                f.debug_list()
-                    .entries(self.qwords().iter().map(|q| $crate::hw::Hex(*q)))
-                    .finish()
-            }
-        }
-    };
-}
-pub(crate) use qwords;
-
-/// Getter and setter pairs for multi-bit fields (`get / set : hi, lo`, bit numbers of
-/// the whole structure) and for one-bit flags (`get / set : bit`).
-macro_rules! fields {
-    ($ty:ident { $( $(#[$m:meta])* $get:ident / $set:ident : $hi:literal $(, $lo:literal)? ; )* }) => {
-        impl $ty {
-            $( $crate::hw::fields!(@one $(#[$m])* $get / $set : $hi $(, $lo)?); )*
-        }
-    };
-    (@one $(#[$m:meta])* $get:ident / $set:ident : $hi:literal , $lo:literal) => {
-        $(#[$m])*
-        pub fn $get(&self) -> u64 {
-            self.bits($hi, $lo)
-        }
-        #[doc = concat!("Sets `", stringify!($get), "` (bits ", stringify!($hi), ":", stringify!($lo), ").")]
-        pub fn $set(&mut self, v: u64) {
-            self.set_bits($hi, $lo, v)
-        }
-    };
-    (@one $(#[$m:meta])* $get:ident / $set:ident : $bit:literal) => {
-        $(#[$m])*
-        pub fn $get(&self) -> bool {
-            self.bit($bit)
-        }
-        #[doc = concat!("Sets `", stringify!($get), "` (bit ", stringify!($bit), ").")]
-        pub fn $set(&mut self, v: bool) {
-            self.set_bit($bit, v)
-        }
-    };
-}
-pub(crate) use fields;
-
-/// Bits `hi:lo` set, in place (a mask for address fields).
-pub(crate) const fn genmask(hi: u32, lo: u32) -> u64 {
-    mask(hi - lo + 1) << lo
-}
-
-/// Bits `hi:lo` of `q` (`hi >= lo`, both below 64).
-pub(crate) const fn get_bits(q: u64, hi: u32, lo: u32) -> u64 {
-    (q >> lo) & mask(hi - lo + 1)
-}
-
-/// `q` with bits `hi:lo` replaced by `v` (masked to the width).
-pub(crate) const fn put_bits(q: u64, hi: u32, lo: u32, v: u64) -> u64 {
-    let m = mask(hi - lo + 1) << lo;
-    (q & !m) | ((v << lo) & m)
-}
-
-const fn mask(width: u32) -> u64 {
-    if width >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << width) - 1
-    }
-}
-
-/// A qword printed in hex (for `Debug`).
-pub(crate) struct Hex(pub u64);
-
-impl fmt::Debug for Hex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#018x}", self.0)
-    }
-}
 
 /// A translation granule (reference §12: three encodings of it exist).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -302,13 +176,5 @@ mod tests {
         }
         assert_eq!(pa_size_bits(7), None);
         assert_eq!(pa_size_enc(47), None);
-    }
-
-    #[test]
-    fn bit_helpers() {
-        assert_eq!(get_bits(0xabcd_0000, 31, 16), 0xabcd);
-        assert_eq!(put_bits(u64::MAX, 7, 4, 0), 0xffff_ffff_ffff_ff0f);
-        assert_eq!(put_bits(0, 63, 0, 5), 5);
-        assert_eq!(put_bits(0, 3, 1, 0xff), 0b1110);
     }
 }

@@ -6,9 +6,7 @@
 //! with `FIELD.read(value)` or through a [`LocalRegisterCopy`].
 
 pub use fields::*;
-use tock_registers::fields::Field;
 pub use tock_registers::LocalRegisterCopy;
-use tock_registers::RegisterLongName;
 
 /// Offset of register page 1.
 pub const PAGE1: u64 = 0x1_0000;
@@ -86,15 +84,8 @@ pub const PRIQ_PROD: u64 = PAGE1 + 0xC8;
 /// PRI queue consumer index (32-bit, page 1).
 pub const PRIQ_CONS: u64 = PAGE1 + 0xCC;
 
-/// The in-place mask of a 32-bit field.
-pub fn field_mask32<R: RegisterLongName>(field: Field<u32, R>) -> u32 {
-    field.mask << field.shift
-}
-
-/// The in-place mask of a 64-bit field.
-pub fn field_mask64<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
-    field.mask << field.shift
-}
+// The field helper every architecture shares; it takes 32- and 64-bit fields alike.
+pub use iommu_core::entry::{field_mask as field_mask32, field_mask as field_mask64};
 
 /// Register field definitions (tock-registers bitfields), names as in IHI0070 and
 /// Linux `arm-smmu-v3.h`; positions from `shared/reference/smmuv3.md` §1–§4, §9 and

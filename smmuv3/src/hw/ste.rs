@@ -4,9 +4,11 @@
 //! `STE_*`).
 
 use super::regs::STRTAB_BASE_CFG;
-use super::{fields, genmask, qwords, Granule};
+use super::Granule;
+use iommu_core::entry::genmask;
+use iommu_core::{qword_fields, qword_struct};
 
-qwords!(
+qword_struct!(
     /// A stream table entry: 8 qwords; qwords 4–7 hold no field used here.
     Ste,
     8
@@ -134,7 +136,7 @@ pub const S1_CONTEXT_PTR_MASK: u64 = genmask(51, 6);
 /// Bits of qword 3 holding S2TTB (51:4; spec G.b 55:4 with bits above OAS RES0).
 pub const S2TTB_MASK: u64 = genmask(51, 4);
 
-fields!(Ste {
+qword_fields!(Ste {
     /// V (bit 0): valid; V = 0 raises C_BAD_STE.
     v / set_v: 0;
     /// Config, raw (bits 3:1); see [`Ste::config`].
@@ -245,7 +247,7 @@ impl Ste {
     }
 }
 
-qwords!(
+qword_struct!(
     /// A level-1 stream table descriptor (2-level stream tables).
     L1Std,
     1
@@ -254,7 +256,7 @@ qwords!(
 /// Bits of an L1STD holding L2Ptr (51:6; spec G.b 55:6 with bits above OAS RES0).
 pub const L1STD_L2PTR_MASK: u64 = genmask(51, 6);
 
-fields!(L1Std {
+qword_fields!(L1Std {
     /// SPAN (bits 4:0): 0 invalid, 1–11: the L2 table holds 2^(SPAN−1) STEs.
     span / set_span: 4, 0;
 });

@@ -1,7 +1,7 @@
 //! Fault recording registers and DMA-remapping fault reasons.
 
-use super::qword_struct;
 use super::regs::{field_value, FRCD_HI, FRCD_LO};
+use iommu_core::qword_struct;
 
 qword_struct!(
     /// One primary fault recording register (128 bits): FI 63:12, SID 79:64, T2 92,

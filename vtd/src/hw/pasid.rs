@@ -4,7 +4,8 @@
 //! (8-byte entries) points to a 4 KiB PASID table whose entry `PASID[5:0]` (64-byte
 //! entries) says how requests with that PASID are translated.
 
-use super::{addr_mask, qword_struct};
+use super::addr_mask;
+use iommu_core::qword_struct;
 
 /// Size of a PASID-directory entry.
 pub const PASID_DIR_ENTRY_SIZE: u64 = 8;

@@ -7,7 +7,8 @@
 //! Second-stage entries have no present bit: an entry with R = W = 0 is not present.
 //! First-stage entries use the x86-64 (IA-32e) paging format.
 
-use super::{addr_mask, qword_struct};
+use super::addr_mask;
+use iommu_core::qword_struct;
 
 /// Entries per paging-structure table.
 pub const ENTRIES_PER_TABLE: u64 = 512;

@@ -4,8 +4,8 @@
 //! qwords are reserved for every type decoded here). The type is
 //! `bits[11:9] << 4 | bits[3:0]`.
 
-use super::qword_struct;
 use super::regs::{ContextGranularity, IotlbGranularity};
+use iommu_core::qword_struct;
 
 /// Context-cache invalidate descriptor type.
 pub const TYPE_CONTEXT_CACHE: u8 = 1;
@@ -221,7 +221,7 @@ impl QiDescriptor {
             check(ty, 2, self.qword(2), u64::MAX)?;
             check(ty, 3, self.qword(3), u64::MAX)?;
         }
-        let bits = |v: u64, hi_b: u32, lo_b: u32| (v >> lo_b) & ((1u64 << (hi_b - lo_b + 1)) - 1);
+        let bits = iommu_core::entry::get_bits;
         let reserved_g = |qword: usize, g: u64| DescriptorError::Reserved { ty, qword, bits: g };
         match ty {
             TYPE_CONTEXT_CACHE => {

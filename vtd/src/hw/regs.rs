@@ -7,9 +7,8 @@
 //! Field definitions use `tock-registers` bitfields; read them with
 //! `FIELD.read(value)` or through a [`LocalRegisterCopy`].
 
-use tock_registers::fields::Field;
+use tock_registers::register_bitfields;
 pub use tock_registers::LocalRegisterCopy;
-use tock_registers::{register_bitfields, RegisterLongName};
 
 /// Version register (32-bit, RO).
 pub const VER: u64 = 0x000;
@@ -116,25 +115,11 @@ pub fn domain_count(cap: u64) -> u32 {
     1u32 << (4 + 2 * (CAP::ND.read(cap) as u32).min(6))
 }
 
-/// Builds a raw value from a field and a value for it (value masked to the field).
-pub fn field_value<R: RegisterLongName>(field: Field<u64, R>, value: u64) -> u64 {
-    (value & field.mask) << field.shift
-}
-
-/// Builds a raw 32-bit value from a field and a value for it (value masked to the field).
-pub fn field_value32<R: RegisterLongName>(field: Field<u32, R>, value: u32) -> u32 {
-    (value & field.mask) << field.shift
-}
-
-/// The in-place mask of a 64-bit field (the bits it occupies).
-pub fn field_mask<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
-    field.mask << field.shift
-}
-
-/// The in-place mask of a 32-bit field (the bits it occupies).
-pub fn field_mask32<R: RegisterLongName>(field: Field<u32, R>) -> u32 {
-    field.mask << field.shift
-}
+// The field helpers every architecture shares; `field_mask`/`field_value` take 32- and
+// 64-bit fields alike, the `32` names are kept for the 32-bit registers' callers.
+pub use iommu_core::entry::{
+    field_mask, field_mask as field_mask32, field_value, field_value as field_value32,
+};
 
 /// Register field definitions (tock-registers bitfields).
 ///

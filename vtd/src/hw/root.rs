@@ -5,7 +5,8 @@
 //! 16-byte root entry points to two context tables (lower for devfn 0–127, upper for
 //! 128–255) of 128 32-byte scalable-mode context entries indexed by `devfn & 0x7f`.
 
-use super::{addr_mask, qword_struct};
+use super::addr_mask;
+use iommu_core::qword_struct;
 
 /// Number of root entries in the root table (one per bus).
 pub const ROOT_ENTRIES: usize = 256;
