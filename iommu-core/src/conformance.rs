@@ -20,21 +20,24 @@
 //! - [`round_trip_at_zero_and_top`]: leaf, table and split entries decode to what was
 //!   encoded, at output address 0 and at the highest the format allows;
 //! - [`levels_cover_input_width`]: the levels tile the input width with no gap or
-//!   overlap, the last page below `2^ia_bits` maps and the first above is refused;
+//!   overlap, the last page below `2^ia_bits` maps and the first above is refused (for a
+//!   64-bit range: a range running past 2^64);
 //! - [`random_map_unmap_matches_reference`]: proptest sequences of map and unmap (with
 //!   and without splitting) against a reference map of leaves;
 //! - [`unmap_all_frees_all_but_root`];
 //! - [`refuses_above_output_width`] and [`refuses_misaligned_large_page`]: typed errors,
 //!   nothing changed;
-//! - [`partial_unmap_splits_or_refuses`].
+//! - [`partial_unmap_splits_or_refuses`];
+//! - [`last_pages_of_input_range`]: the last page below `2^ia_bits` (2^64 included), of
+//!   the smallest and the largest size, maps, walks, translates, splits and unmaps.
 //!
 //! Checks panic with a message naming the format on failure (they are test bodies).
 
 use crate::addr::{Iova, PageSize, PhysAddr};
 use crate::mem::{MemError, PhysMem};
 use crate::pgtable::{
-    leaf_level, map, table_pages, unmap, walk, Entry, FreedTable, MapErrorKind, Mapping, Partial,
-    Perms, TableAlloc, Unmapped, WalkLimits, WriteFormat,
+    leaf_level, map, table_pages, translate, unmap, walk, Entry, FreedTable, IovaSpan,
+    MapErrorKind, Mapping, Outcome, Partial, Perms, TableAlloc, Unmapped, WalkLimits, WriteFormat,
 };
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -235,6 +238,29 @@ where
         Ok(u)
     }
 
+    /// Unmaps the whole input range (refusing to cut a leaf); a 64-bit input range
+    /// takes two calls, a length being a `u64`. The reports are merged.
+    pub fn unmap_all(&mut self) -> Result<Unmapped, MapErrorKind> {
+        let ia = self.f.ia_bits();
+        if ia < 64 {
+            return self.unmap(0, 1u64 << ia, Partial::Refuse);
+        }
+        let mut u = self.unmap(0, 1 << 63, Partial::Refuse)?;
+        let v = self.unmap(1 << 63, 1 << 63, Partial::Refuse)?;
+        u.bytes += v.bytes;
+        u.leaves += v.leaves;
+        u.freed.extend(v.freed);
+        u.split.extend(v.split);
+        u.touched = match (u.touched, v.touched) {
+            (Some(a), Some(b)) => Some(IovaSpan {
+                first: a.first,
+                last: b.last,
+            }),
+            (a, b) => a.or(b),
+        };
+        Ok(u)
+    }
+
     /// The walk; also checks that its table pages are exactly the live tables.
     pub fn walk(&self) -> Vec<Mapping> {
         let w = walk(self.f, &self.mem, self.root, &WalkLimits::default())
@@ -271,7 +297,10 @@ fn coalesce(
     for (iova, pa, len, perms, page) in leaves {
         let page = if ignore_size { 0 } else { page };
         if let Some(last) = out.last_mut() {
-            if last.0 + last.2 == iova && last.1 + last.2 == pa && last.3 == perms && last.4 == page
+            if last.0.checked_add(last.2) == Some(iova)
+                && last.1.checked_add(last.2) == Some(pa)
+                && last.3 == perms
+                && last.4 == page
             {
                 last.2 += len;
                 continue;
@@ -353,6 +382,11 @@ fn usable_entries<F: WriteFormat>(f: &F, level: u8) -> u64 {
         }
     }
     entries
+}
+
+/// The last IOVA of the input range (`2^ia_bits - 1`).
+fn ia_last<F: WriteFormat>(f: &F) -> u64 {
+    u64::MAX >> (64 - f.ia_bits().min(64))
 }
 
 fn smallest<F: WriteFormat>(f: &F) -> (u8, PageSize, u32) {
@@ -598,23 +632,125 @@ where
         "{name}: input width {ia} outside the root level's bits {}..={top_bits}",
         f.entry_shift(root) + 1
     );
-    if ia < 64 {
-        let perms = perms_accepted(f, 1, small)[0];
+    let perms = perms_accepted(f, 1, small)[0];
+    let mut rig = Rig::new(f);
+    let last = ia_last(f) - (small.bytes() - 1);
+    rig.map(last, 0, small.bytes(), small, perms)
+        .unwrap_or_else(|e| panic!("{name}: last page below 2^{ia}: {e}"));
+    // The first page at 2^ia_bits; for a 64-bit input range, a range running past it.
+    let (above, len) = if ia < 64 {
+        (1u64 << ia, small.bytes())
+    } else {
+        (last, 2 * small.bytes())
+    };
+    assert_eq!(
+        rig.map(above, 0, len, small, perms),
+        Err(MapErrorKind::BeyondInputWidth { ia_bits: ia }),
+        "{name}: {len:#x} bytes at {above:#x}, beyond 2^{ia}"
+    );
+    let w = rig.walk();
+    assert_eq!(
+        runs(&w, false),
+        vec![(last, 0, small.bytes(), perms, small.bytes())],
+        "{name}"
+    );
+}
+
+/// The last page of the input range (ending at `2^ia_bits`, 2^64 for a 64-bit range),
+/// of the smallest and of the largest size the format places: it maps, walks back as
+/// one run ending at the last IOVA, translates at its first and last byte, has its top
+/// smallest page cut out by a split where the format splits it (refused otherwise),
+/// unmaps with a `touched` span ending at the last IOVA, and leaves only the root; a
+/// range running past the top is refused.
+pub fn last_pages_of_input_range<F: WriteFormat>(f: &F)
+where
+    F::Attrs: Default,
+{
+    let name = f.name();
+    let top = ia_last(f);
+    let oa = f.oa_bits();
+    let sizes: Vec<_> = placeable(f)
+        .into_iter()
+        .filter(|p| p.1.bytes() - 1 <= top && (oa >= 64 || p.1.shift() < oa))
+        .collect();
+    let (_, small, _) = sizes[0];
+    let mut picks = vec![sizes[0]];
+    if sizes.len() > 1 {
+        picks.push(sizes[sizes.len() - 1]);
+    }
+    let xlate = |rig: &Rig<'_, F>, at: u64| {
+        translate(f, &rig.mem, rig.root, Iova(at))
+            .unwrap_or_else(|e| panic!("{name}: translate {at:#x}: {e}"))
+            .outcome
+    };
+    for (level, size, _) in picks {
+        let s = size.bytes();
+        let iova = top - (s - 1);
+        let pa = top_pa(f, s);
+        let perms = perms_accepted(f, level, size)[0];
         let mut rig = Rig::new(f);
-        let last = (1u64 << ia) - small.bytes();
-        rig.map(last, 0, small.bytes(), small, perms)
-            .unwrap_or_else(|e| panic!("{name}: last page below 2^{ia}: {e}"));
+        rig.map(iova, pa, s, size, perms)
+            .unwrap_or_else(|e| panic!("{name}: last {size} page at {iova:#x}: {e}"));
         assert_eq!(
-            rig.map(1u64 << ia, 0, small.bytes(), small, perms),
-            Err(MapErrorKind::BeyondInputWidth { ia_bits: ia }),
-            "{name}: first page at 2^{ia}"
+            rig.map(iova, pa, 2 * s, size, perms),
+            Err(MapErrorKind::BeyondInputWidth {
+                ia_bits: f.ia_bits()
+            }),
+            "{name}: two {size} pages ending above the top"
         );
         let w = rig.walk();
         assert_eq!(
             runs(&w, false),
-            vec![(last, 0, small.bytes(), perms, small.bytes())],
-            "{name}"
+            vec![(iova, pa, s, perms, s)],
+            "{name}: walk of the last {size} page"
         );
+        assert_eq!(w[w.len() - 1].iova_last(), Iova(top), "{name}: run end");
+        for (at, want) in [(iova, pa), (top, pa + (s - 1))] {
+            match xlate(&rig, at) {
+                Outcome::Mapped { pa, page_size, .. } if pa.0 == want && page_size == size => {}
+                other => panic!("{name}: translate {at:#x} in the last {size} page: {other}"),
+            }
+        }
+        // Cut the top smallest page out of it (a split, where the format can).
+        let mut r = BTreeMap::from([(iova, Leaf { pa, size: s, perms })]);
+        if s > small.bytes() {
+            let cut = top - (small.bytes() - 1);
+            let before = r.clone();
+            let want = reference_unmap(f, &mut r, cut, top, true);
+            match (want, rig.unmap(cut, small.bytes(), Partial::Split)) {
+                (Some(bytes), Ok(u)) => {
+                    assert_eq!(
+                        u.bytes, bytes,
+                        "{name}: bytes cut from the last {size} page"
+                    );
+                    assert!(touched_ok(&u, &before, cut, top), "{name}: {u:?}");
+                    assert_eq!(touched(&u), Some((iova, top)), "{name}: split span");
+                    assert!(
+                        matches!(xlate(&rig, top), Outcome::NotPresent { .. }),
+                        "{name}: the cut page still translates"
+                    );
+                    match xlate(&rig, cut - 1) {
+                        Outcome::Mapped { pa: p, .. } if p.0 == pa + (s - small.bytes() - 1) => {}
+                        other => panic!("{name}: below the cut page: {other}"),
+                    }
+                }
+                (None, Err(MapErrorKind::PartialLeaf { .. })) => {}
+                other => panic!("{name}: cutting the last {size} page: {other:?}"),
+            }
+            assert_eq!(
+                runs(&rig.walk(), true),
+                reference_runs(&r, true),
+                "{name}: after cutting the last {size} page"
+            );
+        }
+        let mapped: u64 = r.values().map(|l| l.size).sum();
+        let u = rig
+            .unmap(iova, s, Partial::Refuse)
+            .unwrap_or_else(|e| panic!("{name}: unmap of the last {size} page: {e}"));
+        assert_eq!(u.bytes, mapped, "{name}: bytes unmapped at the top");
+        assert!(touched_ok(&u, &r, iova, top), "{name}: touched {u:?}");
+        assert!(rig.walk().is_empty(), "{name}: mappings left at the top");
+        assert_eq!(rig.tables.live(), BTreeSet::from([rig.root.0]), "{name}");
     }
 }
 
@@ -631,13 +767,7 @@ where
     comb(&mut rig, &mut r, perms_accepted(f, l, small)[0]);
     let mapped: u64 = r.values().map(|l| l.size).sum();
     let tables = rig.tables.live().len();
-    let ia = f.ia_bits();
-    let len = if ia >= 64 {
-        !(small.bytes() - 1)
-    } else {
-        1u64 << ia
-    };
-    let u = rig.unmap(0, len, Partial::Refuse).unwrap();
+    let u = rig.unmap_all().unwrap();
     assert_eq!(u.bytes, mapped, "{name}: bytes unmapped");
     assert_eq!(u.freed.len(), tables - 1, "{name}: tables freed");
     assert!(
@@ -752,8 +882,8 @@ where
                     "{name}: split not reported"
                 );
                 assert_eq!(
-                    u.touched,
-                    Some((Iova(s), Iova(2 * s))),
+                    touched(&u),
+                    Some((s, 2 * s - 1)),
                     "{name}: a split touches the whole large page"
                 );
                 let got = runs(&rig.walk(), true);
@@ -840,27 +970,24 @@ fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
     proptest::collection::vec(prop_oneof![map, unmap], 1..24)
 }
 
-/// The reference unmap: removes `[s, e)` from `r`; a leaf cut by the range is split
-/// as the format splits it (or the whole call refused). Returns the bytes removed, or
-/// `None` if the range cuts a leaf that may not be split.
+/// The reference unmap: removes `[s, last]` (inclusive, so it may end at 2^64) from
+/// `r`; a leaf cut by the range is split as the format splits it (or the whole call
+/// refused). Returns the bytes removed, or `None` if the range cuts a leaf that may not
+/// be split.
 fn reference_unmap<F: WriteFormat>(
     f: &F,
     r: &mut BTreeMap<u64, Leaf>,
     s: u64,
-    e: u64,
+    last: u64,
     split: bool,
 ) -> Option<u64> {
     let mut out = r.clone();
     let mut removed = 0;
-    let hit: Vec<(u64, Leaf)> = r
-        .range(..e)
-        .filter(|(&i, l)| i + l.size > s)
-        .map(|(&i, l)| (i, *l))
-        .collect();
+    let hit: Vec<(u64, Leaf)> = hit(r, s, last).map(|(&i, l)| (i, *l)).collect();
     let mut work = hit;
     while let Some((i, l)) = work.pop() {
         out.remove(&i);
-        if i >= s && i + l.size <= e {
+        if i >= s && i + (l.size - 1) <= last {
             removed += l.size;
             continue;
         }
@@ -882,7 +1009,7 @@ fn reference_unmap<F: WriteFormat>(
                 size: cs,
                 perms: l.perms,
             };
-            if ci + cs <= s || ci >= e {
+            if ci + (cs - 1) < s || ci > last {
                 out.insert(ci, c);
             } else {
                 work.push((ci, c));
@@ -893,21 +1020,28 @@ fn reference_unmap<F: WriteFormat>(
     Some(removed)
 }
 
-/// Whether an unmap's `touched` span is exactly the requested range's cover by the
-/// leaves of the reference `r` before the unmap (cleared or split), `None` if none.
-fn touched_ok(u: &Unmapped, r: &BTreeMap<u64, Leaf>, s: u64, e: u64) -> bool {
-    let hit = r.range(..e).filter(|(&i, l)| i + l.size > s);
-    let span = hit.fold(None, |acc: Option<(u64, u64)>, (&i, l)| {
-        let (a, b) = (i.max(s), (i + l.size).min(e));
-        // A cut leaf is touched as a whole (its entry is replaced).
-        let (a, b) = if a != i || b != i + l.size {
-            (i, i + l.size)
-        } else {
-            (a, b)
-        };
+/// The leaves of `r` that overlap `[s, last]` (inclusive).
+fn hit(r: &BTreeMap<u64, Leaf>, s: u64, last: u64) -> impl Iterator<Item = (&u64, &Leaf)> {
+    r.range(..=last)
+        .filter(move |(&i, l)| i + (l.size - 1) >= s)
+}
+
+/// An unmap's `touched` span as inclusive `(first, last)`.
+fn touched(u: &Unmapped) -> Option<(u64, u64)> {
+    u.touched.map(|t| (t.first.0, t.last.0))
+}
+
+/// Whether an unmap's `touched` span is exactly the requested range's (`[s, last]`)
+/// cover by the leaves of the reference `r` before the unmap (cleared or split), `None`
+/// if none.
+fn touched_ok(u: &Unmapped, r: &BTreeMap<u64, Leaf>, s: u64, last: u64) -> bool {
+    // Leaves cleared whole lie inside the range; a cut leaf is touched as a whole (its
+    // entry is replaced): either way the leaf's own span counts.
+    let span = hit(r, s, last).fold(None, |acc: Option<(u64, u64)>, (&i, l)| {
+        let (a, b) = (i, i + (l.size - 1));
         Some(acc.map_or((a, b), |(x, y)| (x.min(a), y.max(b))))
     });
-    u.touched.map(|(a, b)| (a.0, b.0)) == span
+    touched(u) == span
 }
 
 /// Random map/unmap sequences (proptest) against a reference map of leaves: after
@@ -932,14 +1066,8 @@ where
     // the largest pages (clipped to the input range).
     let largest = sizes.iter().map(|p| p.1.bytes()).max().unwrap();
     let region_len = (largest * 4).min(if ia >= 64 { 1 << 63 } else { 1u64 << (ia - 1) });
-    let top = if ia >= 64 {
-        // Ranges here and in the algorithm end exclusively in a u64, so they cannot
-        // reach 2^64: a 64-bit input range (AMD-Vi v1 Mode 6) gets its top region one
-        // region below the end.
-        (u64::MAX - region_len + 1) - region_len
-    } else {
-        (1u64 << ia) - region_len
-    };
+    // The top region ends at the very top of the input range, 2^64 included.
+    let top = ia_last(f) - (region_len - 1);
     let result = runner.run(&ops(), |ops| {
         let mut rig = Rig::new(f);
         let mut r: BTreeMap<u64, Leaf> = BTreeMap::new();
@@ -965,7 +1093,7 @@ where
                     let pa = top_pa(f, region_len * 4) + (iova % (region_len * 2));
                     let pr = perms_accepted(f, level, size);
                     let pr = pr[perms % pr.len()];
-                    let free = r.range(..iova + len).all(|(&i, l)| i + l.size <= iova);
+                    let free = hit(&r, iova, iova + (len - 1)).next().is_none();
                     let got = rig.map(iova, pa, len, size, pr);
                     match (free, got) {
                         (true, Ok(())) => {
@@ -1008,14 +1136,15 @@ where
                         0
                     };
                     let iova = base + slot * unit + off;
-                    let len = (count * unit).min(base + region_len - iova);
+                    let len = (count * unit).min(region_len - (iova - base));
                     let partial = if split { Partial::Split } else { Partial::Refuse };
                     let mut want_r = r.clone();
-                    let want = reference_unmap(f, &mut want_r, iova, iova + len, split);
+                    let last = iova + (len - 1);
+                    let want = reference_unmap(f, &mut want_r, iova, last, split);
                     let got = rig.unmap(iova, len, partial);
                     match (want, got) {
                         (Some(bytes), Ok(u))
-                            if u.bytes == bytes && touched_ok(&u, &r, iova, iova + len) =>
+                            if u.bytes == bytes && touched_ok(&u, &r, iova, last) =>
                         {
                             r = want_r
                         }
@@ -1037,8 +1166,7 @@ where
                 )));
             }
         }
-        let len = if ia >= 64 { !(small.bytes() - 1) } else { 1u64 << ia };
-        rig.unmap(0, len, Partial::Refuse)
+        rig.unmap_all()
             .map_err(|e| TestCaseError::fail(format!("{name}: final unmap: {e}\n{log}")))?;
         if rig.tables.live() != BTreeSet::from([rig.root.0]) {
             return Err(TestCaseError::fail(format!(
@@ -1089,6 +1217,10 @@ macro_rules! conformance_tests {
             #[test]
             fn refuses_misaligned_large_page() {
                 $crate::conformance::refuses_misaligned_large_page(&$make)
+            }
+            #[test]
+            fn last_pages_of_input_range() {
+                $crate::conformance::last_pages_of_input_range(&$make)
             }
             #[test]
             fn partial_unmap_splits_or_refuses() {

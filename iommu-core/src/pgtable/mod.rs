@@ -32,8 +32,8 @@ pub use walk::{
     WalkMode, WalkSummary, MAX_TABLE_BYTES,
 };
 pub use write::{
-    leaf_level, map, table_pages, unmap, FreedTable, MapError, MapErrorKind, Mapped, Partial,
-    TableAlloc, Unmapped, WriteFormat,
+    leaf_level, map, table_pages, unmap, FreedTable, IovaSpan, MapError, MapErrorKind, Mapped,
+    Partial, TableAlloc, Unmapped, WriteFormat,
 };
 
 /// Access permissions of a mapping (after combining all levels of the walk).

@@ -876,3 +876,25 @@ fn map_and_unmap_follow_a_level_skipping_entry() {
     assert_eq!((u.bytes, u.freed.len()), (0x2000, 1));
     assert_eq!(u.freed[0].addr, t);
 }
+
+#[test]
+fn iova_span_holds_the_end_of_the_64_bit_space() {
+    // The whole 64-bit space and its last page: an exclusive u64 end cannot say 2^64.
+    let all = IovaSpan {
+        first: Iova(0),
+        last: Iova(u64::MAX),
+    };
+    assert_eq!(all.bytes(), 1u128 << 64);
+    assert_eq!(all.end(), None);
+    let last_page = IovaSpan {
+        first: Iova(u64::MAX - 0xfff),
+        last: Iova(u64::MAX),
+    };
+    assert_eq!(last_page.bytes(), 0x1000);
+    assert_eq!(last_page.end(), None);
+    let low = IovaSpan {
+        first: Iova(0x1000),
+        last: Iova(0x1fff),
+    };
+    assert_eq!((low.bytes(), low.end()), (0x1000, Some(Iova(0x2000))));
+}

@@ -315,18 +315,45 @@ pub struct Unmapped {
     pub freed: Vec<FreedTable>,
     /// Tables created to split large leaves the range cut (already linked).
     pub split: Vec<PhysAddr>,
-    /// The IOVA span `[start, end)` whose entries changed: cleared leaves, and the whole
-    /// span of every leaf replaced by a split (`None` when nothing changed). It may
-    /// exceed the requested range only by split leaves.
-    pub touched: Option<(Iova, Iova)>,
+    /// The IOVA span whose entries changed: cleared leaves, and the whole span of every
+    /// leaf replaced by a split (`None` when nothing changed). It may exceed the
+    /// requested range only by split leaves. Inclusive, so it can end at the last byte
+    /// below 2^64.
+    pub touched: Option<IovaSpan>,
+}
+
+/// An inclusive IOVA span `[first, last]`: unlike an exclusive end in a `u64`, it can
+/// hold the last page below 2^64 (a 64-bit input range, AMD-Vi v1 Mode 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IovaSpan {
+    /// First IOVA of the span.
+    pub first: Iova,
+    /// Last IOVA of the span (inclusive).
+    pub last: Iova,
+}
+
+impl IovaSpan {
+    /// Bytes in the span (up to 2^64).
+    pub fn bytes(&self) -> u128 {
+        (self.last.0 - self.first.0) as u128 + 1
+    }
+
+    /// The exclusive end, or `None` where the span ends at 2^64.
+    pub fn end(&self) -> Option<Iova> {
+        self.last.0.checked_add(1).map(Iova)
+    }
 }
 
 impl Unmapped {
-    fn touch(&mut self, start: u64, end: u64) {
-        let (s, e) = self
-            .touched
-            .map_or((start, end), |(s, e)| (s.0.min(start), e.0.max(end)));
-        self.touched = Some((Iova(s), Iova(e)));
+    /// Adds `[first, last]` (inclusive) to [`touched`](Unmapped::touched).
+    fn touch(&mut self, first: u64, last: u64) {
+        let (a, b) = self.touched.map_or((first, last), |t| {
+            (t.first.0.min(first), t.last.0.max(last))
+        });
+        self.touched = Some(IovaSpan {
+            first: Iova(a),
+            last: Iova(b),
+        });
     }
 
     /// Whether only leaf entries changed (no table entry cleared or replaced): the
@@ -449,6 +476,7 @@ fn zero<M: PhysMem + ?Sized>(m: &mut M, at: PhysAddr, bytes: u64) -> Result<(), 
 /// `attrs` in the tree under `root`, allocating tables from `alloc`.
 ///
 /// All or nothing: on error the leaves written are cleared again (see [`MapError`]).
+/// The range may end at 2^64 where the input width is 64 bits; it may not wrap.
 #[allow(clippy::too_many_arguments)]
 pub fn map<F, M, A>(
     f: &F,
@@ -482,14 +510,15 @@ where
             size,
         }));
     }
+    // Inclusive last addresses (len > 0 here): a range may end at 2^64.
     let ia_bits = f.ia_bits();
-    let end = iova.0.checked_add(len);
-    if end.map_or(true, |e| ia_bits < 64 && e > 1u64 << ia_bits) {
+    let last = iova.0.checked_add(len - 1);
+    if last.map_or(true, |l| ia_bits < 64 && l >> ia_bits != 0) {
         return Err(fail(MapErrorKind::BeyondInputWidth { ia_bits }));
     }
     let oa_bits = f.oa_bits();
-    let pa_end = pa.0.checked_add(len);
-    if pa_end.map_or(true, |e| oa_bits < 64 && e > 1u64 << oa_bits) {
+    let pa_last = pa.0.checked_add(len - 1);
+    if pa_last.map_or(true, |l| oa_bits < 64 && l >> oa_bits != 0) {
         return Err(fail(MapErrorKind::BeyondOutputWidth { oa_bits }));
     }
     // Encodability is a property of (level, size, perms, attrs): check once up front.
@@ -508,7 +537,7 @@ where
         attrs,
         iova: iova.0,
         pa: pa.0,
-        end: iova.0 + len,
+        len,
         done: 0,
         out: Mapped::default(),
         buf: Vec::new(),
@@ -545,7 +574,9 @@ struct MapCx<'a, F: WriteFormat + ?Sized, M: ?Sized, A: ?Sized> {
     /// Start of the whole range and its physical address.
     iova: u64,
     pa: u64,
-    end: u64,
+    /// Length of the whole range (`iova + len` may be 2^64: the range is tracked by
+    /// `done < len`, never by an end address).
+    len: u64,
     /// Bytes mapped so far (from `iova`).
     done: u64,
     out: Mapped,
@@ -574,7 +605,7 @@ where
             return self.leaves(table, level, g, base, first);
         }
         let mut i = first;
-        while i < g.entries && self.iova + self.done < self.end {
+        while i < g.entries && self.done < self.len {
             let at = PhysAddr(table.0 + i as u64 * 8);
             let raw = self.m.read_u64(at).map_err(mem)?;
             let slot = base + ((i as u64) << shift);
@@ -641,11 +672,11 @@ where
     ) -> Result<(), MapErrorKind> {
         let n = self.n as usize;
         let sz = self.size.bytes();
-        // Entries of this table the range covers.
+        // Entries of this table the range covers (ends in u128: either may be 2^64).
         let cur = self.iova + self.done;
         let table_end = base as u128 + g.coverage();
-        let stop = (self.end as u128).min(table_end) as u64;
-        let count = (((stop - cur) >> g.shift) as usize).min(g.entries - first);
+        let stop = (self.iova as u128 + self.len as u128).min(table_end);
+        let count = (((stop - cur as u128) >> g.shift) as usize).min(g.entries - first);
         let mut buf = core::mem::take(&mut self.buf);
         buf.clear();
         buf.resize(count, 0);
@@ -688,7 +719,8 @@ where
 }
 
 /// Unmaps every leaf inside `[iova, iova + len)` of the tree under `root` (the range is
-/// clipped to the input width; both must be aligned to the smallest entry span).
+/// clipped to the input width; both must be aligned to the smallest entry span). The
+/// range may end at 2^64 (a 64-bit input width); it may not wrap.
 ///
 /// A leaf the range only partly covers is split or refused according to `partial`
 /// (a replicated leaf, whose page is larger than its entry, is never split). Checks
@@ -721,17 +753,18 @@ where
             size: smallest,
         });
     }
+    // The inclusive last IOVA (len > 0 here): a range may end at 2^64.
     let ia_bits = f.ia_bits();
-    let end = iova
+    let last = iova
         .0
-        .checked_add(len)
+        .checked_add(len - 1)
         .ok_or(MapErrorKind::BeyondInputWidth { ia_bits })?;
-    let end = if ia_bits < 64 {
-        end.min(1u64 << ia_bits)
+    let last = if ia_bits < 64 {
+        last.min((1u64 << ia_bits) - 1)
     } else {
-        end
+        last
     };
-    if iova.0 >= end {
+    if iova.0 > last {
         return Ok(Unmapped::default());
     }
     let level = f.root_level();
@@ -741,7 +774,7 @@ where
         m,
         alloc,
         start: iova.0,
-        end,
+        last,
         split: partial == Partial::Split,
         dry: true,
         split_levels: Vec::new(),
@@ -778,7 +811,8 @@ struct UnmapCx<'a, F: ?Sized, M: ?Sized, A: ?Sized> {
     m: &'a mut M,
     alloc: &'a mut A,
     start: u64,
-    end: u64,
+    /// Last IOVA of the range (inclusive: the range may end at 2^64).
+    last: u64,
     split: bool,
     dry: bool,
     /// Levels of the tables the splits found by the check pass create.
@@ -828,8 +862,12 @@ where
         let shift = g.shift;
         let span = 1u64 << shift;
         let first = (self.start.saturating_sub(base) >> shift) as usize;
-        let last = (((self.end - base) as u128 + span as u128 - 1) >> shift).min(g.entries as u128)
-            as usize;
+        // One past the index of the entry holding the range's last byte.
+        let last = self
+            .last
+            .checked_sub(base)
+            .map_or(0, |d| ((d >> shift) as usize).saturating_add(1))
+            .min(g.entries);
         let empty = self.f.cleared(level);
         let mut cleared: Vec<usize> = Vec::new();
         for (i, &raw) in buf.iter().enumerate().take(last).skip(first) {
@@ -846,15 +884,16 @@ where
             match self.f.classify(level, raw).map_err(|e| corrupt(e.reason))? {
                 Entry::Invalid => {}
                 Entry::Leaf { size, .. } => {
+                    // The page's last byte: p_start is aligned to the size, so no overflow.
                     let p_start = e_start & !(size.bytes() - 1);
-                    let p_end = p_start.wrapping_add(size.bytes());
-                    let inside = p_start >= self.start && p_end.wrapping_sub(1) < self.end;
+                    let p_last = p_start | (size.bytes() - 1);
+                    let inside = p_start >= self.start && p_last <= self.last;
                     if inside {
                         cleared.push(i);
                         self.out.bytes += span;
                         self.out.leaves += 1;
                         if !self.dry {
-                            self.out.touch(e_start, e_start.wrapping_add(span));
+                            self.out.touch(e_start, e_start + (span - 1));
                         }
                         continue;
                     }
@@ -870,7 +909,7 @@ where
                         self.plan_split(level, raw, e_start).map_err(|()| partial)?;
                     } else {
                         let (t, nl) = self.split(table, level, raw, i)?;
-                        self.out.touch(e_start, e_start.wrapping_add(span));
+                        self.out.touch(e_start, e_start + (span - 1));
                         let ng = geom(self.f, nl)?;
                         if self.table(t, nl, ng, e_start, depth + 1)? {
                             // Cannot happen for a partial cover; handled for safety.
@@ -926,19 +965,21 @@ where
         }
         let g = geometry(self.f, nl).map_err(|_| ())?;
         self.split_levels.push(nl);
-        let span = 1u64 << g.shift;
-        // Only the children holding a range edge are cut again.
-        for edge in [self.start, self.end] {
-            if edge <= e_start || edge % span == 0 {
+        let span = 1u128 << g.shift;
+        // Only the children holding a range edge (the first byte in, the first byte
+        // after, which may be 2^64) are cut again.
+        for edge in [self.start as u128, self.last as u128 + 1] {
+            if edge <= e_start as u128 || edge % span == 0 {
                 continue;
             }
-            let idx = ((edge - e_start) >> g.shift) as usize;
-            if idx >= g.entries {
+            let idx = (edge - e_start as u128) >> g.shift;
+            if idx >= g.entries as u128 {
                 continue;
             }
+            let idx = idx as usize;
             let child = self.f.split_leaf(level, raw, idx).ok_or(())?;
             match self.f.decode(nl, child) {
-                Ok(Entry::Leaf { size, .. }) if size.bytes() == span => {
+                Ok(Entry::Leaf { size, .. }) if size.bytes() as u128 == span => {
                     self.plan_split(nl, child, e_start + ((idx as u64) << g.shift))?
                 }
                 _ => return Err(()),
