@@ -508,3 +508,96 @@ fn two_units_translate_disjoint_device_id_ranges_through_their_own_tables() {
     assert_eq!(r.m.fault_log().len(), 1);
     assert_eq!(r.m.fault_log()[0].unit, BASE_B);
 }
+
+#[test]
+fn device_outside_the_units_device_id_range_is_refused() {
+    let mut m = Machine::with_ram(&[(PhysAddr(0), 0x100_0000)]).unwrap();
+    m.add_unit(Box::new(AmdViUnit::new(
+        AmdViConfig::new(BASE).with_device_ids(0x100..=0x1ff),
+    )))
+    .unwrap();
+    let a = m
+        .add_device(Device {
+            rid: RequesterId::from_sid(0, 0x200),
+            pasid: None,
+            unit: BASE,
+        })
+        .unwrap();
+    m.mmio_write(PhysAddr(BASE.0 + regs::CONTROL), 8, 1)
+        .unwrap();
+    // With IommuEn and a zeroed device table, a covered device would pass through.
+    assert!(m.dma_write(&a, Iova(0x1000), &[1; 8]).is_err());
+}
+
+#[test]
+fn snapshot_round_trip_keeps_registers_and_translation() {
+    use emulator::snapshot;
+    let mut r = rig();
+    let root = v1_tables(&mut r);
+    r.dte(
+        DEVTAB,
+        DEV,
+        DeviceTableEntry::host(root, 4, DOM, true, true),
+    );
+    r.w(regs::EXCL_BASE, 0x60_0000 | 1);
+    assert!(r.read(0x6000).is_err()); // one event logged
+    r.cmd(Command::from_qwords([0xf << 60, 0])); // buffer stopped
+    let before: Vec<_> = r.m.unit(BASE).unwrap().save_registers();
+    let bytes = snapshot::to_bytes(&r.m);
+    let mut loaded = snapshot::from_bytes(&bytes).unwrap();
+    let unit = loaded.unit(BASE).unwrap();
+    assert_eq!(unit.save_registers(), before);
+    assert_eq!(snapshot::to_bytes(&loaded), bytes);
+    // The stopped command buffer stays stopped; translation still uses the tables.
+    let st = loaded
+        .mmio_read(PhysAddr(BASE.0 + regs::STATUS), 8)
+        .unwrap();
+    assert_eq!(st & field_mask(regs::STATUS::CMD_BUF_RUN), 0);
+    assert_ne!(st & field_mask(regs::STATUS::EVENT_LOG_RUN), 0);
+    let agent = r.agent;
+    loaded.dma_write(&agent, Iova(0x20_0008), &[5; 8]).unwrap();
+    assert_eq!(
+        loaded.mem_mut().read_u64(PhysAddr(0x80_0008)).unwrap(),
+        0x0505_0505_0505_0505
+    );
+}
+
+#[test]
+fn restore_refuses_malformed_register_sets() {
+    use emulator::amdvi::AmdViRestoreError;
+    use emulator::model::{IommuModel, RegisterValue};
+    let regs_ok = AmdViUnit::new(AmdViConfig::new(BASE)).save_registers();
+    let mut short = regs_ok.clone();
+    short.pop();
+    assert_eq!(
+        AmdViUnit::restore(BASE, &short).err(),
+        Some(AmdViRestoreError::Missing {
+            offset: regs::STATUS
+        })
+    );
+    let mut dup = regs_ok.clone();
+    dup.push(regs_ok[0]);
+    assert_eq!(
+        AmdViUnit::restore(BASE, &dup).err(),
+        Some(AmdViRestoreError::Duplicate { offset: 0 })
+    );
+    let mut odd = regs_ok.clone();
+    odd[3].width = 4;
+    assert!(matches!(
+        AmdViUnit::restore(BASE, &odd),
+        Err(AmdViRestoreError::BadWidth {
+            offset: 0x18,
+            width: 4
+        })
+    ));
+    let mut unk = regs_ok;
+    unk.push(RegisterValue {
+        offset: 0x40,
+        width: 8,
+        value: 0,
+    });
+    assert!(matches!(
+        AmdViUnit::restore(BASE, &unk),
+        Err(AmdViRestoreError::UnknownOffset { offset: 0x40 })
+    ));
+}

@@ -180,27 +180,14 @@ impl AmdViUnit {
     }
 
     pub(super) fn saved_registers(&self) -> Vec<RegisterValue> {
-        [
-            regs::DEV_TAB_BASE,
-            regs::CMD_BUF_BASE,
-            regs::EVT_LOG_BASE,
-            regs::CONTROL,
-            regs::EXCL_BASE,
-            regs::EXCL_LIMIT,
-            regs::EFR,
-            regs::CMD_HEAD,
-            regs::CMD_TAIL,
-            regs::EVT_HEAD,
-            regs::EVT_TAIL,
-            regs::STATUS,
-        ]
-        .into_iter()
-        .map(|offset| RegisterValue {
-            offset,
-            width: 8,
-            value: self.reg64(offset).unwrap_or(0),
-        })
-        .collect()
+        SAVED
+            .into_iter()
+            .map(|offset| RegisterValue {
+                offset,
+                width: 8,
+                value: self.reg64(offset).unwrap_or(0),
+            })
+            .collect()
     }
 
     /// Ring base address and size in bytes from a base register, if the length is legal.
@@ -211,5 +198,71 @@ impl AmdViUnit {
             base_reg & field_mask(regs::CMD_BUF_BASE::BASE),
             entries as u64 * regs::RING_ENTRY_BYTES,
         ))
+    }
+}
+
+/// The registers `save_registers` writes, in its order.
+pub(super) const SAVED: [u64; 12] = [
+    regs::DEV_TAB_BASE,
+    regs::CMD_BUF_BASE,
+    regs::EVT_LOG_BASE,
+    regs::CONTROL,
+    regs::EXCL_BASE,
+    regs::EXCL_LIMIT,
+    regs::EFR,
+    regs::CMD_HEAD,
+    regs::CMD_TAIL,
+    regs::EVT_HEAD,
+    regs::EVT_TAIL,
+    regs::STATUS,
+];
+
+impl AmdViUnit {
+    /// Rebuilds a unit from saved registers: every register of [`SAVED`] exactly once,
+    /// 8 bytes wide. Values are taken as they are (no side effects run); the caches
+    /// start empty, as after a reset.
+    pub(super) fn restore_regs(
+        base: iommu_core::PhysAddr,
+        saved: &[RegisterValue],
+    ) -> Result<AmdViUnit, super::AmdViRestoreError> {
+        use super::AmdViRestoreError as E;
+        let mut vals = [None::<u64>; SAVED.len()];
+        for r in saved {
+            let Some(i) = SAVED.iter().position(|&o| o == r.offset) else {
+                return Err(E::UnknownOffset { offset: r.offset });
+            };
+            if r.width != 8 {
+                return Err(E::BadWidth {
+                    offset: r.offset,
+                    width: r.width,
+                });
+            }
+            if vals[i].replace(r.value).is_some() {
+                return Err(E::Duplicate { offset: r.offset });
+            }
+        }
+        let mut v = [0u64; SAVED.len()];
+        for (i, x) in vals.iter().enumerate() {
+            v[i] = x.ok_or(E::Missing { offset: SAVED[i] })?;
+        }
+        let cfg = super::AmdViConfig::new(base).with_efr(v[6]);
+        let mut u = AmdViUnit::new(cfg);
+        u.regs = Regs {
+            dev_tab_base: v[0],
+            cmd_buf_base: v[1] & RING_BASE_MASK,
+            evt_log_base: v[2] & RING_BASE_MASK,
+            control: v[3],
+            excl_base: v[4],
+            excl_limit: v[5] & field_mask(regs::EXCL_LIMIT::LIMIT),
+            cmd_head: v[7] & RING_PTR_MASK,
+            cmd_tail: v[8] & RING_PTR_MASK,
+            evt_head: v[9] & RING_PTR_MASK,
+            evt_tail: v[10] & RING_PTR_MASK,
+            status: v[11] & regs::STATUS_RW1C,
+        };
+        // A buffer stopped by an illegal command stays stopped.
+        let run = field_mask(regs::STATUS::CMD_BUF_RUN);
+        u.cmd_stopped = u.iommu_en() && u.regs.ctl(regs::CONTROL::CMD_BUF_EN) && v[11] & run == 0;
+        Ok(u)
     }
 }

@@ -59,6 +59,53 @@ impl AmdViConfig {
     }
 }
 
+/// Why saved registers could not rebuild an AMD-Vi unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AmdViRestoreError {
+    /// A register the model needs is missing.
+    Missing {
+        /// Its offset.
+        offset: u64,
+    },
+    /// A register was saved with a width other than 8.
+    BadWidth {
+        /// Offset.
+        offset: u64,
+        /// Saved width.
+        width: u8,
+    },
+    /// An offset that is not a saved AMD-Vi register.
+    UnknownOffset {
+        /// Offset.
+        offset: u64,
+    },
+    /// The same register appears twice.
+    Duplicate {
+        /// Offset.
+        offset: u64,
+    },
+}
+
+impl std::fmt::Display for AmdViRestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing { offset } => write!(f, "AMD-Vi register {offset:#x} missing"),
+            Self::BadWidth { offset, width } => {
+                write!(
+                    f,
+                    "AMD-Vi register {offset:#x} saved {width} bytes wide, not 8"
+                )
+            }
+            Self::UnknownOffset { offset } => {
+                write!(f, "{offset:#x} is not a saved AMD-Vi register")
+            }
+            Self::Duplicate { offset } => write!(f, "AMD-Vi register {offset:#x} saved twice"),
+        }
+    }
+}
+
+impl std::error::Error for AmdViRestoreError {}
+
 /// One AMD-Vi unit.
 #[derive(Debug)]
 pub struct AmdViUnit {
@@ -103,6 +150,17 @@ impl AmdViUnit {
     /// Number of IOTLB entries currently cached.
     pub fn cached_translations(&self) -> usize {
         self.caches.iotlb_len()
+    }
+
+    /// Rebuilds a unit at `mmio_base` from the registers `save_registers` produced
+    /// (a snapshot). EFR comes from the saved value; the DeviceID range is not part of
+    /// the register state, so the restored unit covers every DeviceID (the machine
+    /// still routes each device to its unit).
+    pub fn restore(
+        mmio_base: PhysAddr,
+        regs: &[RegisterValue],
+    ) -> Result<AmdViUnit, AmdViRestoreError> {
+        Self::restore_regs(mmio_base, regs)
     }
 
     fn diag(&mut self, msg: String) {

@@ -46,6 +46,12 @@ impl AmdViUnit {
             return Ok(identity(iova, RW));
         }
         let devid = req.rid.sid();
+        // A request from a DeviceID outside the unit's IVRS range never reaches it on a
+        // real platform; the model refuses to translate it rather than guess.
+        if !self.covers(devid) {
+            self.diag(format!("DeviceID {devid:#06x} is not behind this unit"));
+            return Err(self.fault(req, 0, "DeviceID outside the unit's IVRS range", false));
+        }
         let dte = self.device_table_entry(mem, req, devid)?;
         // V=0: every address forwarded untranslated, other fields ignored (§6).
         if !dte.valid() {
