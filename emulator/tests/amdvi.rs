@@ -601,3 +601,105 @@ fn restore_refuses_malformed_register_sets() {
         Err(AmdViRestoreError::UnknownOffset { offset: 0x40 })
     ));
 }
+
+/// A v2 DTE (GV=1, GIoV=1, Mode 0) whose PASID-0 GCR3 entry roots 4-level x86 tables
+/// mapping IOVA 0x5000 to PA 0xc0_0000 (read/write) and IOVA 0x6000 read-only.
+fn v2_setup(r: &mut Rig) {
+    use amdvi::hw::dte::{Glx, GuestPagingMode};
+    use amdvi::hw::pte::{V2_A, V2_D, V2_P, V2_RW, V2_US};
+    for t in [0x50_0000, 0x51_0000, 0x51_1000, 0x51_2000, 0x51_3000] {
+        r.table(t);
+    }
+    let tbl = V2_P | V2_RW | V2_US | V2_A;
+    r.mem(0x50_0000, 0x51_0000 | 1); // GCR3 entry of PASID 0: valid, root
+    r.mem(0x51_0000, 0x51_1000 | tbl);
+    r.mem(0x51_1000, 0x51_2000 | tbl);
+    r.mem(0x51_2000, 0x51_3000 | tbl);
+    r.mem(0x51_3000 + 5 * 8, 0xc0_0000 | tbl | V2_D);
+    r.mem(0x51_3000 + 6 * 8, 0xc1_0000 | V2_P | V2_US | V2_A);
+    let mut d = DeviceTableEntry::blocking(DOM);
+    d.set_bit(bits::IR, true);
+    d.set_bit(bits::IW, true);
+    d.set_guest(0x50_0000, Glx::One, true, GuestPagingMode::Level4);
+    r.dte(DEVTAB, DEV, d);
+}
+
+#[test]
+fn v2_giov_translates_through_gcr3_pasid0_tables() {
+    let mut r = rig();
+    r.w(regs::CONTROL, ctl_on() | field_mask(regs::CONTROL::GT_EN));
+    v2_setup(&mut r);
+    r.write(0x5010, &9u64.to_le_bytes()).unwrap();
+    assert_eq!(r.peek(0xc0_0010), 9);
+    r.mem(0xc1_0000, 0x42);
+    assert_eq!(r.read(0x6000).unwrap(), 0x42);
+    // The read-only guest page refuses a write: IO_PAGE_FAULT with GN (PASID 0).
+    assert_eq!(fault_code(r.write(0x6000, &[0; 8]).unwrap_err()), 2);
+    let ev = r.events();
+    assert_eq!(ev.len(), 1);
+    let f = ev[0].flags();
+    assert!(f.has(EventFlags::GN) && f.has(EventFlags::PE) && f.has(EventFlags::RW));
+    assert_eq!(ev[0].pasid(), 0);
+}
+
+#[test]
+fn v2_dte_without_control_gten_is_an_illegal_dte() {
+    let mut r = rig();
+    v2_setup(&mut r);
+    assert_eq!(fault_code(r.read(0x5000).unwrap_err()), 1);
+    assert_eq!(
+        r.events()[0].code_bits(),
+        EventCode::IllegalDevTableEntry.bits()
+    );
+}
+
+#[test]
+fn command_read_from_poison_is_command_hardware_error_and_stops() {
+    let mut r = rig();
+    // Move the (stopped) command buffer to never-written memory, then add a command.
+    r.w(
+        regs::CONTROL,
+        ctl_on() & !field_mask(regs::CONTROL::CMD_BUF_EN),
+    );
+    r.w(regs::CMD_BUF_BASE, 0x70_0000 | (8 << 56));
+    r.w(regs::CONTROL, ctl_on());
+    r.w(regs::CMD_TAIL, 16);
+    assert_eq!(r.r(regs::CMD_HEAD), 0);
+    assert_eq!(r.status() & field_mask(regs::STATUS::CMD_BUF_RUN), 0);
+    let ev = r.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].code_bits(), EventCode::CommandHardwareError.bits());
+    assert_eq!(ev[0].address(), 0x70_0000);
+}
+
+#[test]
+fn event_log_int_is_set_only_with_event_int_en() {
+    let mut r = rig();
+    r.dte(DEVTAB, DEV, DeviceTableEntry::blocking(DOM));
+    let int = field_mask(regs::STATUS::EVENT_LOG_INT);
+    assert!(r.read(0).is_err());
+    assert_eq!(r.status() & int, 0);
+    r.w(
+        regs::CONTROL,
+        ctl_on() | field_mask(regs::CONTROL::EVENT_INT_EN),
+    );
+    assert!(r.read(0).is_err());
+    assert_ne!(r.status() & int, 0);
+    r.w(regs::STATUS, int);
+    assert_eq!(r.status() & int, 0);
+    assert_eq!(r.events().len(), 2);
+}
+
+#[test]
+fn iommu_en_0_translates_nothing_and_logs_nothing() {
+    let mut r = rig();
+    r.dte(DEVTAB, DEV, DeviceTableEntry::blocking(DOM));
+    r.w(regs::CONTROL, 0);
+    r.write(0x5000, &[6; 8]).unwrap();
+    assert_eq!(r.peek(0x5000), 0x0606_0606_0606_0606);
+    let st = r.status();
+    assert_eq!(
+        st & (field_mask(regs::STATUS::CMD_BUF_RUN) | field_mask(regs::STATUS::EVENT_LOG_RUN)),
+        0
+    );
+}
