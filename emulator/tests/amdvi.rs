@@ -703,3 +703,56 @@ fn iommu_en_0_translates_nothing_and_logs_nothing() {
         0
     );
 }
+
+#[test]
+fn pde_without_iw_refuses_writes_below_it() {
+    let mut r = rig();
+    let root = v1_tables(&mut r);
+    // L3[0] -> L2 with IR only: the 2 MiB leaf under it allows writes, the PDE not.
+    r.mem(0x30_1000, v1_pde(0x30_2000, 2) & !pte::IW);
+    r.dte(
+        DEVTAB,
+        DEV,
+        DeviceTableEntry::host(root, 4, DOM, true, true),
+    );
+    r.mem(0x80_0000, 0x11);
+    assert_eq!(r.read(0x20_0000).unwrap(), 0x11);
+    assert_eq!(fault_code(r.write(0x20_0000, &[0; 8]).unwrap_err()), 2);
+    assert!(r.events()[0].flags().has(EventFlags::PE));
+}
+
+#[test]
+fn v2_iotlb_is_stale_until_gn_invalidation_of_its_pasid() {
+    let mut r = rig();
+    r.w(regs::CONTROL, ctl_on() | field_mask(regs::CONTROL::GT_EN));
+    v2_setup(&mut r);
+    r.mem(0xc0_0000, 0xaa);
+    r.mem(0xd0_0000, 0xdd);
+    assert_eq!(r.read(0x5000).unwrap(), 0xaa);
+    r.mem(
+        0x51_3000 + 5 * 8,
+        0xd0_0000 | amdvi::hw::pte::V2_P | amdvi::hw::pte::V2_US,
+    );
+    // A host (GN=0) invalidation of the domain does not touch guest translations.
+    r.cmd(Command::invalidate_iommu_pages(DOM, InvRange::ALL, true));
+    assert_eq!(r.read(0x5000).unwrap(), 0xaa);
+    // GN=1, PASID 0: bit 66 (GN) set by hand on the host command.
+    let mut c = Command::invalidate_iommu_pages(DOM, InvRange::ALL, true);
+    c.set_bits(66, 66, 1);
+    r.cmd(c);
+    assert_eq!(r.read(0x5000).unwrap(), 0xdd);
+}
+
+#[test]
+fn base_register_written_while_enabled_is_flagged() {
+    let mut r = rig();
+    r.w(regs::DEV_TAB_BASE, DEVTAB);
+    r.w(regs::CMD_HEAD, 0);
+    let d = r.m.unit(BASE).unwrap().diagnostics().to_vec();
+    assert!(d
+        .iter()
+        .any(|s| s.contains("Device Table Base written while IommuEn=1")));
+    assert!(d
+        .iter()
+        .any(|s| s.contains("Command Head written while CmdBufRun=1")));
+}
