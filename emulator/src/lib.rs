@@ -5,11 +5,13 @@
 //! - [`model`]: the interface of a hardware model (MMIO, translation, fault log);
 //! - [`bus`]: the MMIO bus that dispatches register accesses to the units;
 //! - [`vtd`]: the Intel VT-d model;
+//! - [`amdvi`]: the AMD-Vi model;
 //! - [`dma`]: DMA agents that issue reads and writes through an IOMMU and check every byte;
 //! - [`machine`]: memory, units and devices together, with a kexec step;
 //! - [`snapshot`]: save and load a machine as an ELF core file.
 #![warn(missing_docs)]
 
+pub mod amdvi;
 pub mod bus;
 pub mod dma;
 pub mod machine;

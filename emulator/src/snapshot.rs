@@ -26,6 +26,7 @@
 //! context cache) start empty in a loaded machine, and the fault and error logs are not
 //! saved.
 
+use crate::amdvi::{AmdViRestoreError, AmdViUnit};
 use crate::machine::{Device, Machine, MachineError};
 use crate::memory::{
     MemoryConfigError, PageValidity, PageView, SparseMemory, PAGE_SIZE, VALID_WORDS,
@@ -446,6 +447,8 @@ pub enum RestoreError {
     Unsupported,
     /// The VT-d model refused the register values.
     Vtd(VtdRestoreError),
+    /// The AMD-Vi model refused the register values.
+    AmdVi(AmdViRestoreError),
     /// Another model refused the register values.
     Invalid(String),
 }
@@ -455,6 +458,7 @@ impl fmt::Display for RestoreError {
         match self {
             RestoreError::Unsupported => f.write_str("the emulator has no model of this kind"),
             RestoreError::Vtd(e) => write!(f, "{e}"),
+            RestoreError::AmdVi(e) => write!(f, "{e}"),
             RestoreError::Invalid(why) => f.write_str(why),
         }
     }
@@ -485,8 +489,8 @@ where
     }
 }
 
-/// The emulator's own models: VT-d units are rebuilt with [`VtdUnit::restore`]; AMD-Vi
-/// and SMMUv3 have no model yet.
+/// The emulator's own models: VT-d units are rebuilt with [`VtdUnit::restore`], AMD-Vi
+/// units with [`AmdViUnit::restore`]; SMMUv3 has no model yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BuiltinModels;
 
@@ -502,7 +506,11 @@ impl UnitRestorer for BuiltinModels {
                 Ok(unit) => Ok(Box::new(unit)),
                 Err(e) => Err(RestoreError::Vtd(e)),
             },
-            UnitKind::AmdVi | UnitKind::Smmuv3 => Err(RestoreError::Unsupported),
+            UnitKind::AmdVi => match AmdViUnit::restore(mmio_base, regs) {
+                Ok(unit) => Ok(Box::new(unit)),
+                Err(e) => Err(RestoreError::AmdVi(e)),
+            },
+            UnitKind::Smmuv3 => Err(RestoreError::Unsupported),
         }
     }
 }

@@ -363,14 +363,14 @@ fn each_kind_of_damage_gets_its_own_error() {
         })
     );
 
-    // A kind the restorer has no model for.
+    // VT-d registers relabelled as an AMD-Vi unit: the AMD-Vi model refuses them.
     let mut b = bytes.clone();
     put_u32(&mut b, unit_note.2, snapshot::UNIT_KIND_AMDVI);
     assert!(matches!(
         snapshot::from_bytes(&b),
         Err(SnapshotError::UnitRestore {
             kind: UnitKind::AmdVi,
-            error: RestoreError::Unsupported,
+            error: RestoreError::AmdVi(_),
             ..
         })
     ));
