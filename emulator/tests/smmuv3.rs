@@ -390,7 +390,7 @@ fn stage1_permission_fault() {
 fn access_flag_and_address_size_faults() {
     let (mut r, ttb) = s1_rig();
     r.map(ttb, 512, L3, 0x3000, 12, DATA | 1 << 6); // AF = 0
-    // IPS 0 (32 bits): an output address at 4 GiB is beyond it.
+                                                    // IPS 0 (32 bits): an output address at 4 GiB is beyond it.
     let mut c = cd(ttb, 5);
     c.set_ips(0);
     r.put(CDTAB, &c);
@@ -720,4 +720,132 @@ fn two_smmus_on_one_machine_with_an_iommu_map() {
     };
     assert_eq!(c.stream_id(rid(0x12)), Some(0x42));
     assert_eq!(c.stream_id(rid(0x18)), None);
+}
+
+/// Each invalidation kind against the cache it empties: the change stays invisible
+/// until that command (and a command for another tag leaves it stale).
+#[test]
+fn stale_until_each_kind_of_invalidation() {
+    type Change = fn(&mut Rig, u64, u64);
+    // (name, change, wrong command, right command, the new PA of IOVA 0x1000 of SID 1)
+    let remap: Change = |r, ttb, _| r.map(ttb, 512, L3, 0x1000, 12, (DATA + 0x9000) | S1_RW);
+    let new_cd: Change = |r, ttb, _| {
+        let t2 = r.table(0x1000);
+        r.map(t2, 512, L3, 0x1000, 12, (DATA + 0x9000) | S1_RW);
+        let _ = ttb;
+        // A new ASID: CFGI does not touch the TLB (reference §9).
+        r.put(CDTAB, &cd(t2, 7));
+    };
+    let nh_va_range = {
+        let mut c = Cmd::tlbi_addr(Opcode::TlbiNhVa, 0, 5, 0, true, Some((3, Granule::K4)));
+        c.set_num(1); // 2 × 2 pages from 0: covers 0x1000
+        c
+    };
+    let rows: Vec<(&str, Change, Cmd, Cmd)> = vec![
+        (
+            "CFGI_CD",
+            new_cd,
+            Cmd::cfgi_cd(2, 0, true),
+            Cmd::cfgi_cd(1, 0, true),
+        ),
+        (
+            "CFGI_CD_ALL",
+            new_cd,
+            Cmd::cfgi_cd_all(2),
+            Cmd::cfgi_cd_all(1),
+        ),
+        (
+            "CFGI_STE_RANGE",
+            new_cd,
+            Cmd::cfgi_ste_range(2, 0),
+            Cmd::cfgi_ste_range(0, 0),
+        ),
+        ("CFGI_ALL", new_cd, Cmd::cfgi_ste(3, true), Cmd::cfgi_all()),
+        (
+            "TLBI_NH_ASID",
+            remap,
+            Cmd::tlbi(Opcode::TlbiNhAsid, 0, 6),
+            Cmd::tlbi(Opcode::TlbiNhAsid, 0, 5),
+        ),
+        (
+            "TLBI_NH_ALL",
+            remap,
+            Cmd::tlbi(Opcode::TlbiNhAll, 1, 5),
+            Cmd::tlbi(Opcode::TlbiNhAll, 0, 0),
+        ),
+        (
+            "TLBI_NH_VAA",
+            remap,
+            Cmd::tlbi_addr(Opcode::TlbiNhVaa, 0, 0, 0x2000, true, None),
+            Cmd::tlbi_addr(Opcode::TlbiNhVaa, 0, 0, 0x1000, true, None),
+        ),
+        (
+            "TLBI_NH_VA range",
+            remap,
+            Cmd::tlbi_addr(Opcode::TlbiNhVa, 0, 5, 0x4000, true, None),
+            nh_va_range,
+        ),
+        (
+            "TLBI_S12_VMALL",
+            remap,
+            Cmd::tlbi(Opcode::TlbiS12Vmall, 1, 0),
+            Cmd::tlbi(Opcode::TlbiS12Vmall, 0, 0),
+        ),
+        (
+            "TLBI_NSNH_ALL",
+            remap,
+            Cmd::cfgi_all(),
+            Cmd::new(Opcode::TlbiNsnhAll),
+        ),
+    ];
+    for (name, change, wrong, right) in rows {
+        let (mut r, ttb) = s1_rig();
+        assert_eq!(r.pa(1, None, 0x1000), DATA, "{name}");
+        change(&mut r, ttb, 0);
+        r.cmd(wrong);
+        r.sync();
+        assert_eq!(
+            r.pa(1, None, 0x1000),
+            DATA,
+            "{name}: stale after another tag's command"
+        );
+        r.cmd(right);
+        r.sync();
+        assert_eq!(
+            r.pa(1, None, 0x1000),
+            DATA + 0x9000,
+            "{name}: fresh after the command"
+        );
+    }
+}
+
+#[test]
+fn stale_stage2_until_tlbi_s2_ipa() {
+    let mut r = Rig::new(SmmuV3Config::new(BASE));
+    r.linear();
+    let root = r.table(0x1000);
+    r.map(root, 512, L3, 0x5000, 12, DATA | S2_RW);
+    r.ste(7, &with_s2(Ste::default(), Config::S2Trans, root, 25, 3));
+    assert_eq!(r.pa(7, None, 0x5000), DATA);
+    r.map(root, 512, L3, 0x5000, 12, (DATA + 0x1000) | S2_RW);
+    r.cmd(Cmd::tlbi_addr(Opcode::TlbiS2Ipa, 2, 0, 0x5000, true, None));
+    r.sync();
+    assert_eq!(r.pa(7, None, 0x5000), DATA, "another VMID");
+    r.cmd(Cmd::tlbi_addr(Opcode::TlbiS2Ipa, 3, 0, 0x5000, true, None));
+    r.sync();
+    assert_eq!(r.pa(7, None, 0x5000), DATA + 0x1000);
+}
+
+#[test]
+fn unbacked_stage1_descriptor_is_f_walk_eabt() {
+    let (mut r, ttb) = s1_rig();
+    r.wq(ttb + 2 * 8, RAM | 0b11); // a table beyond RAM
+    assert_eq!(
+        fault_code(r.dma(1, None, 0x8000_0000, Access::Read)).0,
+        0x0b
+    );
+    let e = r.events()[0];
+    assert_eq!(e.class(), Some(Class::Tt));
+    assert_eq!(e.fetch_addr(), RAM);
+    assert!(!e.s2());
 }

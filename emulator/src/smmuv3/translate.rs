@@ -145,6 +145,9 @@ impl Ctx {
         match f {
             WalkFail::Fault(ty) => Stop::Event(self.tr(ty, s2, class, ipa), record),
             WalkFail::Eabt(pa) => {
+                // An abort on a stage-1 descriptor is CLASS = TT; on a stage-2
+                // descriptor the class is the purpose of the walk (reference §13).
+                let class = if s2 { class } else { Class::Tt };
                 let mut e = self.tr(EventType::FWalkEabt, s2, class, 0);
                 e.set_fetch_addr(pa);
                 Stop::Event(e, true)
