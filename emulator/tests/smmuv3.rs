@@ -849,3 +849,60 @@ fn unbacked_stage1_descriptor_is_f_walk_eabt() {
     assert_eq!(e.fetch_addr(), RAM);
     assert!(!e.s2());
 }
+
+#[test]
+fn cd_fetch_abort_and_bad_cd() {
+    let (mut r, ttb) = s1_rig();
+    // S1ContextPtr beyond RAM: F_CD_FETCH with the CD's address.
+    r.ste(1, &s1_ste(RAM, 0, S1Fmt::Linear));
+    assert_eq!(
+        fault_code(r.dma(1, None, 0x1000, Access::Read)),
+        (0x09, true)
+    );
+    assert_eq!(r.events()[0].fetch_addr(), RAM);
+    // CD.V = 0: C_BAD_CD; a reserved TG0 too.
+    let mut c = cd(ttb, 5);
+    c.set_v(false);
+    r.put(CDTAB + 64, &c);
+    r.ste(2, &s1_ste(CDTAB + 64, 0, S1Fmt::Linear));
+    assert_eq!(
+        fault_code(r.dma(2, None, 0x1000, Access::Read)),
+        (0x0a, true)
+    );
+    let mut c = cd(ttb, 5);
+    c.set_tg0_bits(3);
+    r.put(CDTAB + 128, &c);
+    r.ste(3, &s1_ste(CDTAB + 128, 0, S1Fmt::Linear));
+    assert_eq!(fault_code(r.dma(3, None, 0x1000, Access::Read)).0, 0x0a);
+    let ev = r.events();
+    assert_eq!(ev.iter().map(|e| e.sid()).collect::<Vec<_>>(), [2, 3]);
+    // A privileged PASID request's fault carries PnU.
+    r.ste(4, &s1_ste(CDTAB, 4, S1Fmt::Linear));
+    r.put(CDTAB + 2 * 64, &cd(ttb, 5));
+    let req = DmaRequest {
+        rid: rid(4),
+        pasid: Some(Pasid(2)),
+        privileged: true,
+        iova: Iova(0x7000),
+        access: Access::Read,
+    };
+    r.u.translate(&mut r.mem, &req).unwrap_err();
+    let e = r.events()[0];
+    assert!(e.pnu() && e.rnw());
+}
+
+#[test]
+fn config_errors_are_typed() {
+    let mut c = SmmuV3Config::new(BASE);
+    c.oas_bits = 47;
+    assert!(SmmuV3Unit::new(c).is_err());
+    let mut c = SmmuV3Config::new(BASE);
+    c.stream_map = vec![StreamMap {
+        segment: 0,
+        rid_base: 0xfff0,
+        sid_base: 0,
+        length: 0x20,
+    }];
+    let e = SmmuV3Unit::new(c).unwrap_err();
+    assert!(e.to_string().contains("iommu-map"), "{e}");
+}

@@ -118,6 +118,7 @@ struct Ctx {
     ssid: Option<u32>,
     iova: u64,
     read: bool,
+    privileged: bool,
 }
 
 impl Ctx {
@@ -131,6 +132,7 @@ impl Ctx {
     fn tr(&self, ty: EventType, s2: bool, class: Class, ipa: u64) -> Event {
         let mut e = self.cfg(ty);
         e.set_rnw(self.read);
+        e.set_pnu(self.privileged);
         e.set_s2(s2);
         e.set_class(class);
         e.set_input_addr(self.iova);
@@ -225,6 +227,7 @@ impl SmmuV3Unit {
             ssid: req.pasid.map(|p| p.0),
             iova: req.iova.0,
             read: req.access == Access::Read,
+            privileged: req.pasid.is_some() && req.privileged,
         };
         match self.resolve(&*mem, &ctx, req.access) {
             Ok(t) => Ok(t),
