@@ -906,3 +906,35 @@ fn config_errors_are_typed() {
     let e = SmmuV3Unit::new(c).unwrap_err();
     assert!(e.to_string().contains("iommu-map"), "{e}");
 }
+
+/// A live CD rewritten qword by qword (TTB0 in qword 1 before the ASID in qword 0):
+/// in torn-entry mode a translation between the writes walks the new table under the
+/// old ASID; with the CD cache it keeps the old CD until CFGI_CD.
+#[test]
+fn torn_entry_mode_sees_a_half_written_cd() {
+    for refetch in [false, true] {
+        let mut cfg = SmmuV3Config::new(BASE);
+        cfg.refetch_config = refetch;
+        let mut r = Rig::new(cfg);
+        r.linear();
+        let old = r.table(0x1000);
+        r.map(old, 512, L3, 0x1000, 12, DATA | S1_RW);
+        r.put(CDTAB, &cd(old, 5));
+        r.ste(1, &s1_ste(CDTAB, 0, S1Fmt::Linear));
+        assert_eq!(r.pa(1, None, 0x1000), DATA);
+        let new = r.table(0x1000);
+        r.map(new, 512, L3, 0x3000, 12, (DATA + 0x7000) | S1_RW);
+        let q = cd(new, 6).qwords();
+        r.wq(CDTAB + 8, q[1]);
+        let mid = r.dma(1, None, 0x3000, Access::Read);
+        if refetch {
+            assert_eq!(
+                mid.unwrap().pa.0,
+                DATA + 0x7000,
+                "new TTB0 under the old ASID"
+            );
+        } else {
+            assert_eq!(fault_code(mid).0, 0x10, "the cached CD walks the old table");
+        }
+    }
+}
