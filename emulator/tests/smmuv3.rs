@@ -938,3 +938,22 @@ fn torn_entry_mode_sees_a_half_written_cd() {
         }
     }
 }
+
+#[test]
+fn irq_ctrl_handshake_and_event_msi() {
+    let mut r = Rig::new(SmmuV3Config::new(BASE));
+    r.linear();
+    r.w64(regs::EVENTQ_IRQ_CFG0, MSI + 0x40);
+    r.w32(regs::EVENTQ_IRQ_CFG1, 0x1234_5678);
+    // No interrupt while IRQ_CTRL.EVENTQ_IRQEN = 0.
+    r.dma(0x100, None, 0, Access::Read).unwrap_err();
+    assert_eq!((r.u.eventq_irqs(), r.rq(MSI + 0x40)), (0, 0));
+    r.w32(regs::IRQ_CTRL, 0b101);
+    assert_eq!(r.r32(regs::IRQ_CTRLACK), 0b101);
+    r.dma(0x100, None, 0, Access::Read).unwrap_err();
+    assert_eq!(r.u.eventq_irqs(), 1);
+    assert_eq!(r.rq(MSI + 0x40) & 0xffff_ffff, 0x1234_5678);
+    // A command error raises the global-error interrupt.
+    r.cmd(Cmd::from_qwords([0x7f, 0]));
+    assert_eq!(r.u.gerror_irqs(), 1);
+}
