@@ -312,6 +312,17 @@ fn bypass_and_abort_ste() {
     // Abort: terminated, no event.
     assert_eq!(fault_code(r.dma(3, None, 0x1000, Access::Read)), (0, false));
     assert!(r.events().is_empty());
+    // Reserved Config 0b001–0b011 behaves as abort: no event (IHI0070 §5.2).
+    for c in 1..=3 {
+        let mut x = Ste::default();
+        x.set_v(true);
+        x.set_config_bits(c);
+        r.ste(5, &x);
+        r.cmd(Cmd::cfgi_ste(5, true));
+        r.sync();
+        assert_eq!(fault_code(r.dma(5, None, 0x1000, Access::Read)), (0, false));
+    }
+    assert!(r.events().is_empty());
     // V = 0: C_BAD_STE, recorded.
     assert_eq!(
         fault_code(r.dma(4, None, 0x1000, Access::Read)),
@@ -956,4 +967,20 @@ fn irq_ctrl_handshake_and_event_msi() {
     // A command error raises the global-error interrupt.
     r.cmd(Cmd::from_qwords([0x7f, 0]));
     assert_eq!(r.u.gerror_irqs(), 1);
+}
+
+/// Without SubstreamIDs (IDR1.SSIDSIZE = 0) S1CDMax is IGNORED: a non-zero value is not
+/// an ILLEGAL STE, and a request with a PASID is C_BAD_SUBSTREAMID.
+#[test]
+fn s1cdmax_ignored_without_substreams() {
+    let mut cfg = SmmuV3Config::new(BASE);
+    cfg.ssid_bits = 0;
+    let mut r = Rig::new(cfg);
+    r.linear();
+    let ttb = r.table(0x1000);
+    r.map(ttb, 512, L3, 0x1000, 12, DATA | S1_RW);
+    r.put(CDTAB, &cd(ttb, 5));
+    r.ste(1, &s1_ste(CDTAB, 5, S1Fmt::TwoLevel64K));
+    assert_eq!(r.pa(1, None, 0x1000), DATA);
+    assert_eq!(fault_code(r.dma(1, Some(0), 0x1000, Access::Read)).0, 0x08);
 }

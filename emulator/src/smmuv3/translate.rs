@@ -370,14 +370,14 @@ impl SmmuV3Unit {
             return Err(bad_ste());
         }
         let config = ste.config_bits();
+        // IHI0070 §5.2 STE.Config: 0b000 aborts with no event recorded, and the reserved
+        // 0b001–0b011 behave as 0b000.
         let (s1, s2) = match config {
-            0 => return Err(Stop::Silent("STE.Config = abort: transaction aborted")),
             4 => (false, false),
             5 => (true, false),
             6 => (false, true),
             7 => (true, true),
-            // Config 1–3 is reserved: the STE is ILLEGAL.
-            _ => return Err(bad_ste()),
+            _ => return Err(Stop::Silent("STE.Config = abort: transaction aborted")),
         };
         if (s1 && !self.cfg.stage1) || (s2 && !self.cfg.stage2) {
             return Err(bad_ste());
@@ -415,7 +415,13 @@ impl SmmuV3Unit {
             }
             None
         } else {
-            let cdmax = ste.s1cdmax() as u32;
+            // S1CDMax is IGNORED without SubstreamIDs (IDR1.SSIDSIZE = 0), so every
+            // SubstreamID is then C_BAD_SUBSTREAMID (IHI0070 §5.2 STE.S1CDMax).
+            let cdmax = if self.cfg.ssid_bits == 0 {
+                0
+            } else {
+                ste.s1cdmax() as u32
+            };
             if cdmax > self.cfg.ssid_bits {
                 return Err(bad_ste());
             }
