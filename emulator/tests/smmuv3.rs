@@ -984,3 +984,26 @@ fn s1cdmax_ignored_without_substreams() {
     assert_eq!(r.pa(1, None, 0x1000), DATA);
     assert_eq!(fault_code(r.dma(1, Some(0), 0x1000, Access::Read)).0, 0x08);
 }
+
+/// Stage 1 bypassed: an input beyond the 48-bit IAS is a stage-1 F_ADDR_SIZE; a
+/// reserved S1DSS (3) terminates like 0 (IHI0070 §5.2 STE.S1DSS).
+#[test]
+fn bypassed_stage1_checks_ias_and_reserved_s1dss_terminates() {
+    let (mut r, _) = s1_rig();
+    let mut s = Ste::default();
+    s.set_v(true);
+    s.set_config(Config::Bypass);
+    r.ste(2, &s);
+    assert_eq!(r.pa(2, None, (1 << 48) - 0x1000), (1 << 48) - 0x1000);
+    assert_eq!(
+        fault_code(r.dma(2, None, 1 << 48, Access::Read)),
+        (0x11, true)
+    );
+    let e = r.events()[0];
+    assert!(!e.s2());
+    assert_eq!(e.input_addr(), 1 << 48);
+    let mut s = s1_ste(CDTAB, 2, S1Fmt::Linear);
+    s.set_s1dss_bits(3);
+    r.ste(3, &s);
+    assert_eq!(fault_code(r.dma(3, None, 0x1000, Access::Read)).0, 0x06);
+}

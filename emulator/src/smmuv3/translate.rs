@@ -434,9 +434,9 @@ impl SmmuV3Unit {
                     Some(s)
                 }
                 None if cdmax == 0 => Some(0),
+                // S1DSS 0b11 is reserved and behaves as 0b00, terminate (IHI0070 §5.2).
                 None => match ste.s1dss() {
-                    None => return Err(bad_ste()),
-                    Some(S1Dss::Terminate) => {
+                    None | Some(S1Dss::Terminate) => {
                         return Err(Stop::Event(ctx.cfg(EventType::FStreamDisabled), true))
                     }
                     Some(S1Dss::Bypass) => None,
@@ -477,6 +477,15 @@ impl SmmuV3Unit {
                 Some((cd, f))
             }
         };
+        // Stage 1 bypassed (Config 0b1x0 or S1DSS bypass): an input beyond the IAS is a
+        // stage-1 Address Size fault (IHI0070 §5.2 STE.S1DSS, §3.4).
+        let ias = self.caps.ias_bits();
+        if cd.is_none() && ias < 64 && ctx.iova >> ias != 0 {
+            return Err(Stop::Event(
+                ctx.tr(EventType::FAddrSize, false, Class::In, 0),
+                true,
+            ));
+        }
         let stage = match (&cd, s2) {
             (Some((cd, _)), _) => TlbStage::S1 {
                 asid: cd.asid() as u16,
