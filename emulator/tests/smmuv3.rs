@@ -1007,3 +1007,26 @@ fn bypassed_stage1_checks_ias_and_reserved_s1dss_terminates() {
     r.ste(3, &s);
     assert_eq!(fault_code(r.dma(3, None, 0x1000, Access::Read)).0, 0x06);
 }
+
+/// Base addresses are aligned by the SMMU (IHI0070 §6.3 CMDQ_BASE, STRTAB_BASE): low
+/// ADDR bits below the queue or table size are ignored.
+#[test]
+fn queue_and_stream_table_bases_are_aligned_to_their_size() {
+    let mut r = Rig::new(SmmuV3Config::new(BASE));
+    r.linear();
+    r.ctrl(0);
+    // 2^8 STEs = 16 KiB: ADDR bits 13:6 ignored; 64 commands = 1 KiB: bits 9:5 ignored.
+    r.w64(regs::STRTAB_BASE, STRTAB + 0x40);
+    r.w64(regs::CMDQ_BASE, (CMDQ + 0x60) | 6);
+    r.w32(regs::CMDQ_PROD, 0);
+    r.w32(regs::CMDQ_CONS, 0);
+    r.cmd_prod = 0;
+    r.ctrl((CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET).value);
+    r.cmd(Cmd::sync(SyncCs::Irq, MSI, 0x55, 0, 0));
+    assert_eq!(r.rq(MSI), 0x55, "the command was read at the aligned base");
+    let mut s = Ste::default();
+    s.set_v(true);
+    s.set_config(Config::Bypass);
+    r.ste(1, &s);
+    assert_eq!(r.pa(1, None, 0x3000), 0x3000, "STE 1 read at STRTAB + 64");
+}

@@ -19,7 +19,9 @@ impl SmmuV3Unit {
             return;
         }
         let log2 = self.cmdq_log2();
-        let base = Q_BASE::ADDR.read(self.regs.cmdq_base) << 5;
+        // Aligned to the larger of the queue size and 32 bytes (IHI0070 §6.3 CMDQ_BASE).
+        let size = (16u64 << log2).max(32);
+        let base = (Q_BASE::ADDR.read(self.regs.cmdq_base) << 5) & !(size - 1);
         let prod = QueuePos::from_reg(log2, self.regs.cmdq_prod);
         let mut cons = QueuePos::from_reg(log2, self.regs.cmdq_cons);
         // At most one pass over the queue.

@@ -31,7 +31,8 @@ impl SmmuV3Unit {
             }
             return false;
         }
-        let base = Q_BASE::ADDR.read(self.regs.eventq_base) << 5;
+        // Aligned to the queue size (IHI0070 §6.3 EVENTQ_BASE).
+        let base = (Q_BASE::ADDR.read(self.regs.eventq_base) << 5) & !((32u64 << log2) - 1);
         let addr = PhysAddr(base + prod.index() as u64 * 32);
         if let Err(e) = mem.write(addr, event.as_bytes()) {
             self.diag(format!("event queue write at {addr} failed: {e}"));

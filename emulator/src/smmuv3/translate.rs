@@ -19,7 +19,7 @@ use iommu_core::{PageSize, PhysAddr};
 use smmuv3::format::{FormatError, Vmsa};
 use smmuv3::hw::cd::{Cd, L1Cd};
 use smmuv3::hw::event::{Class, Event, EventType};
-use smmuv3::hw::regs::{CR0, CR2, GBPA, STRTAB_BASE};
+use smmuv3::hw::regs::{CR0, CR2, GBPA, STRTAB_BASE, STRTAB_BASE_CFG};
 use smmuv3::hw::ste::{L1Std, S1Dss, S1Fmt, Ste, SteSlot, StrtabCfg};
 use std::cell::Cell;
 use zerocopy::FromBytes;
@@ -273,7 +273,15 @@ impl SmmuV3Unit {
                 return Ok(*s);
             }
         }
-        let base = STRTAB_BASE::ADDR.read(self.regs.strtab_base) << 6;
+        // The base is aligned to the table size (linear) or to the larger of 64 bytes and
+        // the L1 table (2-level), from the literal LOG2SIZE (IHI0070 §6.3 STRTAB_BASE).
+        let literal = STRTAB_BASE_CFG::LOG2SIZE.read(self.regs.strtab_base_cfg);
+        let align_shift = match slot {
+            SteSlot::Linear { .. } => literal + 6,
+            SteSlot::TwoLevel { .. } => (literal.saturating_sub(st.split) + 2).max(5) + 1,
+        };
+        let base = (STRTAB_BASE::ADDR.read(self.regs.strtab_base) << 6)
+            & !(1u64.checked_shl(align_shift).unwrap_or(0).wrapping_sub(1));
         let addr = match slot {
             SteSlot::Linear { index } => base + index as u64 * 64,
             SteSlot::TwoLevel { l1, l2 } => {
