@@ -1030,3 +1030,32 @@ fn queue_and_stream_table_bases_are_aligned_to_their_size() {
     r.ste(1, &s);
     assert_eq!(r.pa(1, None, 0x3000), 0x3000, "STE 1 read at STRTAB + 64");
 }
+
+/// A 64 KiB-granule CD (TG0 = 1, T0SZ 25: Arm levels 2 and 3): a 64 KiB page and a
+/// 512 MiB block (reference §12).
+#[test]
+fn stage1_64k_granule_page_and_block() {
+    let mut r = Rig::new(SmmuV3Config::new(BASE));
+    r.linear();
+    let root = r.table(0x1_0000);
+    let l3 = r.table(0x1_0000);
+    r.wq(root, l3 | 0b11);
+    r.wq(l3 + 3 * 8, DATA | 0b11 | S1_RW);
+    r.wq(root + 8, 0x8000_0000 | 0b01 | S1_RW);
+    let mut c = cd(root, 5);
+    c.set_tg0(Granule::K64);
+    r.put(CDTAB, &c);
+    r.ste(1, &s1_ste(CDTAB, 0, S1Fmt::Linear));
+    let t = r.dma(1, None, 0x3_1234, Access::Read).unwrap();
+    assert_eq!((t.pa.0, t.page_size.bytes()), (DATA + 0x1234, 0x1_0000));
+    let t = r.dma(1, None, 0x2123_4567, Access::Write).unwrap();
+    assert_eq!((t.pa.0, t.page_size.bytes()), (0x8123_4567, 0x2000_0000));
+    // Granule not in IDR5: the CD is ILLEGAL.
+    let mut cfg = SmmuV3Config::new(BASE);
+    cfg.gran64k = false;
+    let mut r2 = Rig::new(cfg);
+    r2.linear();
+    r2.put(CDTAB, &c);
+    r2.ste(1, &s1_ste(CDTAB, 0, S1Fmt::Linear));
+    assert_eq!(fault_code(r2.dma(1, None, 0x3_1234, Access::Read)).0, 0x0a);
+}
