@@ -731,6 +731,19 @@ fn two_smmus_on_one_machine_with_an_iommu_map() {
     };
     assert_eq!(c.stream_id(rid(0x12)), Some(0x42));
     assert_eq!(c.stream_id(rid(0x18)), None);
+    // A non-PCI master: requester 0 of segment 0x100, StreamID 0x900.
+    let platform = StreamMap {
+        segment: 0x100,
+        rid_base: 0,
+        sid_base: 0x900,
+        length: 1,
+    };
+    let c = SmmuV3Config {
+        stream_map: vec![platform],
+        ..SmmuV3Config::new(b2)
+    };
+    assert_eq!(c.stream_id(RequesterId::new(0x100, 0, 0, 0)), Some(0x900));
+    assert_eq!(c.stream_id(rid(0)), None);
 }
 
 /// Each invalidation kind against the cache it empties: the change stays invisible

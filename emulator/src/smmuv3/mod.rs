@@ -55,6 +55,11 @@ const MAX_FAULTS: usize = 100_000;
 /// One `iommu-map` entry (Linux `Documentation/devicetree/bindings/pci/pci-iommu.yaml`,
 /// the IORT ID mapping): requester IDs `rid_base..rid_base + length` of `segment` map
 /// to StreamIDs `sid_base..`.
+///
+/// The machine names every DMA master by a [`RequesterId`]; a non-PCI master with its own
+/// StreamID (an IORT named component, a device-tree `iommus` phandle) is given a
+/// requester ID in a segment no PCI root uses, and an entry here maps it to its
+/// StreamID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamMap {
     /// PCI segment.
