@@ -11,8 +11,9 @@
 //! (IHI0070) and the Arm ARM (DDI0487) translation chapters, Linux
 //! (`drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.h`, `drivers/iommu/io-pgtable-arm.c`)
 //! and QEMU (`hw/arm/smmuv3-internal.h`); every layout has known-answer tests naming
-//! their source. The driver, the live-update handover and the emulator model are not
-//! built yet.
+//! their source. The emulator's SMMUv3 model (`emulator::smmuv3`) uses `hw` and `format`
+//! only; the driver and the live-update handover are not built yet (like `vtd`, they
+//! will sit behind a `driver` feature).
 #![no_std]
 #![warn(missing_docs)]
 
