@@ -65,6 +65,30 @@ pub struct DmaRequest {
     pub access: Access,
 }
 
+impl DmaRequest {
+    /// The fault event of this request at the unit at `unit`: architectural `code`,
+    /// its meaning in the specification's words, and whether it reached the
+    /// architectural channel.
+    pub fn fault(
+        &self,
+        unit: PhysAddr,
+        code: u32,
+        reason: &'static str,
+        recorded: bool,
+    ) -> FaultEvent {
+        FaultEvent {
+            unit,
+            rid: self.rid,
+            pasid: self.pasid,
+            iova: self.iova,
+            access: self.access,
+            code,
+            reason,
+            recorded,
+        }
+    }
+}
+
 /// A successful translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Translated {

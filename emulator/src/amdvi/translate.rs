@@ -7,7 +7,7 @@
 
 use super::cache::IotlbEntry;
 use super::AmdViUnit;
-use crate::model::{Access, DmaError, DmaRequest, FaultEvent, Translated};
+use crate::model::{Access, DmaError, DmaRequest, Translated};
 use amdvi::format::{Gcr3Error, GuestV2, HostV1};
 use amdvi::hw::dte::{DeviceTableEntry, Mode};
 use amdvi::hw::event::{EventCode, EventEntry, EventFlags};
@@ -397,16 +397,7 @@ impl AmdViUnit {
         reason: &'static str,
         recorded: bool,
     ) -> DmaError {
-        let ev = FaultEvent {
-            unit: self.cfg.base,
-            rid: req.rid,
-            pasid: req.pasid,
-            iova: req.iova,
-            access: req.access,
-            code,
-            reason,
-            recorded,
-        };
+        let ev = req.fault(self.cfg.base, code, reason, recorded);
         self.faults.push(ev.clone());
         DmaError::Fault(ev)
     }

@@ -12,7 +12,7 @@
 
 use super::cache::{TlbEntry, TlbKey, TlbStage};
 use super::SmmuV3Unit;
-use crate::model::{Access, DmaError, DmaRequest, FaultEvent, Translated};
+use crate::model::{Access, DmaError, DmaRequest, Translated};
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::pgtable::{translate, Outcome, Perms, WalkErrorKind};
 use iommu_core::{PageSize, PhysAddr};
@@ -190,15 +190,8 @@ impl SmmuV3Unit {
             page_size: PageSize::SIZE_4K,
         };
         let unit = self.cfg.mmio_base;
-        let fault = |code: u32, reason: &'static str, recorded: bool| FaultEvent {
-            unit,
-            rid: req.rid,
-            pasid: req.pasid,
-            iova: req.iova,
-            access: req.access,
-            code,
-            reason,
-            recorded,
+        let fault = |code: u32, reason: &'static str, recorded: bool| {
+            req.fault(unit, code, reason, recorded)
         };
         if !self.enabled(CR0::SMMUEN) {
             // SMMUEN = 0: GBPA decides, and no event is recorded (reference §3).

@@ -134,16 +134,12 @@ impl VtdUnit {
                 req.privileged,
             ))
         };
-        let ev = FaultEvent {
-            unit: self.base,
-            rid: req.rid,
-            pasid: req.pasid,
-            iova: req.iova,
-            access: req.access,
-            code: reason.code() as u32,
-            reason: reason.description(),
+        let ev = req.fault(
+            self.base,
+            reason.code() as u32,
+            reason.description(),
             recorded,
-        };
+        );
         self.faults.push(ev.clone());
         ev
     }
