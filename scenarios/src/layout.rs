@@ -355,12 +355,13 @@ pub fn check_unit_for<A: Arch>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Mode;
     use iommu_core::PageSize;
 
-    fn small_machine() -> Scenario {
+    /// 64 MiB at 0x20000000, one legacy device in one domain, 64 KiB of 4K mappings.
+    pub(crate) fn small_machine() -> Scenario {
         let mut s = Scenario::default_scenario();
         s.ram = (PhysAddr(0x2000_0000), 64 << 20);
         s.modes = vec![Mode::Legacy];

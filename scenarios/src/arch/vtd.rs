@@ -421,17 +421,7 @@ impl Arch for Vtd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn small_machine() -> Scenario {
-        let mut s = Scenario::default_scenario();
-        s.ram = (PhysAddr(0x2000_0000), 64 << 20);
-        s.modes = vec![Mode::Legacy];
-        s.devices = vec![RequesterId::new(0, 0, 2, 0)];
-        s.domains = 1;
-        s.map_bytes = 64 << 10;
-        s.page_sizes = vec![PageSize::SIZE_4K];
-        s
-    }
+    use crate::layout::tests::small_machine;
 
     /// Scalable mode needs a PASID directory and table per device: 10,000 devices need
     /// 20,002 PASID pages in the old pool (the old sizing ignored them).
