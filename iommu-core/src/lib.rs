@@ -13,6 +13,8 @@
 //!   walker that turns a table tree into coalesced mapping runs and its set of table pages;
 //! - [`pageset`]: [`pageset::PageSet`], a set of preserved physical pages modelled on
 //!   Linux KHO's radix tree;
+//! - [`pool`]: the [`pool::PageAllocator`] trait drivers take their table pages from,
+//!   and [`pool::PagePool`], a frame pool over one physical range;
 //! - [`image`]: the layout rules of ELF memory images shared by every reader;
 //! - [`kho`]: the kexec-handover blob (a flattened device tree in KHO's layout) and the
 //!   versioned client records it points to;
@@ -32,6 +34,7 @@ pub mod kho;
 pub mod mem;
 pub mod pageset;
 pub mod pgtable;
+pub mod pool;
 pub mod regs;
 
 pub use addr::{AlignedRange, DomainId, Iova, PageSize, Pasid, PhysAddr, RequesterId};

@@ -26,14 +26,13 @@
 //!   then IOTLB invalidation; one that appears: the same with CAP.CM (not-present
 //!   entries cached under domain ID 0), a write-buffer flush otherwise.
 
-mod alloc;
 mod error;
 pub(crate) mod inval;
 mod pgtable;
 
-pub use self::alloc::{remove_page, PageAllocator, PagePool};
 pub use error::{Error, ErrorKind};
 pub use inval::{Invalidation, Queue};
+pub use iommu_core::pool::{remove_page, PageAllocator, PagePool};
 
 use ::alloc::collections::BTreeMap;
 use ::alloc::vec::Vec;

@@ -1,10 +1,11 @@
-//! Page allocation for the driver: the [`PageAllocator`] trait the platform provides, and
-//! [`PagePool`], a simple pool over one physical range usable by any platform.
+//! Page allocation for drivers of every architecture: the [`PageAllocator`] trait the
+//! platform provides, and [`PagePool`], a simple pool over one physical range usable by
+//! any platform.
 
+use crate::kho::FrameAllocator;
+use crate::pageset::{PageSet, PAGE_SIZE};
+use crate::PhysAddr;
 use alloc::vec::Vec;
-use iommu_core::kho::FrameAllocator;
-use iommu_core::pageset::{PageSet, PAGE_SIZE};
-use iommu_core::PhysAddr;
 
 /// Removes one 4 KiB page from `set`, splitting the block that holds it (a set built
 /// from ranges holds large blocks). Returns whether the page was in the set.
