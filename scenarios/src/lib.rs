@@ -15,7 +15,9 @@ pub mod config;
 pub mod layout;
 pub mod report;
 pub mod runner;
+pub mod select;
 
 pub use config::{Mode, Scenario};
 pub use report::Report;
 pub use runner::{run, run_on, RunError, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
+pub use select::{run_selected, select, ArchName, ArchOptions, Selection};

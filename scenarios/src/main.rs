@@ -2,8 +2,11 @@
 
 use clap::Parser;
 use iommu_core::{PageSize, PhysAddr, RequesterId};
-use scenarios::config::{parse_page_sizes, parse_ram, parse_size, parse_u64, Mode, Scenario};
-use scenarios::{run, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
+use scenarios::config::{parse_page_sizes, parse_ram, parse_size, parse_u64, Scenario};
+use scenarios::{
+    run_selected, select, ArchName, ArchOptions, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK,
+    EXIT_USAGE,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,9 +55,14 @@ struct Cli {
     /// MMIO base of the VT-d unit.
     #[arg(long, value_parser = parse_u64)]
     unit_base: Option<u64>,
-    /// Mode to run (repeatable): legacy, scalable-ss, scalable-fs.
-    #[arg(long = "mode", value_parser = Mode::parse)]
-    modes: Vec<Mode>,
+    /// Architecture to run (repeatable): vtd. Default: every architecture, or those the
+    /// --mode values belong to.
+    #[arg(long = "arch", value_parser = ArchName::parse)]
+    arches: Vec<ArchName>,
+    /// Mode to run (repeatable); a mode names its architecture: VT-d legacy,
+    /// scalable-ss, scalable-fs. Default: every mode of each architecture run.
+    #[arg(long = "mode")]
+    modes: Vec<String>,
     /// A preserved device as [segment:]bus:device.function (repeatable; replaces the
     /// scenario's devices).
     #[arg(long = "device", value_parser = parse_rid)]
@@ -106,9 +114,6 @@ fn main() -> ExitCode {
     if let Some(v) = cli.unit_base {
         s.unit_base = PhysAddr(v);
     }
-    if !cli.modes.is_empty() {
-        s.modes = cli.modes;
-    }
     if !cli.devices.is_empty() {
         s.devices = cli.devices;
     }
@@ -124,17 +129,25 @@ fn main() -> ExitCode {
     if let Some(v) = cli.dma_steps {
         s.dma_steps = v;
     }
+    let selections = match select(&cli.arches, &cli.modes) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("iommu-emu: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let opts = RunOptions {
         save_snapshots: cli.save_snapshots,
     };
-    match run(&s, &opts) {
-        Ok(report) => {
-            let code = if report.is_clean() {
+    match run_selected(&s, &selections, &ArchOptions::default(), &opts) {
+        Ok(reports) => {
+            let code = if reports.iter().all(|r| r.is_clean()) {
                 EXIT_OK
             } else {
                 EXIT_FAILED
             };
-            print(&format!("{report}\n"), ExitCode::from(code))
+            let text: Vec<String> = reports.iter().map(|r| format!("{r}\n")).collect();
+            print(&text.join("\n"), ExitCode::from(code))
         }
         Err(e) => {
             eprintln!("iommu-emu: {e}");

@@ -111,6 +111,8 @@ impl ModeReport {
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// Name of the architecture the scenario ran on ([`crate::arch::Arch::name`]).
+    pub arch: &'static str,
     /// Seed.
     pub seed: u64,
     /// One report per mode.
@@ -126,7 +128,11 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "scenario {} (seed {:#x})", self.scenario, self.seed)?;
+        writeln!(
+            f,
+            "scenario {} on {} (seed {:#x})",
+            self.scenario, self.arch, self.seed
+        )?;
         for m in &self.modes {
             writeln!(f)?;
             writeln!(
@@ -215,6 +221,7 @@ mod tests {
     fn any_fault_mismatch_problem_or_changed_mapping_fails_the_run() {
         let ok = Report {
             scenario: "t".into(),
+            arch: "VT-d",
             seed: 1,
             modes: vec![clean_mode()],
         };

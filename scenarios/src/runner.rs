@@ -137,6 +137,7 @@ pub fn run_on<A: Arch>(
     }
     let mut report = Report {
         scenario: s.name.clone(),
+        arch: arch.name(),
         seed: s.seed,
         modes: Vec::new(),
     };

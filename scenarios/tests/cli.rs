@@ -45,7 +45,10 @@ fn every_option_parses_and_a_mirrored_machine_runs_clean() {
         "2",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("scenario default (seed 0x1234)"), "{out}");
+    assert!(
+        out.contains("scenario default on VT-d (seed 0x1234)"),
+        "{out}"
+    );
     assert!(
         out.contains("== mode legacy: 4 devices (3 preserved), 3 domains"),
         "{out}"
@@ -383,4 +386,38 @@ fn help_documents_every_exit_status() {
     ] {
         assert!(out.contains(s), "{s:?} not in {out}");
     }
+}
+
+/// `--arch` and `--mode` choose what runs; a mode no architecture has, or an unknown
+/// architecture, is refused (status 2) before anything runs, naming what exists.
+#[test]
+fn arch_and_mode_choose_the_runs_and_unknown_names_are_refused() {
+    let (code, out, err) = emu(&[
+        "--arch",
+        "vtd",
+        "--mode",
+        "legacy",
+        "--map-size",
+        "64K",
+        "--page-sizes",
+        "4K",
+        "--dma-steps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("scenario default on VT-d"), "{out}");
+    assert!(
+        out.contains("== mode legacy") && !out.contains("== mode scalable"),
+        "{out}"
+    );
+    let (code, out, err) = emu(&["--mode", "v9"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("--mode \"v9\": no architecture has this mode (vtd: legacy"),
+        "{err}"
+    );
+    let (code, _, err) = emu(&["--arch", "ppc"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("ppc"), "{err}");
 }

@@ -2,6 +2,8 @@
 //! were captured from the runner before it was split into the arch-neutral runner and
 //! the VT-d arch (`scenarios::arch::vtd`), and the refusals below are the messages it
 //! gave then. A change to the report, a step's order or a limit's wording shows here.
+//! Changed since on purpose: the header names the architecture (`on VT-d`), since one
+//! run may play several.
 
 use std::process::Command;
 
