@@ -80,7 +80,11 @@ pub trait Arch: Sync {
 
 /// The architectures `iommu-inspect` knows, in the order their units are listed. A new
 /// architecture is one more line here.
-pub static REGISTERED: &[&dyn Arch] = &[&crate::vtd::VTD];
+pub static REGISTERED: &[&dyn Arch] = &[
+    &crate::vtd::VTD,
+    &crate::amdvi::AMDVI,
+    &crate::smmuv3::SMMUV3,
+];
 
 /// How a unit is matched with the same unit of another image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
