@@ -137,11 +137,13 @@ fn run(
         }
         return WalkEnd::Untranslated { pa: PhysAddr(iova) };
     }
+    // C_BAD_STREAMID is recorded only with CR2.RECINVSID (IHI0070 §6.3.12).
+    let recinvsid = regs::CR2::RECINVSID.read(u.reg(regs::CR2) as u32) == 1;
     let Some(slot) = u.cfg.locate(sid) else {
         return ev(
             EventType::CBadStreamid,
             format!("StreamID {sid:#x} beyond LOG2SIZE {}", u.cfg.log2size),
-            true,
+            recinvsid,
         );
     };
     let st = u.strtab();
