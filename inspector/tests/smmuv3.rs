@@ -360,8 +360,12 @@ fn streams_decoded_with_linux_names_and_mappings_listed() {
 #[test]
 fn walk_matches_the_model_transaction_by_transaction() {
     let (mut r, _) = three_streams();
+    // SID 3's stage-1 level-1 entry 1 points to a table at IPA 0x9000_0000, which stage
+    // 2 does not map: a stage-2 F_TRANSLATION (CLASS = TT) for IOVA 0x4000_7000.
+    let ttb3 = (r.rq(CDTAB + 0x1000 + 8) & 0x000f_ffff_ffff_fff0) - 0x4000_0000;
+    r.wq(ttb3 + 8, 0x9000_0000 | 0b11);
     let l = r.load("walk.elf");
-    let cases: [(u16, u64, bool, Result<u64, u32>); 9] = [
+    let cases: [(u16, u64, bool, Result<u64, u32>); 10] = [
         (1, 0x1008, true, Ok(DATA + 8)),
         (1, 0x4010_0000, false, Ok(DATA + 0x30_0000)),
         (1, 0x2000, false, Ok(DATA + 0x5000)),
@@ -370,6 +374,7 @@ fn walk_matches_the_model_transaction_by_transaction() {
         (2, 0x80_0000_1010, true, Ok(DATA + 0x3010)),
         (2, 0x1010, false, Ok(DATA + 0x4010)),
         (3, 0x7018, true, Ok(DATA + 0x6018)),
+        (3, 0x4000_7018, true, Err(0x10)),
         (0x41, 0x0, false, Err(0x04)),
     ];
     for (sid, iova, write, want) in cases {

@@ -63,8 +63,9 @@ pub fn translate(
     }
 }
 
-/// A failed table walk of one stage: the event, why, and whether it is recorded.
-type Stop = (EventType, String);
+/// A failed table walk of one stage: the event, why, and for an unreadable table the
+/// address that could not be read.
+type Stop = (EventType, String, Option<u64>);
 
 /// Walks one stage, recording its descriptors as steps.
 fn stage<M: PhysMem + ?Sized>(
@@ -83,6 +84,10 @@ fn stage<M: PhysMem + ?Sized>(
             } else {
                 PhysAddr(e.table.0 + 8 * e.index as u64)
             };
+            let mem = match &e.kind {
+                WalkErrorKind::Memory(m) => Some(m.addr().0),
+                _ => None,
+            };
             let ty = match &e.kind {
                 WalkErrorKind::Memory(_) => EventType::FWalkEabt,
                 WalkErrorKind::BadEntry(b) if b.reason.contains("F_ACCESS") => EventType::FAccess,
@@ -91,7 +96,7 @@ fn stage<M: PhysMem + ?Sized>(
                 }
                 _ => EventType::FTranslation,
             };
-            return Err((ty, format!("{name} descriptor at {at}: {}", e.kind)));
+            return Err((ty, format!("{name} descriptor at {at}: {}", e.kind), mem));
         }
     };
     for s in &t.steps {
@@ -117,7 +122,7 @@ fn stage<M: PhysMem + ?Sized>(
             perms,
             page_size,
         } => Ok((pa.0, perms, page_size)),
-        o => Err((EventType::FTranslation, format!("{name}: {o}"))),
+        o => Err((EventType::FTranslation, format!("{name}: {o}"), None)),
     }
 }
 
@@ -256,7 +261,7 @@ fn run(
                             format!("{what} IPA {ipa:#x}: stage 2 denies the read (S2, CLASS=CD)"),
                             rec,
                         )),
-                        Err((t, why)) => Err(ev(
+                        Err((t, why, _)) => Err(ev(
                             t,
                             format!("{what} IPA {ipa:#x}: {why} (S2, CLASS=CD)"),
                             rec,
@@ -345,21 +350,44 @@ fn run(
                         root: root2,
                     };
                     let r = stage(&f, &mem, ttb0, iova, "stage 1 (tables at IPAs)", steps);
-                    if let Err((EventType::FWalkEabt, why)) = &r {
-                        // A stage-1 table read that stage 2 refused: the stage-2 fault,
-                        // CLASS = TT (IHI0070 §7.3).
-                        return ev(
-                            EventType::FTranslation,
-                            format!("{why} (S2, CLASS=TT)"),
-                            rec2,
+                    if let Err((EventType::FWalkEabt, why, Some(ipa))) = &r {
+                        // A stage-1 table read at an IPA: if stage 2 refuses it, the
+                        // stage-2 fault with CLASS = TT (IHI0070 §7.3); if the PA is
+                        // unreadable, F_WALK_EABT.
+                        let mut s2steps = Vec::new();
+                        let s2r = stage(
+                            &f2,
+                            image,
+                            root2,
+                            *ipa,
+                            "stage 2 (table fetch)",
+                            &mut s2steps,
                         );
+                        match s2r {
+                            Ok((_, p, _)) if !p.read => {
+                                steps.extend(s2steps);
+                                return ev(
+                                    EventType::FPermission,
+                                    format!(
+                                        "{why}: stage 2 denies reading IPA {ipa:#x} (S2, CLASS=TT)"
+                                    ),
+                                    rec2,
+                                );
+                            }
+                            Err((t, w2, _)) => {
+                                steps.extend(s2steps);
+                                let rec2 = if t.suppressible() { rec2 } else { true };
+                                return ev(t, format!("{why}: {w2} (S2, CLASS=TT)"), rec2);
+                            }
+                            Ok(_) => {}
+                        }
                     }
                     r
                 }
             };
             match r {
                 Ok((pa, p, sz)) => (pa, p, Some(sz)),
-                Err((t, why)) => {
+                Err((t, why, _)) => {
                     let rec = if t.suppressible() { rec } else { true };
                     return ev(t, why, rec);
                 }
@@ -371,7 +399,7 @@ fn run(
         None => (ipa, Perms::RWX, None),
         Some((f, root, rec)) => match stage(&f, image, root, ipa, "stage 2", steps) {
             Ok((pa, p, sz)) => (pa, p, Some(sz)),
-            Err((t, why)) => {
+            Err((t, why, _)) => {
                 let rec = if t.suppressible() { rec } else { true };
                 return ev(t, format!("{why} (S2, IPA {ipa:#x})"), rec);
             }
