@@ -20,6 +20,7 @@ pub mod arch;
 pub mod diff;
 pub mod dump;
 pub mod error;
+pub mod fields;
 pub mod image;
 pub mod json;
 pub mod model;

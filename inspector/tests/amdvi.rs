@@ -222,7 +222,9 @@ fn walk_matches_the_model_request_by_request() {
     let root = v1_tables(&mut r);
     r.dte(DEV, DeviceTableEntry::host(root, 4, DOM, true, true));
     r.dte(DEV2, DeviceTableEntry::blocking(9));
-    let cases: Vec<(u16, u64, bool, Option<u64>, Option<u8>)> = vec![
+    // (DeviceID, IOVA, write, PA, event code)
+    type Case = (u16, u64, bool, Option<u64>, Option<u8>);
+    let cases: Vec<Case> = vec![
         (DEV, 0x20_1234, true, Some(0x80_1234), None),
         (DEV, 0x5010, false, Some(0x90_1010), None),
         (DEV, 0x8010, false, Some(0xa0_0010), None),

@@ -4,7 +4,11 @@
 
 use super::{AmdViState, DevEntry, Handling, Tree};
 use crate::arch::{ArchUnit, EntryView, Item, LinuxPart, TableDesc, UnitId, Walk};
-use crate::error::InspectError;
+use crate::error::{InspectError, StructureProblem};
+use crate::fields::{
+    walk_problems, write_problems_json, write_problems_text, write_registers_json,
+    write_registers_text, Register,
+};
 use crate::image::Image;
 use crate::json::Json;
 use crate::model::{walk_format, Filter, TableWalk};
@@ -29,12 +33,8 @@ pub const PAGE_TAB_HARDWARE_ERROR: u8 = 0x4;
 /// Code of a target abort that logs no event (DTE V = 1, TV = 0).
 pub const TARGET_ABORT: u8 = 0x0;
 
-fn hex16(v: u64) -> String {
-    format!("{v:#018x}")
-}
-
-/// The register fields shown for each saved register: (name, offset, fields).
-fn decoded(u: &AmdViState) -> Vec<(&'static str, u64, Vec<(&'static str, u64)>)> {
+/// The registers shown, by field.
+fn decoded(u: &AmdViState) -> Vec<Register> {
     let v = |o| u.reg(o);
     let dtb = v(regs::DEV_TAB_BASE);
     let ctl = v(regs::CONTROL);
@@ -123,7 +123,14 @@ fn decoded(u: &AmdViState) -> Vec<(&'static str, u64, Vec<(&'static str, u64)>)>
             out.push((name, r.offset, vec![]));
         }
     }
-    out
+    out.into_iter()
+        .map(|(name, offset, fields)| Register {
+            name,
+            offset,
+            value: u.reg(offset),
+            fields,
+        })
+        .collect()
 }
 
 /// One line of what a DTE (or GCR3 entry) does.
@@ -189,7 +196,7 @@ impl AmdViState {
 
     /// The page-table problems of every tree as typed problems naming the first
     /// DeviceID (and PASID) that uses the tree and the entry's address.
-    pub fn table_problems(&self, image: &Image) -> Vec<crate::error::StructureProblem> {
+    pub fn table_problems(&self, image: &Image) -> Vec<StructureProblem> {
         let mut out = Vec::new();
         for t in 0..self.trees.len() {
             let Some(e) = self.entries.iter().find(|e| e.tree == Some(t)) else {
@@ -200,27 +207,7 @@ impl AmdViState {
                 Some(p) => format!("DeviceID {:#06x} PASID {p:#x}", e.devid),
                 None => format!("DeviceID {:#06x}", e.devid),
             };
-            if let Some(f) = w.fatal {
-                out.push(crate::error::StructureProblem {
-                    unit: self.name.clone(),
-                    requester: who.clone(),
-                    addr: self.trees[t].root,
-                    what: f,
-                });
-            }
-            for p in w.problems {
-                let addr = if p.is_root() {
-                    p.table
-                } else {
-                    PhysAddr(p.table.0 + 8 * p.index as u64)
-                };
-                out.push(crate::error::StructureProblem {
-                    unit: self.name.clone(),
-                    requester: who.clone(),
-                    addr,
-                    what: p.to_string(),
-                });
-            }
+            out.extend(walk_problems(&self.name, &who, self.trees[t].root, w));
         }
         out
     }
@@ -287,26 +274,7 @@ impl ArchUnit for AmdViState {
                 ""
             }
         )?;
-        writeln!(out, "  registers:")?;
-        for (name, off, fields) in decoded(self) {
-            let line = format!("    {name:<12} +{off:#06x}  {}", hex16(self.reg(off)));
-            writeln!(out, "{line}")?;
-            if !fields.is_empty() {
-                let f: Vec<String> = fields
-                    .iter()
-                    .map(|(n, v)| {
-                        if *v > 9 {
-                            format!("{n}={v:#x}")
-                        } else {
-                            format!("{n}={v}")
-                        }
-                    })
-                    .collect();
-                for chunk in f.chunks(8) {
-                    writeln!(out, "                 {}", chunk.join(" "))?;
-                }
-            }
-        }
+        write_registers_text(&decoded(self), out)?;
         let valid = self.entries.iter().filter(|e| e.dte.valid()).count();
         writeln!(
             out,
@@ -321,60 +289,31 @@ impl ArchUnit for AmdViState {
             self.devtab_entries(),
             valid
         )?;
-        let shown: Vec<_> = self
-            .problems
-            .iter()
-            .filter(|p| {
-                filter.device.map_or(true, |d| {
-                    p.requester == format!("DeviceID {:#06x}", d.sid())
-                })
-            })
-            .collect();
-        if !shown.is_empty() {
-            writeln!(out, "  problems:")?;
-            for p in shown {
-                writeln!(out, "    !! {}  at {}: {}", p.requester, p.addr, p.what)?;
-            }
-        }
+        let dev = filter.device.map(|d| format!("DeviceID {:#06x}", d.sid()));
+        write_problems_text(
+            self.problems
+                .iter()
+                .filter(|p| dev.as_ref().map_or(true, |d| p.requester == *d)),
+            out,
+        )?;
         Ok(())
     }
 
     fn json_head(&self, j: &mut Json<&mut dyn Write>, filter: &Filter) -> io::Result<()> {
         j.kv_hex("base", self.base.0)?;
         j.kv_bool("assumed", self.assumed)?;
-        j.key("registers")?;
-        j.begin_object(false)?;
-        for (name, off, fields) in decoded(self) {
-            j.key(name)?;
-            j.begin_object(true)?;
-            j.kv_hex("offset", off)?;
-            j.kv_hex("value", self.reg(off))?;
-            for (n, v) in fields {
-                j.kv_hex(n, v)?;
-            }
-            j.end_object()?;
-        }
-        j.end_object()?;
+        write_registers_json(&decoded(self), j)?;
         j.kv_bool("translation_enabled", self.enabled())?;
         j.kv_hex("device_table", self.devtab().0)?;
         j.kv_hex("device_table_size", self.devtab_size())?;
         j.kv_uint("device_table_entries", self.devtab_entries() as u64)?;
-        j.key("problems")?;
-        j.begin_array(false)?;
-        for p in &self.problems {
-            if filter
-                .device
-                .is_some_and(|d| p.requester != format!("DeviceID {:#06x}", d.sid()))
-            {
-                continue;
-            }
-            j.begin_object(true)?;
-            j.kv_str("requester", &p.requester)?;
-            j.kv_hex("addr", p.addr.0)?;
-            j.kv_str("what", &p.what)?;
-            j.end_object()?;
-        }
-        j.end_array()
+        let dev = filter.device.map(|d| format!("DeviceID {:#06x}", d.sid()));
+        write_problems_json(
+            self.problems
+                .iter()
+                .filter(|p| dev.as_ref().map_or(true, |d| p.requester == *d)),
+            j,
+        )
     }
 
     fn entries(&self) -> usize {

@@ -727,7 +727,7 @@ impl SmmuState {
         }
         for (ssid, a, cd) in cds {
             let no_ssid = cdmax == 0 || (ssid == 0 && ste.s1dss() == Some(S1Dss::Ssid0));
-            if !cd.v() && !(cdmax == 0) {
+            if !cd.v() && cdmax != 0 {
                 continue;
             }
             let ssid_opt = (cdmax != 0).then_some(ssid);

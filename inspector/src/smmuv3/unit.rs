@@ -5,6 +5,10 @@
 use super::{stream_rid, Handling, S2Mem, SmmuState, StreamEntry, Tree};
 use crate::arch::{ArchUnit, EntryView, Item, TableDesc, UnitId, Walk};
 use crate::error::{InspectError, StructureProblem};
+use crate::fields::{
+    walk_problems, write_problems_json, write_problems_text, write_registers_json,
+    write_registers_text, Register,
+};
 use crate::image::Image;
 use crate::json::Json;
 use crate::model::{walk_format, walk_limits, Filter, TableWalk};
@@ -106,21 +110,8 @@ pub fn cd_fields(c: &Cd) -> Vec<(&'static str, u64)> {
     ]
 }
 
-fn fields_text(f: &[(&str, u64)]) -> String {
-    f.iter()
-        .map(|(n, v)| {
-            if *v > 9 {
-                format!("{n}={v:#x}")
-            } else {
-                format!("{n}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The registers shown, by field.
-fn decoded(u: &SmmuState) -> Vec<(&'static str, u64, Vec<(&'static str, u64)>)> {
+fn decoded(u: &SmmuState) -> Vec<Register> {
     let r = |o| u.reg(o);
     let i0 = r(regs::IDR0) as u32;
     let i1 = r(regs::IDR1) as u32;
@@ -212,7 +203,14 @@ fn decoded(u: &SmmuState) -> Vec<(&'static str, u64, Vec<(&'static str, u64)>)> 
         ("EVENTQ_CONS", regs::EVENTQ_CONS, vec![]),
     ];
     out.retain(|(_, o, _)| u.regs.iter().any(|r| r.offset == *o));
-    out
+    out.into_iter()
+        .map(|(name, offset, fields)| Register {
+            name,
+            offset,
+            value: u.reg(offset),
+            fields,
+        })
+        .collect()
 }
 
 /// One line: the STE (and CD) fields that decide the translation.
@@ -337,26 +335,9 @@ impl SmmuState {
             };
             let w = self.walk_tree(image, t, &mut |_| {});
             let who = super::requester(Some(e.sid), e.ssid);
-            if let Some(f) = w.fatal {
-                out.push(StructureProblem {
-                    unit: self.name.clone(),
-                    requester: who.clone(),
-                    addr: PhysAddr(0),
-                    what: f,
-                });
-            }
-            for p in w.problems {
-                out.push(StructureProblem {
-                    unit: self.name.clone(),
-                    requester: who.clone(),
-                    addr: if p.is_root() {
-                        p.table
-                    } else {
-                        PhysAddr(p.table.0 + 8 * p.index as u64)
-                    },
-                    what: p.to_string(),
-                });
-            }
+            let x = self.trees[t];
+            let root = x.s1.or(x.s2).map_or(PhysAddr(0), |s| s.1);
+            out.extend(walk_problems(&self.name, &who, root, w));
         }
         out
     }
@@ -455,13 +436,7 @@ impl ArchUnit for SmmuState {
                 ""
             }
         )?;
-        writeln!(out, "  registers:")?;
-        for (name, off, fields) in decoded(self) {
-            writeln!(out, "    {name:<15} +{off:#07x}  {:#018x}", self.reg(off))?;
-            if !fields.is_empty() {
-                writeln!(out, "                     {}", fields_text(&fields))?;
-            }
-        }
+        write_registers_text(&decoded(self), out)?;
         writeln!(
             out,
             "  translation: {}, stream table {} ({}, {} StreamID bits{}), {} entries listed",
@@ -482,41 +457,23 @@ impl ArchUnit for SmmuState {
             },
             self.entries.len()
         )?;
-        let shown: Vec<_> = self
-            .problems
-            .iter()
-            .filter(|p| {
-                filter.device.map_or(true, |d| {
-                    p.requester
-                        .starts_with(&super::requester(Some(super::rid_stream(d)), None))
-                })
-            })
-            .collect();
-        if !shown.is_empty() {
-            writeln!(out, "  problems:")?;
-            for p in shown {
-                writeln!(out, "    !! {}  at {}: {}", p.requester, p.addr, p.what)?;
-            }
-        }
+        let sid = filter
+            .device
+            .map(|d| super::requester(Some(super::rid_stream(d)), None));
+        write_problems_text(
+            self.problems.iter().filter(|p| {
+                sid.as_ref()
+                    .map_or(true, |s| p.requester.starts_with(s.as_str()))
+            }),
+            out,
+        )?;
         Ok(())
     }
 
     fn json_head(&self, j: &mut Json<&mut dyn Write>, _filter: &Filter) -> io::Result<()> {
         j.kv_hex("base", self.base.0)?;
         j.kv_bool("assumed", self.assumed)?;
-        j.key("registers")?;
-        j.begin_object(false)?;
-        for (name, off, fields) in decoded(self) {
-            j.key(name)?;
-            j.begin_object(true)?;
-            j.kv_hex("offset", off)?;
-            j.kv_hex("value", self.reg(off))?;
-            for (n, v) in fields {
-                j.kv_hex(n, v)?;
-            }
-            j.end_object()?;
-        }
-        j.end_object()?;
+        write_registers_json(&decoded(self), j)?;
         j.kv_bool("translation_enabled", self.enabled())?;
         j.kv_hex("stream_table", self.strtab().0)?;
         j.kv_str(
@@ -528,16 +485,7 @@ impl ArchUnit for SmmuState {
         )?;
         j.kv_uint("stream_table_log2size", self.cfg.log2size as u64)?;
         j.kv_uint("stream_table_split", self.cfg.split as u64)?;
-        j.key("problems")?;
-        j.begin_array(false)?;
-        for p in &self.problems {
-            j.begin_object(true)?;
-            j.kv_str("requester", &p.requester)?;
-            j.kv_hex("addr", p.addr.0)?;
-            j.kv_str("what", &p.what)?;
-            j.end_object()?;
-        }
-        j.end_array()
+        write_problems_json(self.problems.iter(), j)
     }
 
     fn entries(&self) -> usize {

@@ -1,0 +1,131 @@
+//! What the AMD-Vi and SMMUv3 plug-ins show alike: registers decoded by field (text and
+//! JSON), the structure problems a scan found, and the problems of a page-table walk
+//! turned into typed [`StructureProblem`]s naming the requester.
+
+use crate::error::StructureProblem;
+use crate::json::Json;
+use crate::model::TableWalk;
+use iommu_core::PhysAddr;
+use std::io::{self, Write};
+
+/// One register: its name, offset, value and fields (name, value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Register {
+    /// Name in the specification's words.
+    pub name: &'static str,
+    /// Offset from the MMIO base.
+    pub offset: u64,
+    /// Value.
+    pub value: u64,
+    /// Fields shown.
+    pub fields: Vec<(&'static str, u64)>,
+}
+
+/// `NAME=v` for small values, `NAME=0x…` otherwise, separated by spaces.
+pub fn fields_text(f: &[(&str, u64)]) -> String {
+    f.iter()
+        .map(|(n, v)| {
+            if *v > 9 {
+                format!("{n}={v:#x}")
+            } else {
+                format!("{n}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `registers:` section of a unit's text head.
+pub fn write_registers_text(regs: &[Register], out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "  registers:")?;
+    let w = regs.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in regs {
+        writeln!(
+            out,
+            "    {:<w$} +{:#07x}  {:#018x}",
+            r.name, r.offset, r.value
+        )?;
+        for chunk in r.fields.chunks(8) {
+            writeln!(out, "    {:<w$}           {}", "", fields_text(chunk))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `registers` member of a unit's JSON head: one object per register with its
+/// offset, value and fields.
+pub fn write_registers_json(regs: &[Register], j: &mut Json<&mut dyn Write>) -> io::Result<()> {
+    j.key("registers")?;
+    j.begin_object(false)?;
+    for r in regs {
+        j.key(r.name)?;
+        j.begin_object(true)?;
+        j.kv_hex("offset", r.offset)?;
+        j.kv_hex("value", r.value)?;
+        for (n, v) in &r.fields {
+            j.kv_hex(n, *v)?;
+        }
+        j.end_object()?;
+    }
+    j.end_object()
+}
+
+/// The `problems:` section of a unit's text head (nothing when there are none).
+pub fn write_problems_text<'a>(
+    problems: impl Iterator<Item = &'a StructureProblem>,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut first = true;
+    for p in problems {
+        if first {
+            writeln!(out, "  problems:")?;
+            first = false;
+        }
+        writeln!(out, "    !! {}  at {}: {}", p.requester, p.addr, p.what)?;
+    }
+    Ok(())
+}
+
+/// The `problems` member of a unit's JSON head.
+pub fn write_problems_json<'a>(
+    problems: impl Iterator<Item = &'a StructureProblem>,
+    j: &mut Json<&mut dyn Write>,
+) -> io::Result<()> {
+    j.key("problems")?;
+    j.begin_array(false)?;
+    for p in problems {
+        j.begin_object(true)?;
+        j.kv_str("requester", &p.requester)?;
+        j.kv_hex("addr", p.addr.0)?;
+        j.kv_str("what", &p.what)?;
+        j.end_object()?;
+    }
+    j.end_array()
+}
+
+/// The problems of a tree walk as typed problems of `unit` naming `requester` (the
+/// first user of the tree): an entry's address, or the root's for a walk that could
+/// not start.
+pub fn walk_problems(
+    unit: &str,
+    requester: &str,
+    root: PhysAddr,
+    w: TableWalk,
+) -> Vec<StructureProblem> {
+    let p = |addr, what| StructureProblem {
+        unit: unit.into(),
+        requester: requester.into(),
+        addr,
+        what,
+    };
+    let mut out: Vec<StructureProblem> = w.fatal.into_iter().map(|f| p(root, f)).collect();
+    for e in w.problems {
+        let addr = if e.is_root() {
+            e.table
+        } else {
+            PhysAddr(e.table.0 + 8 * e.index as u64)
+        };
+        out.push(p(addr, e.to_string()));
+    }
+    out
+}
