@@ -15,6 +15,8 @@ pub struct Register {
     pub name: &'static str,
     /// Offset from the MMIO base.
     pub offset: u64,
+    /// Width in bytes (4 or 8).
+    pub width: u32,
     /// Value.
     pub value: u64,
     /// Fields shown.
@@ -52,22 +54,26 @@ pub fn write_registers_text(regs: &[Register], out: &mut dyn Write) -> io::Resul
     Ok(())
 }
 
-/// The `registers` member of a unit's JSON head: one object per register with its
-/// offset, value and fields.
+/// The `registers` member of a unit's JSON head, shaped as VT-d's: one object per
+/// register with its name, offset, width, value and fields (numbers).
 pub fn write_registers_json(regs: &[Register], j: &mut Json<&mut dyn Write>) -> io::Result<()> {
     j.key("registers")?;
-    j.begin_object(false)?;
+    j.begin_array(false)?;
     for r in regs {
-        j.key(r.name)?;
         j.begin_object(true)?;
+        j.kv_str("name", r.name)?;
         j.kv_hex("offset", r.offset)?;
+        j.kv_uint("width", r.width as u64)?;
         j.kv_hex("value", r.value)?;
+        j.key("fields")?;
+        j.begin_object(true)?;
         for (n, v) in &r.fields {
-            j.kv_hex(n, *v)?;
+            j.kv_uint(n, *v)?;
         }
         j.end_object()?;
+        j.end_object()?;
     }
-    j.end_object()
+    j.end_array()
 }
 
 /// The `problems:` section of a unit's text head (nothing when there are none).

@@ -178,9 +178,13 @@ enum Cmd {
         /// The requester as an AMD-Vi DeviceID (16 bits: bus << 8 | devfn).
         #[arg(long, value_parser = num16, conflicts_with_all = ["device", "stream"])]
         devid: Option<u16>,
-        /// The requester as an SMMUv3 StreamID, with an optional SubstreamID:
-        /// SID[:SSID].
-        #[arg(long, value_parser = stream, conflicts_with_all = ["device", "pasid"])]
+        /// The requester as an SMMUv3 StreamID, with an optional SubstreamID.
+        #[arg(
+            long,
+            value_parser = stream,
+            conflicts_with_all = ["device", "pasid"],
+            help = "The requester as an SMMUv3 StreamID, with an optional SubstreamID: SID[:SSID]"
+        )]
         stream: Option<(u32, Option<u32>)>,
         /// The request's PASID (scalable mode; 20 bits); none = request without PASID.
         #[arg(long, value_parser = pasid20)]

@@ -202,6 +202,7 @@ fn device_table_and_v1_mappings_from_a_snapshot() {
     for want in [
         "\"schema\": \"iommu-inspect/dump/v2\"",
         "\"kind\": \"amdvi\"",
+        "{\"name\": \"DEV_TAB_BASE\", \"offset\": \"0x0\", \"width\": 8, \"value\": \"0x100000\", \"fields\": {\"DevTabBase\": 1048576, \"Size\": 0}}",
         "\"device_table\": \"0x100000\"",
         "\"device_id\": \"0x10\"",
         "\"Mode\": 4, \"PageTableRootPtr\": \"0x300000\", \"IR\": true, \"IW\": true, \"DomainID\": \"0x7\"",

@@ -127,6 +127,11 @@ fn decoded(u: &AmdViState) -> Vec<Register> {
         .map(|(name, offset, fields)| Register {
             name,
             offset,
+            width: u
+                .regs
+                .iter()
+                .find(|r| r.offset == offset)
+                .map_or(8, |r| r.width),
             value: u.reg(offset),
             fields,
         })
@@ -301,7 +306,7 @@ impl ArchUnit for AmdViState {
 
     fn json_head(&self, j: &mut Json<&mut dyn Write>, filter: &Filter) -> io::Result<()> {
         j.kv_hex("base", self.base.0)?;
-        j.kv_bool("assumed", self.assumed)?;
+        j.kv_bool("registers_assumed", self.assumed)?;
         write_registers_json(&decoded(self), j)?;
         j.kv_bool("translation_enabled", self.enabled())?;
         j.kv_hex("device_table", self.devtab().0)?;

@@ -207,6 +207,11 @@ fn decoded(u: &SmmuState) -> Vec<Register> {
         .map(|(name, offset, fields)| Register {
             name,
             offset,
+            width: u
+                .regs
+                .iter()
+                .find(|r| r.offset == offset)
+                .map_or(8, |r| r.width),
             value: u.reg(offset),
             fields,
         })
@@ -472,7 +477,7 @@ impl ArchUnit for SmmuState {
 
     fn json_head(&self, j: &mut Json<&mut dyn Write>, _filter: &Filter) -> io::Result<()> {
         j.kv_hex("base", self.base.0)?;
-        j.kv_bool("assumed", self.assumed)?;
+        j.kv_bool("registers_assumed", self.assumed)?;
         write_registers_json(&decoded(self), j)?;
         j.kv_bool("translation_enabled", self.enabled())?;
         j.kv_hex("stream_table", self.strtab().0)?;
