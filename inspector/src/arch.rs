@@ -278,8 +278,15 @@ pub trait ArchUnit: Debug + Send + Sync {
     fn entry_iter(&self) -> Box<dyn Iterator<Item = EntryView> + '_> {
         Box::new((0..self.entries()).map(|i| self.entry(i)))
     }
-    /// The listing of the entries that pass `filter`, in order.
-    fn listing(&self, filter: &Filter) -> Vec<Item>;
+    /// The listing of the entries that pass `filter`, in order (the default: every such
+    /// entry in full).
+    fn listing(&self, filter: &Filter) -> Vec<Item> {
+        self.entry_iter()
+            .enumerate()
+            .filter(|(_, e)| filter.entry(e))
+            .map(|(i, _)| Item::Entry(i))
+            .collect()
+    }
     /// What entry `i` does, in one line (after its requester and PASID).
     fn summary(&self, i: usize) -> String;
     /// JSON: entry `i`'s members after `fpd` (`tree`: its tree's index).

@@ -37,6 +37,26 @@ pub fn fields_text(f: &[(&str, u64)]) -> String {
         .join(" ")
 }
 
+/// The first line of a unit's text head: `unit NAME: KIND, registers at BASE`, marked
+/// when the registers come from the command line.
+pub fn write_unit_line(
+    out: &mut dyn Write,
+    name: &str,
+    kind: &str,
+    base: PhysAddr,
+    assumed: bool,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "unit {name}: {kind}, registers at {base}{}",
+        if assumed {
+            " (registers assumed from the command line)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// The `registers:` section of a unit's text head.
 pub fn write_registers_text(regs: &[Register], out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "  registers:")?;

@@ -17,13 +17,12 @@ use inspector::diff::diff;
 use inspector::dump::{dump, OutputFormat};
 use inspector::image::{Image, OpenAs};
 use inspector::model::{Filter, LoadOptions, Loaded};
-use inspector::progress::Progress;
-use inspector::verify::{verify, VerifyOptions};
 use inspector::InspectError;
 use iommu_core::mem::PhysMem;
 use iommu_core::{Iova, PhysAddr, RequesterId};
 use proptest::prelude::*;
-use std::process::Command;
+
+mod plugin;
 
 const BASE: PhysAddr = PhysAddr(0xfed8_0000);
 const DEVTAB: u64 = 0x10_0000;
@@ -479,36 +478,18 @@ fn diff_detects_a_changed_pte_and_a_changed_dte() {
 fn verify_says_amdvi_records_are_not_read_yet() {
     let r = rig();
     let l = r.load("v.elf");
-    let opts = VerifyOptions {
-        record: Some(Vec::new()),
-        ..VerifyOptions::default()
-    };
-    match verify(&l, &opts, &mut Progress::hidden()) {
-        Err(InspectError::NoRecordSupport { unit, arch, record }) => {
-            assert_eq!((unit.as_str(), arch), ("iommu0", "AMD-Vi"));
-            assert_eq!(record, "iommu-amdvi-0xfed80000");
-        }
-        other => panic!("{other:?}"),
-    }
+    plugin::assert_no_record_support(&l, "iommu0", "AMD-Vi", "iommu-amdvi-0xfed80000");
 }
 
-/// The first `len` bytes of the rig's memory as a raw image (never-written pages as
-/// zeros).
+/// The first `len` bytes of the rig's memory as a raw image.
 fn raw_image(r: &Rig, len: usize) -> Vec<u8> {
-    let img = r.image("raw-source.elf");
-    let mut b = vec![0u8; len];
-    for (i, page) in b.chunks_mut(4096).enumerate() {
-        let _ = img.read(PhysAddr(i as u64 * 4096), page);
-    }
-    b
+    plugin::raw_image(&r.image("raw-source.elf"), len)
 }
 
 fn raw_load(bytes: Vec<u8>, ov: AmdViOverride) -> Result<Loaded, InspectError> {
-    let img = Image::from_bytes("mem.raw", bytes, OpenAs::Raw { base: 0 })?;
-    Loaded::from_image(
-        img,
-        &LoadOptions {
-            open: OpenAs::Raw { base: 0 },
+    plugin::raw_load(
+        bytes,
+        LoadOptions {
             amdvi: ov,
             ..LoadOptions::default()
         },
@@ -579,18 +560,6 @@ fn raw_images_with_the_device_table_on_the_command_line() {
     ));
 }
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
 /// Through the binary: dump of a raw image with `--amdvi-devtab`, the Linux `devtbl`
 /// layout, `walk --devid`, and the error of an image too short.
 #[test]
@@ -604,7 +573,7 @@ fn cli_dump_linux_walk_and_errors() {
     let elf = dir.path().join("amd.elf");
     std::fs::write(&elf, emulator::snapshot::to_bytes(&r.m)).unwrap();
     let raw_s = raw.to_str().unwrap();
-    let (code, out, err) = cli(&[
+    let (code, out, err) = plugin::cli(&[
         "dump",
         raw_s,
         "--base",
@@ -623,7 +592,7 @@ fn cli_dump_linux_walk_and_errors() {
         out.contains("DeviceID 0x0010  DomainID 0x0007  v1 Mode 4"),
         "{out}"
     );
-    let (code, out, err) = cli(&["dump", elf.to_str().unwrap(), "--format", "linux"]);
+    let (code, out, err) = plugin::cli(&["dump", elf.to_str().unwrap(), "--format", "linux"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
@@ -631,7 +600,7 @@ fn cli_dump_linux_walk_and_errors() {
          0000:00:02.0 0000000000000000 0000000000000000 0000000000000007 6000000000300803 iommu0\n\
          0000:00:03.0 0000000000000000 0000000000000000 0000000000000000 0000000000000000 iommu0\n"
     );
-    let (code, out, err) = cli(&[
+    let (code, out, err) = plugin::cli(&[
         "walk",
         "0x5010",
         elf.to_str().unwrap(),
@@ -644,7 +613,7 @@ fn cli_dump_linux_walk_and_errors() {
         out.contains("=> translates to 0x901010 (rw-, 8K page, domain 0x0007)"),
         "{out}"
     );
-    let (code, out, _) = cli(&[
+    let (code, out, _) = plugin::cli(&[
         "walk",
         "0x6000",
         elf.to_str().unwrap(),
@@ -659,7 +628,7 @@ fn cli_dump_linux_walk_and_errors() {
     );
     let short = dir.path().join("short.raw");
     std::fs::write(&short, vec![0u8; 0x1000]).unwrap();
-    let (code, _, err) = cli(&[
+    let (code, _, err) = plugin::cli(&[
         "dump",
         short.to_str().unwrap(),
         "--base",
@@ -669,7 +638,7 @@ fn cli_dump_linux_walk_and_errors() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("--amdvi-devtab 0x800: bits outside"), "{err}");
-    let (code, _, err) = cli(&[
+    let (code, _, err) = plugin::cli(&[
         "dump",
         short.to_str().unwrap(),
         "--base",

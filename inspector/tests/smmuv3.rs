@@ -14,18 +14,17 @@ use inspector::diff::diff;
 use inspector::dump::{dump, OutputFormat};
 use inspector::image::{Image, OpenAs};
 use inspector::model::{Filter, LoadOptions, Loaded};
-use inspector::progress::Progress;
 use inspector::smmuv3::{stream_rid, Handling, SmmuOverride, SmmuState};
-use inspector::verify::{verify, VerifyOptions};
 use inspector::InspectError;
 use iommu_core::mem::PhysMem;
 use iommu_core::{Iova, Pasid, PhysAddr, RequesterId};
 use proptest::prelude::*;
+
+mod plugin;
 use smmuv3::hw::cd::{Cd, L1Cd};
 use smmuv3::hw::regs::{self, CR0, CR2};
 use smmuv3::hw::ste::{Config, L1Std, S1Dss, S1Fmt, Ste, StrtabCfg, StrtabFmt};
 use smmuv3::hw::Granule;
-use std::process::Command;
 
 const BASE: PhysAddr = PhysAddr(0x9000_0000);
 const STRTAB: u64 = 0x10_0000;
@@ -571,34 +570,18 @@ fn a_loop_of_table_pointers_is_reported_not_followed() {
 #[test]
 fn verify_says_smmuv3_records_are_not_read_yet() {
     let l = Rig::linear().load("v.elf");
-    let opts = VerifyOptions {
-        record: Some(Vec::new()),
-        ..VerifyOptions::default()
-    };
-    match verify(&l, &opts, &mut Progress::hidden()) {
-        Err(InspectError::NoRecordSupport { unit, arch, record }) => {
-            assert_eq!((unit.as_str(), arch), ("smmu0", "SMMUv3"));
-            assert_eq!(record, "iommu-smmuv3-0x90000000");
-        }
-        other => panic!("{other:?}"),
-    }
+    plugin::assert_no_record_support(&l, "smmu0", "SMMUv3", "iommu-smmuv3-0x90000000");
 }
 
+/// The first `len` bytes of the rig's memory as a raw image.
 fn raw_image(r: &Rig, len: usize) -> Vec<u8> {
-    let img = r.image("raw-source.elf");
-    let mut b = vec![0u8; len];
-    for (i, page) in b.chunks_mut(4096).enumerate() {
-        let _ = img.read(PhysAddr(i as u64 * 4096), page);
-    }
-    b
+    plugin::raw_image(&r.image("raw-source.elf"), len)
 }
 
 fn raw_load(bytes: Vec<u8>, ov: SmmuOverride) -> Result<Loaded, InspectError> {
-    let img = Image::from_bytes("mem.raw", bytes, OpenAs::Raw { base: 0 })?;
-    Loaded::from_image(
-        img,
-        &LoadOptions {
-            open: OpenAs::Raw { base: 0 },
+    plugin::raw_load(
+        bytes,
+        LoadOptions {
             smmu: ov,
             ..LoadOptions::default()
         },
@@ -659,18 +642,6 @@ fn raw_images_with_the_stream_table_on_the_command_line() {
     ));
 }
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
 /// Through the binary: dump of a raw image with `--smmu-strtab`, `walk --stream`.
 #[test]
 fn cli_dump_and_walk() {
@@ -680,7 +651,7 @@ fn cli_dump_and_walk() {
     std::fs::write(&raw, raw_image(&r, 0x110_0000)).unwrap();
     let elf = dir.path().join("smmu.elf");
     std::fs::write(&elf, emulator::snapshot::to_bytes(&r.m)).unwrap();
-    let (code, out, err) = cli(&[
+    let (code, out, err) = plugin::cli(&[
         "dump",
         raw.to_str().unwrap(),
         "--base",
@@ -695,7 +666,7 @@ fn cli_dump_and_walk() {
         out.contains("unit smmu0: SMMUv3") && out.contains("StreamID 0x3"),
         "{out}"
     );
-    let (code, out, err) = cli(&[
+    let (code, out, err) = plugin::cli(&[
         "walk",
         "0x7018",
         elf.to_str().unwrap(),
@@ -708,7 +679,7 @@ fn cli_dump_and_walk() {
         out.contains("=> translates to 0x1006018 (rwx, 4K page, domain 0x000b)"),
         "{out}"
     );
-    let (code, out, _) = cli(&[
+    let (code, out, _) = plugin::cli(&[
         "walk",
         "0x1000",
         elf.to_str().unwrap(),

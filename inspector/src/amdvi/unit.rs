@@ -3,11 +3,11 @@
 //! the trees, `diff` attributes, `walk`, and Linux's debugfs `devtbl` layout.
 
 use super::{AmdViState, DevEntry, Handling, Tree};
-use crate::arch::{ArchUnit, EntryView, Item, LinuxPart, TableDesc, UnitId, Walk};
+use crate::arch::{ArchUnit, EntryView, LinuxPart, TableDesc, UnitId, Walk};
 use crate::error::{InspectError, StructureProblem};
 use crate::fields::{
     walk_problems, write_problems_json, write_problems_text, write_registers_json,
-    write_registers_text, Register,
+    write_registers_text, write_unit_line, Register,
 };
 use crate::image::Image;
 use crate::json::Json;
@@ -268,17 +268,7 @@ impl ArchUnit for AmdViState {
     }
 
     fn text_head(&self, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(
-            out,
-            "unit {}: AMD-Vi, registers at {}{}",
-            self.name,
-            self.base,
-            if self.assumed {
-                " (registers assumed from the command line)"
-            } else {
-                ""
-            }
-        )?;
+        write_unit_line(out, &self.name, "AMD-Vi", self.base, self.assumed)?;
         write_registers_text(&decoded(self), out)?;
         let valid = self.entries.iter().filter(|e| e.dte.valid()).count();
         writeln!(
@@ -326,12 +316,6 @@ impl ArchUnit for AmdViState {
     }
     fn entry(&self, i: usize) -> EntryView {
         self.view(&self.entries[i])
-    }
-    fn listing(&self, filter: &Filter) -> Vec<Item> {
-        (0..self.entries.len())
-            .filter(|&i| filter.entry(&self.entry(i)))
-            .map(Item::Entry)
-            .collect()
     }
     fn summary(&self, i: usize) -> String {
         let e = &self.entries[i];

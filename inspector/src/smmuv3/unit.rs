@@ -3,11 +3,11 @@
 //! ...) so a kernel engineer reads it against the header.
 
 use super::{stream_rid, Handling, S2Mem, SmmuState, StreamEntry, Tree};
-use crate::arch::{ArchUnit, EntryView, Item, TableDesc, UnitId, Walk};
+use crate::arch::{ArchUnit, EntryView, TableDesc, UnitId, Walk};
 use crate::error::{InspectError, StructureProblem};
 use crate::fields::{
     walk_problems, write_problems_json, write_problems_text, write_registers_json,
-    write_registers_text, Register,
+    write_registers_text, write_unit_line, Register,
 };
 use crate::image::Image;
 use crate::json::Json;
@@ -430,17 +430,7 @@ impl ArchUnit for SmmuState {
     }
 
     fn text_head(&self, filter: &Filter, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(
-            out,
-            "unit {}: SMMUv3, registers at {}{}",
-            self.name,
-            self.base,
-            if self.assumed {
-                " (registers assumed from the command line)"
-            } else {
-                ""
-            }
-        )?;
+        write_unit_line(out, &self.name, "SMMUv3", self.base, self.assumed)?;
         write_registers_text(&decoded(self), out)?;
         writeln!(
             out,
@@ -498,12 +488,6 @@ impl ArchUnit for SmmuState {
     }
     fn entry(&self, i: usize) -> EntryView {
         self.view(&self.entries[i])
-    }
-    fn listing(&self, filter: &Filter) -> Vec<Item> {
-        (0..self.entries.len())
-            .filter(|&i| filter.entry(&self.entry(i)))
-            .map(Item::Entry)
-            .collect()
     }
     fn summary(&self, i: usize) -> String {
         let e = &self.entries[i];
