@@ -93,6 +93,11 @@ struct ImageOpts {
     /// MMIO base of that unit (names its `iommu-amdvi-<base>` record).
     #[arg(long = "amdvi-base", value_parser = num)]
     amdvi_base: Option<u64>,
+    /// SME C-bit position (12..51) in AMD-Vi table pointers, page addresses and the
+    /// device table base, stripped from every address (default: none). Applies to every
+    /// AMD-Vi unit, snapshot units too.
+    #[arg(long = "amdvi-c-bit", value_parser = clap::value_parser!(u8))]
+    amdvi_c_bit: Option<u8>,
     /// SMMUv3 stream table, for images without IOMMU notes: the STRTAB_BASE value (ADDR
     /// 51:6). Replaces the snapshot's SMMUv3s; needs --smmu-strtab-cfg.
     #[arg(long = "smmu-strtab", value_parser = num)]
@@ -312,6 +317,7 @@ fn load_opts(o: &ImageOpts) -> LoadOptions {
             efr: o.amdvi_efr,
             control: o.amdvi_control,
             base: o.amdvi_base,
+            c_bit: o.amdvi_c_bit,
         },
         smmu: inspector::smmuv3::SmmuOverride {
             strtab: o.smmu_strtab,

@@ -444,6 +444,78 @@ fn v2_entries_through_the_gcr3_table() {
     assert!(matches!(w.end, WalkEnd::Fault { code: 2, .. }), "{w:?}");
 }
 
+/// With SME the C-bit (here bit 47) is set in the DTE's root pointer, every PDE and
+/// every PTE (Linux `__sme_set`); `--amdvi-c-bit 47` strips it from each address (the
+/// model has no C-bit: the inspector alone is checked). Without the option the root
+/// lies beyond memory: PAGE_TAB_HARDWARE_ERROR.
+#[test]
+fn the_sme_c_bit_is_stripped_from_every_address() {
+    let mut r = rig();
+    let c = 1u64 << 47;
+    for t in [0x30_0000, 0x30_1000, 0x30_2000] {
+        r.table(t);
+    }
+    r.mem(0x30_0000, v1_pde(0x30_1000 | c, 2));
+    r.mem(0x30_1000, v1_pde(0x30_2000 | c, 1));
+    r.mem(0x30_2000 + 8, 0xa0_0000 | c | pte::PR | pte::IR | pte::IW);
+    r.dte(
+        DEV,
+        DeviceTableEntry::host(0x30_0000 | c, 3, DOM, true, true),
+    );
+    let img = || r.image("sme.elf");
+    let with = Loaded::from_image(
+        img(),
+        &LoadOptions {
+            amdvi: AmdViOverride {
+                c_bit: Some(47),
+                ..AmdViOverride::default()
+            },
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let u = unit(&with);
+    let w =
+        inspector::arch::ArchUnit::translate(u, &with.image, rid(DEV), None, Iova(0x1010), true)
+            .unwrap();
+    assert!(
+        matches!(w.end, WalkEnd::Mapped { pa, .. } if pa == PhysAddr(0xa0_0010)),
+        "{w:?}"
+    );
+    let t = text(&with, OutputFormat::Text, &Filter::default());
+    assert!(
+        t.contains("0x0000000000001000-0x0000000000001fff  0x0000000000a00000-0x0000000000a00fff"),
+        "{t}"
+    );
+    let without = Loaded::from_image(img(), &LoadOptions::default()).unwrap();
+    let w = inspector::arch::ArchUnit::translate(
+        unit(&without),
+        &without.image,
+        rid(DEV),
+        None,
+        Iova(0x1010),
+        true,
+    )
+    .unwrap();
+    assert!(matches!(w.end, WalkEnd::Fault { code: 4, .. }), "{w:?}");
+    // A C-bit that is not an address bit is a usage error.
+    let err = Loaded::from_image(
+        img(),
+        &LoadOptions {
+            amdvi: AmdViOverride {
+                c_bit: Some(60),
+                ..AmdViOverride::default()
+            },
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, InspectError::Usage(m) if m.contains("C-bit 60")),
+        "{err:?}"
+    );
+}
+
 /// `diff` of two snapshots: a changed PTE shows as a changed mapping, a changed DTE
 /// (another DomainID and root) as a changed device; the same state is no difference.
 #[test]

@@ -42,6 +42,10 @@ pub struct AmdViOverride {
     pub control: Option<u64>,
     /// `--amdvi-base`: MMIO base (names the unit's `iommu-amdvi-<base>` record).
     pub base: Option<u64>,
+    /// `--amdvi-c-bit`: the SME C-bit (an address bit, 12..=51) the tables and registers
+    /// of every AMD-Vi unit carry (snapshots do not record it); stripped from every
+    /// pointer and page address, as the `amdvi::format` formats do.
+    pub c_bit: Option<u8>,
 }
 
 /// EFR of a unit given on the command line: GTSup, HATS = 2 (6-level v1 tables), GATS
@@ -133,6 +137,8 @@ pub struct AmdViState {
     pub problems: Vec<StructureProblem>,
     /// DeviceIDs the snapshot's device notes put behind this unit.
     pub noted: Vec<u16>,
+    /// The SME C-bit, if any (`--amdvi-c-bit`).
+    pub c_bit: Option<u8>,
 }
 
 /// The AMD-Vi architecture.
@@ -152,10 +158,15 @@ impl Arch for AmdVi {
     ) -> Result<Vec<Box<dyn ArchUnit>>, InspectError> {
         let ov = &opts.amdvi;
         let mut out: Vec<Box<dyn ArchUnit>> = Vec::new();
+        if let Err(e) = amdvi::format::HostV1::new(1).and_then(|f| f.with_c_bit(ov.c_bit)) {
+            return Err(InspectError::Usage(format!("--amdvi-c-bit: {e}")));
+        }
         if let Some(v) = ov.devtab {
             let regs = assumed_regs(v, ov)?;
             let base = PhysAddr(ov.base.unwrap_or(0));
-            out.push(Box::new(AmdViState::scan(image, 0, base, regs, true)?));
+            out.push(Box::new(AmdViState::scan(
+                image, 0, base, regs, true, ov.c_bit,
+            )?));
             return Ok(out);
         }
         if ov.devtab_size.is_some() || ov.efr.is_some() || ov.control.is_some() {
@@ -177,6 +188,7 @@ impl Arch for AmdVi {
                 n.base,
                 n.regs.clone(),
                 false,
+                ov.c_bit,
             )?));
         }
         Ok(out)
@@ -231,9 +243,13 @@ impl AmdViState {
             .find(|r| r.offset == offset)
             .map_or(0, |r| r.value)
     }
+    /// `raw`'s address bits 51:12 without the C-bit.
+    pub fn addr(&self, raw: u64) -> PhysAddr {
+        strip(raw, self.c_bit)
+    }
     /// The device table's address.
     pub fn devtab(&self) -> PhysAddr {
-        PhysAddr(self.reg(regs::DEV_TAB_BASE) & field_mask(DEV_TAB_BASE::BASE))
+        self.addr(self.reg(regs::DEV_TAB_BASE) & field_mask(DEV_TAB_BASE::BASE))
     }
     /// The Size field.
     pub fn devtab_size(&self) -> u64 {
@@ -276,6 +292,7 @@ impl AmdViState {
         base: PhysAddr,
         regs: Vec<RegValue>,
         assumed: bool,
+        c_bit: Option<u8>,
     ) -> Result<Self, InspectError> {
         let noted: Vec<(u16, u16)> = image
             .devices()
@@ -294,6 +311,7 @@ impl AmdViState {
             trees: Vec::new(),
             problems: Vec::new(),
             noted: noted.iter().map(|d| d.1).collect(),
+            c_bit,
         };
         u.noted.sort_unstable();
         u.noted.dedup();
@@ -361,19 +379,28 @@ impl AmdViState {
                     u.entries.push(entry(h, None));
                 }
                 let mut found = Vec::new();
-                let gcr3 = PhysAddr(dte.gcr3_root());
+                let gcr3 = u.addr(dte.gcr3_root());
                 let top = match dte.glx() {
                     Glx::One => 0,
                     Glx::Two => 1,
                     _ => 2,
                 };
                 let mut errs = Vec::new();
-                gcr3_scan(image, gcr3, top, 0, &mut gcr3_budget, &mut found, &mut errs);
+                gcr3_scan(
+                    image,
+                    c_bit,
+                    gcr3,
+                    top,
+                    0,
+                    &mut gcr3_budget,
+                    &mut found,
+                    &mut errs,
+                );
                 for (a, what) in errs {
                     u.problem(Some(devid), a, what);
                 }
                 for (pasid, at, raw) in found {
-                    let root = PhysAddr(amdvi::hw::dte::Gcr3Entry::from_qwords([raw]).root());
+                    let root = u.addr(amdvi::hw::dte::Gcr3Entry::from_qwords([raw]).root());
                     let t = intern(
                         &mut trees,
                         &mut u.trees,
@@ -395,13 +422,14 @@ impl AmdViState {
             }
             match dte.mode() {
                 Mode::Levels(l) => {
+                    let root = u.addr(dte.page_table_root());
                     let t = intern(
                         &mut trees,
                         &mut u.trees,
                         Tree {
                             guest: false,
                             levels: l,
-                            root: PhysAddr(dte.page_table_root()),
+                            root,
                             ir: dte.ir(),
                             iw: dte.iw(),
                         },
@@ -465,6 +493,11 @@ impl AmdViState {
     }
 }
 
+/// Address bits 51:12 of `raw` without the C-bit.
+fn strip(raw: u64, c_bit: Option<u8>) -> PhysAddr {
+    PhysAddr(raw & amdvi::hw::pte::ADDR_MASK & !c_bit.map_or(0, |b| 1u64 << b))
+}
+
 /// The index of `t` among `list`, added if new.
 fn intern<T: Copy + Eq + std::hash::Hash>(
     map: &mut HashMap<T, usize>,
@@ -480,8 +513,10 @@ fn intern<T: Copy + Eq + std::hash::Hash>(
 /// Collects the valid entries of the GCR3 table at `table` (level `level`, 0 the last),
 /// PASIDs prefixed by `prefix`: (PASID, entry address, entry). Reads at most `budget`
 /// tables; problems go to `errs`.
+#[allow(clippy::too_many_arguments)]
 fn gcr3_scan(
     image: &Image,
+    c_bit: Option<u8>,
     table: PhysAddr,
     level: u8,
     prefix: u32,
@@ -519,8 +554,8 @@ fn gcr3_scan(
         if level == 0 {
             found.push((pasid, at, raw));
         } else {
-            let next = PhysAddr(raw & amdvi::hw::pte::ADDR_MASK);
-            gcr3_scan(image, next, level - 1, pasid, budget, found, errs);
+            let next = strip(raw, c_bit);
+            gcr3_scan(image, c_bit, next, level - 1, pasid, budget, found, errs);
         }
     }
 }

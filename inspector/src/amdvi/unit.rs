@@ -220,10 +220,12 @@ impl AmdViState {
     fn format_of(&self, t: &Tree) -> Result<Box<dyn FormatBox>, String> {
         if t.guest {
             GuestV2::new(t.levels)
+                .and_then(|f| f.with_c_bit(self.c_bit))
                 .map(|f| Box::new(f) as Box<dyn FormatBox>)
                 .map_err(|e| e.to_string())
         } else {
             HostV1::new(t.levels)
+                .and_then(|f| f.with_c_bit(self.c_bit))
                 .map(|f| Box::new(f.with_sized_pages(true)) as Box<dyn FormatBox>)
                 .map_err(|e| e.to_string())
         }

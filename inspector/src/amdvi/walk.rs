@@ -179,7 +179,7 @@ fn run(
     }
     let guest = dte.guest_valid() && (pasid.is_some() || dte.giov());
     let (root, p) = if guest {
-        let Ok(format) = GuestV2::from_dte(&dte) else {
+        let Ok(format) = GuestV2::from_dte(&dte).and_then(|f| f.with_c_bit(u.c_bit)) else {
             return fault(
                 ILLEGAL_DEV_TABLE_ENTRY,
                 "DTE refused by the v2 format".into(),
@@ -187,7 +187,7 @@ fn run(
             );
         };
         let p = pasid.unwrap_or(0);
-        match gcr3_path(image, &dte, p, steps) {
+        match gcr3_path(u, image, &dte, p, steps) {
             Ok(root) => {
                 return pages(
                     image, &format, root, iova, dte_perms, write, &dte, suppressed, steps,
@@ -197,7 +197,7 @@ fn run(
         }
     } else {
         match dte.mode() {
-            Mode::Levels(l) => (PhysAddr(dte.page_table_root()), l),
+            Mode::Levels(l) => (u.addr(dte.page_table_root()), l),
             _ => {
                 if denied(dte_perms) {
                     return fault(
@@ -213,7 +213,7 @@ fn run(
             }
         }
     };
-    match HostV1::new(p) {
+    match HostV1::new(p).and_then(|f| f.with_c_bit(u.c_bit)) {
         Ok(f) => pages(
             image,
             &f.with_sized_pages(true),
@@ -231,6 +231,7 @@ fn run(
 
 /// Walks the GCR3 table to the guest root of `pasid`, recording each entry.
 fn gcr3_path(
+    u: &AmdViState,
     image: &Image,
     dte: &DeviceTableEntry,
     pasid: u32,
@@ -259,7 +260,7 @@ fn gcr3_path(
             false,
         ));
     }
-    let mut table = dte.gcr3_root();
+    let mut table = u.addr(dte.gcr3_root()).0;
     for level in (0..=top).rev() {
         let index = ((pasid >> (9 * level as u32)) & 0x1ff) as u64;
         let at = PhysAddr(table + index * 8);
@@ -273,7 +274,7 @@ fn gcr3_path(
                 ))
             }
         };
-        let next = e & amdvi::hw::pte::ADDR_MASK;
+        let next = u.addr(e).0;
         steps.push(Step {
             what: format!("level {level} GCR3 entry [{index:#x}]"),
             addr: at,
