@@ -129,6 +129,75 @@ pub fn write_problems_json<'a>(
     j.end_array()
 }
 
+/// An entry of a unit's event log (AMD-Vi) or event queue (SMMUv3) that software has
+/// not consumed yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Where it is.
+    pub addr: PhysAddr,
+    /// Its raw qwords, low first.
+    pub raw: Vec<u64>,
+    /// The event code or type.
+    pub code: u8,
+    /// Its name in the specification's words (`IO_PAGE_FAULT`, `F_TRANSLATION`).
+    pub name: &'static str,
+    /// Its fields, decoded.
+    pub detail: String,
+}
+
+/// The pending events: their ring, how many, and the entries read (at most the ring's
+/// size), or why the ring could not be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventRing {
+    /// What the ring is (`event log at 0x… (256 entries), head 0x…, tail 0x…`).
+    pub what: String,
+    /// The pending entries, oldest first.
+    pub pending: Vec<PendingEvent>,
+    /// Why the ring (or part of it) could not be read.
+    pub problem: Option<String>,
+}
+
+/// The events section of a unit's text head.
+pub fn write_events_text(ring: &EventRing, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "  {}: {} pending", ring.what, ring.pending.len())?;
+    if let Some(p) = &ring.problem {
+        writeln!(out, "    !! {p}")?;
+    }
+    for e in &ring.pending {
+        writeln!(
+            out,
+            "    {} {:#04x} {}  {}",
+            e.addr, e.code, e.name, e.detail
+        )?;
+    }
+    Ok(())
+}
+
+/// The `events` member of a unit's JSON head.
+pub fn write_events_json(ring: &EventRing, j: &mut Json<&mut dyn Write>) -> io::Result<()> {
+    j.key("events")?;
+    j.begin_object(false)?;
+    j.kv_str("ring", &ring.what)?;
+    j.key("problem")?;
+    match &ring.problem {
+        Some(p) => j.string(p)?,
+        None => j.null()?,
+    }
+    j.key("pending")?;
+    j.begin_array(false)?;
+    for e in &ring.pending {
+        j.begin_object(true)?;
+        j.kv_hex("addr", e.addr.0)?;
+        j.kv_hex_list("raw", &e.raw)?;
+        j.kv_uint("code", e.code as u64)?;
+        j.kv_str("name", e.name)?;
+        j.kv_str("detail", &e.detail)?;
+        j.end_object()?;
+    }
+    j.end_array()?;
+    j.end_object()
+}
+
 /// The problems of a tree walk as typed problems of `unit` naming `requester` (the
 /// first user of the tree): an entry's address, or the root's for a walk that could
 /// not start.

@@ -256,6 +256,24 @@ fn walk_matches_the_model_request_by_request() {
             "model vs walk at {dev:#x} {iova:#x}"
         );
     }
+    // The events the model logged for those DMAs are listed as pending in a new
+    // snapshot: three IO_PAGE_FAULTs of DeviceID 0x10 and 0x18 (the write to the
+    // read-only page with RW, PR and PE).
+    let after = r.load("after.elf");
+    let ev = &unit(&after).events;
+    let got: Vec<(u8, &str)> = ev.pending.iter().map(|e| (e.code, e.name)).collect();
+    assert_eq!(got, [(2, "IO_PAGE_FAULT"); 3], "{ev:?}");
+    assert!(
+        ev.pending[0]
+            .detail
+            .starts_with("DeviceID 0x0010 PASID/DomainID 0x7 flags 0x070 address 0x8010"),
+        "{ev:?}"
+    );
+    let t = text(&after, OutputFormat::Text, &Filter::default());
+    assert!(
+        t.contains("event log at 0x210000 (EventLen 8), head 0x0, tail 0x30: 3 pending"),
+        "{t}"
+    );
     // The steps name the DTE and each level read.
     let w = inspector::arch::ArchUnit::translate(u, &l.image, rid(DEV), None, Iova(0x5010), false)
         .unwrap();

@@ -386,6 +386,25 @@ fn walk_matches_the_model_transaction_by_transaction() {
             "model at {sid:#x} {iova:#x}"
         );
     }
+    // The events the model recorded are pending in a new snapshot, in order.
+    let after = r.load("after.elf");
+    let ev = &unit(&after).events;
+    let got: Vec<&str> = ev.pending.iter().map(|e| e.name).collect();
+    assert_eq!(
+        got,
+        [
+            "F_PERMISSION",
+            "F_TRANSLATION",
+            "F_TRANSLATION",
+            "C_BAD_STE"
+        ],
+        "{ev:?}"
+    );
+    assert!(
+        ev.pending[0].detail.starts_with("StreamID 0x1 RnW=0"),
+        "{ev:?}"
+    );
+    assert!(ev.pending[2].detail.contains("S2=1"), "{ev:?}");
     // A SubstreamID on a stream with one CD: C_BAD_SUBSTREAMID; a StreamID beyond
     // LOG2SIZE: C_BAD_STREAMID.
     assert_eq!(code(&walk(&l, 1, Some(1), 0x1000, false)), Err(0x08));

@@ -17,6 +17,7 @@ pub mod walk;
 
 use crate::arch::{Arch, ArchUnit};
 use crate::error::{InspectError, StructureProblem};
+use crate::fields::{EventRing, PendingEvent};
 use crate::image::{Image, RegValue, UNIT_KIND_AMDVI};
 use crate::model::LoadOptions;
 use amdvi::hw::dte::{DeviceTableEntry, Glx, Mode};
@@ -139,6 +140,8 @@ pub struct AmdViState {
     pub noted: Vec<u16>,
     /// The SME C-bit, if any (`--amdvi-c-bit`).
     pub c_bit: Option<u8>,
+    /// The event log's entries from EVT_HEAD to EVT_TAIL.
+    pub events: EventRing,
 }
 
 /// The AMD-Vi architecture.
@@ -312,7 +315,9 @@ impl AmdViState {
             problems: Vec::new(),
             noted: noted.iter().map(|d| d.1).collect(),
             c_bit,
+            events: EventRing::default(),
         };
+        u.events = u.event_log(image);
         u.noted.sort_unstable();
         u.noted.dedup();
         let devtab = u.devtab();
@@ -443,6 +448,57 @@ impl AmdViState {
         Ok(u)
     }
 
+    /// The event log's pending entries (EVT_HEAD to EVT_TAIL; reference §2 and §10).
+    pub fn event_log(&self, image: &Image) -> EventRing {
+        use amdvi::hw::regs::{EVT_LOG_BASE, RING_PTR};
+        let b = self.reg(regs::EVT_LOG_BASE);
+        let base = self.addr(b & field_mask(EVT_LOG_BASE::BASE));
+        let len = EVT_LOG_BASE::LEN.read(b) as u8;
+        let head = RING_PTR::OFFSET.read(self.reg(regs::EVT_HEAD)) * 16;
+        let tail = RING_PTR::OFFSET.read(self.reg(regs::EVT_TAIL)) * 16;
+        let mut ring = EventRing {
+            what: format!("event log at {base} (EventLen {len}), head {head:#x}, tail {tail:#x}"),
+            ..EventRing::default()
+        };
+        let Some(n) = regs::ring_entries(len) else {
+            ring.problem = Some(format!("EventLen {len} is reserved (8 to 15)"));
+            return ring;
+        };
+        let bytes = n as u64 * regs::RING_ENTRY_BYTES;
+        if head >= bytes || tail >= bytes {
+            ring.problem = Some(format!(
+                "EVT_HEAD {head:#x} or EVT_TAIL {tail:#x} beyond the {bytes:#x}-byte log"
+            ));
+            return ring;
+        }
+        let mut at = head;
+        while at != tail {
+            let a = PhysAddr(base.0 + at);
+            let q = (image.read_u64(a), image.read_u64(PhysAddr(a.0 + 8)));
+            let (Ok(q0), Ok(q1)) = q else {
+                ring.problem = Some(format!("event log entry at {a} not readable"));
+                break;
+            };
+            let e = amdvi::hw::event::EventEntry::from_qwords([q0, q1]);
+            let code = e.code_bits();
+            ring.pending.push(PendingEvent {
+                addr: a,
+                raw: vec![q0, q1],
+                code,
+                name: event_name(code),
+                detail: format!(
+                    "DeviceID {:#06x} PASID/DomainID {:#x} flags {:#05x} address {:#x}",
+                    e.device_id(),
+                    e.pasid(),
+                    e.flags().0,
+                    e.address()
+                ),
+            });
+            at = (at + regs::RING_ENTRY_BYTES) % bytes;
+        }
+        ring
+    }
+
     /// Why a valid DTE is ILLEGAL_DEV_TABLE_ENTRY on this unit (the checks of the
     /// emulator's model), or `None`.
     pub fn illegal(&self, dte: &DeviceTableEntry) -> Option<String> {
@@ -490,6 +546,25 @@ impl AmdViState {
             }
         }
         None
+    }
+}
+
+/// The name of an event code (reference §10).
+pub fn event_name(code: u8) -> &'static str {
+    match code {
+        0x1 => "ILLEGAL_DEV_TABLE_ENTRY",
+        0x2 => "IO_PAGE_FAULT",
+        0x3 => "DEV_TAB_HARDWARE_ERROR",
+        0x4 => "PAGE_TAB_HARDWARE_ERROR",
+        0x5 => "ILLEGAL_COMMAND_ERROR",
+        0x6 => "COMMAND_HARDWARE_ERROR",
+        0x7 => "IOTLB_INV_TIMEOUT",
+        0x8 => "INVALID_DEVICE_REQUEST",
+        0x9 => "INVALID_PPR_REQUEST",
+        0xa => "EVENT_COUNTER_ZERO",
+        0xd => "RMP_PAGE_FAULT",
+        0xe => "RMP_HW_ERROR",
+        _ => "unknown event code",
     }
 }
 

@@ -6,8 +6,8 @@ use super::{AmdViState, DevEntry, Handling, Tree};
 use crate::arch::{ArchUnit, EntryView, LinuxPart, TableDesc, UnitId, Walk};
 use crate::error::{InspectError, StructureProblem};
 use crate::fields::{
-    walk_problems, write_problems_json, write_problems_text, write_registers_json,
-    write_registers_text, write_unit_line, Register,
+    walk_problems, write_events_json, write_events_text, write_problems_json, write_problems_text,
+    write_registers_json, write_registers_text, write_unit_line, Register,
 };
 use crate::image::Image;
 use crate::json::Json;
@@ -286,6 +286,7 @@ impl ArchUnit for AmdViState {
             self.devtab_entries(),
             valid
         )?;
+        write_events_text(&self.events, out)?;
         let dev = filter.device.map(|d| format!("DeviceID {:#06x}", d.sid()));
         write_problems_text(
             self.problems
@@ -304,6 +305,7 @@ impl ArchUnit for AmdViState {
         j.kv_hex("device_table", self.devtab().0)?;
         j.kv_hex("device_table_size", self.devtab_size())?;
         j.kv_uint("device_table_entries", self.devtab_entries() as u64)?;
+        write_events_json(&self.events, j)?;
         let dev = filter.device.map(|d| format!("DeviceID {:#06x}", d.sid()));
         write_problems_json(
             self.problems

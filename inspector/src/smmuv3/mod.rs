@@ -19,6 +19,7 @@ pub mod walk;
 
 use crate::arch::{Arch, ArchUnit};
 use crate::error::{InspectError, StructureProblem};
+use crate::fields::{EventRing, PendingEvent};
 use crate::image::{Image, RegValue, UNIT_KIND_SMMUV3};
 use crate::model::LoadOptions;
 use iommu_core::mem::{MemError, PhysMem};
@@ -196,6 +197,8 @@ pub struct SmmuState {
     pub problems: Vec<StructureProblem>,
     /// StreamIDs the snapshot's device notes put behind this SMMU.
     pub noted: Vec<u32>,
+    /// The event queue's entries from EVENTQ_CONS to EVENTQ_PROD.
+    pub events: EventRing,
 }
 
 /// The SMMUv3 architecture.
@@ -320,6 +323,65 @@ impl SmmuState {
         PhysAddr(base & !(1u64.checked_shl(shift).unwrap_or(0).wrapping_sub(1)))
     }
 
+    /// The event queue's pending records, EVENTQ_CONS to EVENTQ_PROD (reference §9,
+    /// §15).
+    pub fn event_queue(&self, image: &Image) -> EventRing {
+        use smmuv3::hw::event::Event;
+        use smmuv3::hw::regs::{QueuePos, Q_BASE, Q_PROD};
+        let b = self.reg(regs::EVENTQ_BASE);
+        let log2 = Q_BASE::LOG2SIZE.read(b) as u32;
+        let base = Q_BASE::ADDR.read(b) << 5;
+        let prod = QueuePos::from_reg(log2, self.reg(regs::EVENTQ_PROD) as u32);
+        let cons = QueuePos::from_reg(log2, self.reg(regs::EVENTQ_CONS) as u32);
+        let mut ring = EventRing {
+            what: format!(
+                "event queue at {base:#x} (LOG2SIZE {log2}), PROD {:#x}{}, CONS {:#x}",
+                prod.value,
+                if Q_PROD::OVFLG.read(self.reg(regs::EVENTQ_PROD) as u32) == 1 {
+                    " (OVFLG)"
+                } else {
+                    ""
+                },
+                cons.value
+            ),
+            ..EventRing::default()
+        };
+        let (mut c, mut n) = (cons, 0u64);
+        while !prod.empty(c) && n < 1 << prod.log2size {
+            let a = PhysAddr(base + c.index() as u64 * 32);
+            let mut q = [0u64; 4];
+            for (i, v) in q.iter_mut().enumerate() {
+                match image.read_u64(PhysAddr(a.0 + 8 * i as u64)) {
+                    Ok(x) => *v = x,
+                    Err(e) => {
+                        ring.problem = Some(format!("event record at {a} not readable: {e}"));
+                        return ring;
+                    }
+                }
+            }
+            let e = Event::from_qwords(q);
+            let ty = e.event_type();
+            ring.pending.push(PendingEvent {
+                addr: a,
+                raw: q.to_vec(),
+                code: e.code() as u8,
+                name: ty.map_or("unknown event", |t| t.name()),
+                detail: format!(
+                    "{} RnW={} S2={} CLASS={} InputAddr={:#x} IPA/FetchAddr={:#x}",
+                    requester(Some(e.sid() as u32), e.substream()),
+                    e.rnw() as u8,
+                    e.s2() as u8,
+                    e.class_bits(),
+                    e.input_addr(),
+                    q[3]
+                ),
+            });
+            c = c.next();
+            n += 1;
+        }
+        ring
+    }
+
     fn problem(&mut self, sid: Option<u32>, ssid: Option<u32>, addr: PhysAddr, what: String) {
         self.problems.push(StructureProblem {
             unit: self.name.clone(),
@@ -368,7 +430,9 @@ impl SmmuState {
             trees: Vec::new(),
             problems: Vec::new(),
             noted,
+            events: EventRing::default(),
         };
+        u.events = u.event_queue(image);
         if u.caps.is_none() {
             u.problem(
                 None,

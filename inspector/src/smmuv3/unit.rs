@@ -6,8 +6,8 @@ use super::{stream_rid, Handling, S2Mem, SmmuState, StreamEntry, Tree};
 use crate::arch::{ArchUnit, EntryView, TableDesc, UnitId, Walk};
 use crate::error::{InspectError, StructureProblem};
 use crate::fields::{
-    walk_problems, write_problems_json, write_problems_text, write_registers_json,
-    write_registers_text, write_unit_line, Register,
+    walk_problems, write_events_json, write_events_text, write_problems_json, write_problems_text,
+    write_registers_json, write_registers_text, write_unit_line, Register,
 };
 use crate::image::Image;
 use crate::json::Json;
@@ -452,6 +452,7 @@ impl ArchUnit for SmmuState {
             },
             self.entries.len()
         )?;
+        write_events_text(&self.events, out)?;
         let sid = filter
             .device
             .map(|d| super::requester(Some(super::rid_stream(d)), None));
@@ -480,6 +481,7 @@ impl ArchUnit for SmmuState {
         )?;
         j.kv_uint("stream_table_log2size", self.cfg.log2size as u64)?;
         j.kv_uint("stream_table_split", self.cfg.split as u64)?;
+        write_events_json(&self.events, j)?;
         write_problems_json(self.problems.iter(), j)
     }
 
