@@ -716,6 +716,37 @@ fn cli_dump_linux_walk_and_errors() {
         out.contains("\"fault\": 2, \"reason\": \"IO_PAGE_FAULT\""),
         "{out}"
     );
+    // An ELF core read with the device table on the command line: the snapshot's
+    // AMD-Vi unit is replaced by the assumed one.
+    let (code, out, err) = plugin::cli(&[
+        "dump",
+        elf.to_str().unwrap(),
+        "--amdvi-devtab",
+        "0x100000",
+        "--amdvi-devtab-size",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "unit iommu0: AMD-Vi, registers at 0x0 (registers assumed from the command line)"
+        ) && out.contains("1 AMD-Vi unit)"),
+        "{out}"
+    );
+    // verify: exit 2, the record is not read yet.
+    let empty = dir.path().join("record.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let (code, _, err) = plugin::cli(&[
+        "verify",
+        elf.to_str().unwrap(),
+        "--record",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no record support for AMD-Vi units yet"),
+        "{err}"
+    );
     let short = dir.path().join("short.raw");
     std::fs::write(&short, vec![0u8; 0x1000]).unwrap();
     let (code, _, err) = plugin::cli(&[
