@@ -791,4 +791,26 @@ proptest! {
         let _ = u.table_problems(&l.image);
         let _ = inspector::arch::ArchUnit::translate(u, &l.image, rid(dev), pasid, Iova(iova), true);
     }
+
+    /// Random structures whose pointers land in a small image (device table at page 0,
+    /// every Size, EFR and Control): loading, dumps, walks with and without PASID never
+    /// panic nor loop, and the image compares the same as itself.
+    #[test]
+    fn random_structures_never_panic(words in proptest::collection::vec(plugin::word(), 64..1600),
+                                     efr in any::<u64>(), control in any::<u64>(), size in 0u64..4,
+                                     dev in 0u16..128, iova in any::<u64>(), pasid in proptest::option::of(0u32..0x40)) {
+        let ov = AmdViOverride { devtab: Some(0), devtab_size: Some(size), efr: Some(efr), control: Some(control), ..AmdViOverride::default() };
+        let Ok(l) = raw_load(plugin::words_image(&words), ov) else {
+            return Ok(());
+        };
+        let _ = text(&l, OutputFormat::Text, &Filter::default());
+        let _ = text(&l, OutputFormat::Json, &Filter::default());
+        let u = unit(&l);
+        let _ = u.table_problems(&l.image);
+        for p in [None, pasid] {
+            let _ = inspector::arch::ArchUnit::translate(u, &l.image, rid(dev), p, Iova(iova & 0xffff_ffff), false);
+        }
+        let again = raw_load(plugin::words_image(&words), ov).unwrap();
+        prop_assert!(diff(&l, &again, false).same());
+    }
 }

@@ -69,3 +69,30 @@ pub fn assert_no_record_support(l: &Loaded, unit: &str, arch: &str, record: &str
         other => panic!("{other:?}"),
     }
 }
+
+/// Pages of the structured random images.
+pub const PAGES: u64 = 12;
+
+/// A qword that is often a pointer to one of the image's pages with random low flag
+/// bits (valid, mode, next level, table type...) and random high attribute bits
+/// (permissions, XN...), so random structures reach deep: tables, cycles, aliases,
+/// reserved bits.
+pub fn word() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => Just(0u64),
+        6 => (0..PAGES, 0u64..0x1000, 0u64..0x1000)
+            .prop_map(|(p, low, high)| (p << 12) | low | (high << 52)),
+        1 => any::<u64>(),
+    ]
+}
+
+/// An image of [`PAGES`] pages holding `words` spread over it (every 3rd qword slot).
+pub fn words_image(words: &[u64]) -> Vec<u8> {
+    let mut b = vec![0u8; (PAGES * 4096) as usize];
+    for (i, w) in words.iter().enumerate() {
+        let at = (i * 3 * 8) % b.len();
+        b[at..at + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
