@@ -462,6 +462,39 @@ fn v2_entries_through_the_gcr3_table() {
     assert!(matches!(w.end, WalkEnd::Fault { code: 2, .. }), "{w:?}");
 }
 
+/// The exclusion range (ExEn with Allow): addresses inside it go out untranslated for
+/// every device, as the model forwards them; outside it the tables apply.
+#[test]
+fn the_exclusion_range_is_untranslated() {
+    let mut r = rig();
+    let root = v1_tables(&mut r);
+    r.dte(DEV, DeviceTableEntry::host(root, 4, DOM, true, true));
+    r.table(0x60_0000);
+    r.w(
+        regs::EXCL_BASE,
+        0x60_0000 | field_value(regs::EXCL_BASE::EX_EN, 1) | field_value(regs::EXCL_BASE::ALLOW, 1),
+    );
+    r.w(regs::EXCL_LIMIT, 0x60_0000);
+    let l = r.load("excl.elf");
+    let u = unit(&l);
+    let t = text(&l, OutputFormat::Text, &Filter::default());
+    assert!(t.contains("ExEn=1 Allow=1 ExclRangeBase=0x600000"), "{t}");
+    for (iova, want) in [
+        (0x60_0010u64, Some(0x60_0010u64)),
+        (0x20_0010, Some(0x80_0010)),
+    ] {
+        let w = inspector::arch::ArchUnit::translate(u, &l.image, rid(DEV), None, Iova(iova), true)
+            .unwrap();
+        let got = match w.end {
+            WalkEnd::Untranslated { pa } => Some((pa.0, true)),
+            WalkEnd::Mapped { pa, .. } => Some((pa.0, false)),
+            _ => None,
+        };
+        assert_eq!(got, want.map(|p| (p, iova == 0x60_0010)), "{w:?}");
+        assert_eq!(r.dma(DEV, iova, true), None);
+    }
+}
+
 /// With SME the C-bit (here bit 47) is set in the DTE's root pointer, every PDE and
 /// every PTE (Linux `__sme_set`); `--amdvi-c-bit 47` strips it from each address (the
 /// model has no C-bit: the inspector alone is checked). Without the option the root
