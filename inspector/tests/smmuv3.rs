@@ -482,6 +482,36 @@ fn two_level_stream_and_cd_tables() {
     assert_eq!(code(&walk(&l, 0x81, None, 0, false)), Err(0x02));
 }
 
+/// With SMMUEN = 0 GBPA decides: ABORT = 1 (the reset value) aborts every
+/// transaction without an event, as the model does; no STE is read.
+#[test]
+fn smmuen_clear_with_gbpa_abort_aborts_silently() {
+    let (mut r, _) = three_streams();
+    r.w32(regs::CR0, 0);
+    let l = r.load("off.elf");
+    let t = text(&l, OutputFormat::Text);
+    assert!(
+        t.contains("disabled (SMMUEN=0, GBPA applies)") && t.contains("ABORT=1"),
+        "{t}"
+    );
+    let w = unit(&l)
+        .translate(&l.image, stream_rid(1), None, Iova(0x1008), false)
+        .unwrap();
+    assert!(w.steps.is_empty(), "{w:?}");
+    assert!(
+        matches!(
+            w.end,
+            WalkEnd::Fault {
+                code: 0,
+                fpd: true,
+                ..
+            }
+        ),
+        "{w:?}"
+    );
+    assert_eq!(r.dma(1, None, 0x1008, false), Err(0));
+}
+
 /// `diff`: a changed PTE shows as a changed mapping, a changed STE (another VMID) as a
 /// changed device; the same state is no difference.
 #[test]
