@@ -514,17 +514,20 @@ fn the_sme_c_bit_is_stripped_from_every_address() {
         DeviceTableEntry::host(0x30_0000 | c, 3, DOM, true, true),
     );
     let img = || r.image("sme.elf");
-    let with = Loaded::from_image(
-        img(),
-        &LoadOptions {
-            amdvi: AmdViOverride {
-                c_bit: Some(47),
-                ..AmdViOverride::default()
+    let load_c = |bit| {
+        let amdvi = AmdViOverride {
+            c_bit: Some(bit),
+            ..AmdViOverride::default()
+        };
+        Loaded::from_image(
+            img(),
+            &LoadOptions {
+                amdvi,
+                ..LoadOptions::default()
             },
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
+        )
+    };
+    let with = load_c(47).unwrap();
     let u = unit(&with);
     let w =
         inspector::arch::ArchUnit::translate(u, &with.image, rid(DEV), None, Iova(0x1010), true)
@@ -550,17 +553,7 @@ fn the_sme_c_bit_is_stripped_from_every_address() {
     .unwrap();
     assert!(matches!(w.end, WalkEnd::Fault { code: 4, .. }), "{w:?}");
     // A C-bit that is not an address bit is a usage error.
-    let err = Loaded::from_image(
-        img(),
-        &LoadOptions {
-            amdvi: AmdViOverride {
-                c_bit: Some(60),
-                ..AmdViOverride::default()
-            },
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap_err();
+    let err = load_c(60).unwrap_err();
     assert!(
         matches!(&err, InspectError::Usage(m) if m.contains("C-bit 60")),
         "{err:?}"
