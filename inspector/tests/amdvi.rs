@@ -493,6 +493,22 @@ fn the_exclusion_range_is_untranslated() {
         assert_eq!(got, want.map(|p| (p, iova == 0x60_0010)), "{w:?}");
         assert_eq!(r.dma(DEV, iova, true), None);
     }
+    // A DTE with Mode 5 on this 4-level unit (EFR.HATS = 0) is illegal, but the model
+    // forwards excluded addresses before it looks at Mode: so does walk.
+    r.dte(DEV2, DeviceTableEntry::host(root, 5, DOM, true, true));
+    let l = r.load("excl5.elf");
+    let u = unit(&l);
+    for (iova, code) in [(0x60_0010u64, None), (0x1000, Some(1u8))] {
+        let w =
+            inspector::arch::ArchUnit::translate(u, &l.image, rid(DEV2), None, Iova(iova), true)
+                .unwrap();
+        match (&w.end, code) {
+            (WalkEnd::Untranslated { .. }, None) => {}
+            (WalkEnd::Fault { code: c, .. }, Some(want)) => assert_eq!(*c, want),
+            other => panic!("{iova:#x}: {other:?}"),
+        }
+        assert_eq!(r.dma(DEV2, iova, true), code.map(u32::from));
+    }
 }
 
 /// With SME the C-bit (here bit 47) is set in the DTE's root pointer, every PDE and

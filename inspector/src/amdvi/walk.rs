@@ -141,10 +141,10 @@ fn run(
     if !dte.valid() {
         return untranslated(iova);
     }
-    if let Some(w) = u.illegal(&dte) {
-        // The model checks only reserved bits and Mode 7 before TV; the rest after.
-        if dte.reserved_bits() != [0; 4] || dte.mode() == Mode::Reserved || dte.translation_valid()
-        {
+    // The model's order: reserved bits and Mode 7, then TV, the exclusion range, a
+    // PASID on a GV=0 entry, then the rest of what makes the entry illegal.
+    if dte.reserved_bits() != [0; 4] || dte.mode() == Mode::Reserved {
+        if let Some(w) = u.illegal(&dte) {
             return fault(ILLEGAL_DEV_TABLE_ENTRY, w, false);
         }
     }
@@ -176,6 +176,9 @@ fn run(
             "a request with a PASID to a DTE with GV=0".into(),
             false,
         );
+    }
+    if let Some(w) = u.illegal(&dte) {
+        return fault(ILLEGAL_DEV_TABLE_ENTRY, w, false);
     }
     let guest = dte.guest_valid() && (pasid.is_some() || dte.giov());
     let (root, p) = if guest {
