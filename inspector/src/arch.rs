@@ -9,44 +9,41 @@
 //! in [`REGISTERED`]. VT-d's implementation is [`crate::vtd::VTD`] (units
 //! [`crate::vtd::UnitState`]).
 //!
-//! How the next architectures fill each method (the facts are in
-//! `shared/reference/amdvi.md` and `smmuv3.md` beside the checkout):
+//! How AMD-Vi ([`crate::amdvi`]) and SMMUv3 ([`crate::smmuv3`]) fill each method (the
+//! facts are in `shared/reference/amdvi.md` and `smmuv3.md` beside the checkout):
 //!
 //! - **AMD-Vi.** [`Arch::load`] takes the image's unit notes of kind
-//!   [`crate::image::UNIT_KIND_AMDVI`] (snapshot unit kind 2) and reads the Device Table
-//!   Base register (DevTabBase; Size + 1 4 KiB pages of 32-byte DTEs indexed by
-//!   DeviceID), Control (IommuEn, GTEn) and the event-log base, head and tail.
-//!   `text_head`/`json_head` decode those registers by field, list the device-table
-//!   pages, the DTEs with problems (reserved bits, Mode 7, a root above the host width)
-//!   with the event a request would log (ILLEGAL_DEV_TABLE_ENTRY 0x1, IO_PAGE_FAULT
-//!   0x2), and the pending event-log entries. [`ArchUnit::entry`]: one entry per DTE
+//!   [`crate::image::UNIT_KIND_AMDVI`] (or `--amdvi-devtab`) and reads the Device Table
+//!   Base register (Size + 1 4 KiB pages of 32-byte DTEs indexed by DeviceID), Control,
+//!   EFR and the exclusion range. `text_head`/`json_head` decode the registers by field
+//!   and list the DTEs with problems (reserved bits, Mode 7 or beyond EFR.HATS, GV=1
+//!   without GTEn) as ILLEGAL_DEV_TABLE_ENTRY. [`ArchUnit::entry`]: one entry per DTE
 //!   with V=1 (V=0 forwards untranslated: listed as `pass-through` only when the
 //!   snapshot's device note names the DeviceID), `rid` = DeviceID, `domain` = DomainID,
-//!   translation `v1` (TV=1, Mode 1–6: a Mode-level table, level skipping and
-//!   NextLevel=7 replicated pages left to the v1 format), `pass-through` (Mode 0),
-//!   `blocked` (TV=0, or IR=IW=0), `fpd` = SA; with GV=1, one more entry per valid
-//!   GCR3-table entry (GLX 0/1/2: one to three levels), `pasid` set and a `v2` tree
-//!   (GuestPagingMode 0/1: 4 or 5 levels). Trees are keyed by (format, root, levels).
-//!   `translate` reads the DTE, the GCR3 entries and each level as [`Step`]s and ends
-//!   in an event code; `verify` reads the `iommu-amdvi-<base>` record and checks the
-//!   device table, GCR3 tables and page tables through [`Checker::check_page`];
-//!   `linux`: none (the default).
+//!   translation `v1` (Mode 1–6, level skipping and NextLevel=7 pages decoded by the v1
+//!   format), `untranslated` (Mode 0 with IR or IW), `blocked` (Mode 0 with IR=IW=0:
+//!   IO_PAGE_FAULT; TV=0: target abort, code 0), `illegal`; `fpd` = SA or SE; with GV=1
+//!   one entry per valid GCR3-table entry (GLX 0/1/2), `pasid` set, a `v2` tree
+//!   (GuestPagingMode 0/1: 4 or 5 levels). Trees are keyed by (format, root, levels,
+//!   DTE IR/IW: the DTE's permissions are ANDed into the mappings). `translate` reads
+//!   the DTE, the GCR3 entries and each level as [`Step`]s and ends in an event code;
+//!   `verify` returns [`InspectError::NoRecordSupport`] (the `iommu-amdvi-v1` record
+//!   is not read yet); `linux`: debugfs `devtbl`.
 //! - **SMMUv3.** [`Arch::load`] takes the notes of kind
-//!   [`crate::image::UNIT_KIND_SMMUV3`] and reads `STRTAB_BASE`, `STRTAB_BASE_CFG` (FMT
-//!   linear or 2-level, LOG2SIZE, SPLIT), `CR0` (SMMUEN) and the event queue's base,
-//!   PROD and CONS. The head sections decode those registers, list the stream-table
-//!   pages (level-1 descriptors with SPAN, level-2 tables) and the STEs and CDs with
-//!   problems and the event a request would record (C_BAD_STREAMID 0x02, C_BAD_STE 0x04,
-//!   C_BAD_SUBSTREAMID 0x08, C_BAD_CD 0x0A), and the pending events. Entries: one per
-//!   valid STE, `rid` = StreamID (for PCI, the RID), `domain` = S2VMID (or CD 0's ASID
-//!   with stage 1 only), translation `stage-1`, `stage-2`, `nested`, `bypass` or `abort`
-//!   (Config; `fpd` where the STE/CD records no fault: S2R / CD.R clear); with
-//!   S1CDMax > 0 one entry per valid CD of the CD table (S1Fmt linear or 2-level),
-//!   `pasid` = SubstreamID. Trees are VMSAv8-64 tables keyed by (stage, granule, root,
-//!   start level, concatenated start tables). `translate` reads the STE, L1CD, CD and
-//!   each descriptor as steps and ends in an event number (F_TRANSLATION 0x10,
-//!   F_PERMISSION 0x13...); `verify` checks the stream table, CD tables and page
-//!   tables of the `iommu-smmuv3-<base>` record; `linux`: none.
+//!   [`crate::image::UNIT_KIND_SMMUV3`] (or `--smmu-strtab`) and reads `IDR0/1/5`,
+//!   `CR0`, `GBPA`, `STRTAB_BASE`, `STRTAB_BASE_CFG` (FMT linear or 2-level, LOG2SIZE,
+//!   SPLIT). The head sections decode those registers and list the L1STDs, STEs and CDs
+//!   with problems and the event a transaction would record (C_BAD_STREAMID 0x02,
+//!   C_BAD_STE 0x04, C_BAD_CD 0x0A...). Entries: one per valid STE, `rid` = StreamID
+//!   (low 16 bits as a RID), `domain` = S2VMID (or the CD's ASID with stage 1 only),
+//!   translation `stage-1`, `stage-2`, `nested`, `bypass`, `abort` or `refused`; with
+//!   S1CDMax > 0 one entry per valid CD (S1Fmt linear or 2-level), `pasid` =
+//!   SubstreamID; `fpd` where the CD or STE records no fault (CD.R / S2R clear). Trees
+//!   are VMSAv8-64 tables (stage 1, stage 2 with concatenated start tables, or nested:
+//!   stage-1 tables at IPAs read through stage 2, mappings composed to PAs).
+//!   `translate` reads the L1STD, STE, L1CD, CD and each descriptor as steps and ends
+//!   in an event number (F_TRANSLATION 0x10, F_PERMISSION 0x13...); `verify` returns
+//!   [`InspectError::NoRecordSupport`]; `linux`: none (Linux has no SMMUv3 debugfs).
 //!
 //! A unit's `problems` and `summary` strings, the fault codes and the tree descriptions
 //! are the architecture's own words; everything else in the outputs is common.
@@ -80,7 +77,11 @@ pub trait Arch: Sync {
 
 /// The architectures `iommu-inspect` knows, in the order their units are listed. A new
 /// architecture is one more line here.
-pub static REGISTERED: &[&dyn Arch] = &[&crate::vtd::VTD];
+pub static REGISTERED: &[&dyn Arch] = &[
+    &crate::vtd::VTD,
+    &crate::amdvi::AMDVI,
+    &crate::smmuv3::SMMUV3,
+];
 
 /// How a unit is matched with the same unit of another image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,8 +278,15 @@ pub trait ArchUnit: Debug + Send + Sync {
     fn entry_iter(&self) -> Box<dyn Iterator<Item = EntryView> + '_> {
         Box::new((0..self.entries()).map(|i| self.entry(i)))
     }
-    /// The listing of the entries that pass `filter`, in order.
-    fn listing(&self, filter: &Filter) -> Vec<Item>;
+    /// The listing of the entries that pass `filter`, in order (the default: every such
+    /// entry in full).
+    fn listing(&self, filter: &Filter) -> Vec<Item> {
+        self.entry_iter()
+            .enumerate()
+            .filter(|(_, e)| filter.entry(e))
+            .map(|(i, _)| Item::Entry(i))
+            .collect()
+    }
     /// What entry `i` does, in one line (after its requester and PASID).
     fn summary(&self, i: usize) -> String;
     /// JSON: entry `i`'s members after `fpd` (`tree`: its tree's index).

@@ -79,6 +79,44 @@ pub enum InspectError {
     KhoBlob(String),
     /// An output stream failed (e.g. a closed pipe).
     Output(std::io::Error),
+    /// A unit's in-memory structure (device table, stream table, CD table, page table)
+    /// is malformed or unreadable where the command cannot go on.
+    Structure(StructureProblem),
+    /// `verify` was asked of a unit whose architecture has no handover record support
+    /// in the inspector yet.
+    NoRecordSupport {
+        /// The unit (`iommu0`, `smmu0`).
+        unit: String,
+        /// The architecture in text (`AMD-Vi`, `SMMUv3`).
+        arch: &'static str,
+        /// The record name the unit's handover would use.
+        record: String,
+    },
+}
+
+/// A malformed structure of one unit: which unit, which requester (DeviceID, StreamID,
+/// SubstreamID), where and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StructureProblem {
+    /// The unit (`iommu0`, `smmu0`).
+    pub unit: String,
+    /// The requester in the architecture's words (`DeviceID 0x0010`, `StreamID 0x3
+    /// SubstreamID 0x1`), or the unit-wide structure (`device table`).
+    pub requester: String,
+    /// Address of the entry or table at fault.
+    pub addr: iommu_core::PhysAddr,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for StructureProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} at {}: {}",
+            self.unit, self.requester, self.addr, self.what
+        )
+    }
 }
 
 impl fmt::Display for InspectError {
@@ -114,6 +152,12 @@ impl fmt::Display for InspectError {
             InspectError::Kho { what, err } => write!(f, "{what}: {err}"),
             InspectError::KhoBlob(s) => f.write_str(s),
             InspectError::Output(e) => write!(f, "writing output: {e}"),
+            InspectError::Structure(p) => write!(f, "{p}"),
+            InspectError::NoRecordSupport { unit, arch, record } => write!(
+                f,
+                "{unit}: no record support for {arch} units yet (the {record} record is not \
+                 read by this inspector)"
+            ),
         }
     }
 }

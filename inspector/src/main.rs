@@ -32,10 +32,16 @@ Examples:
   iommu-inspect verify before-kexec.elf               # handover record vs tables
   iommu-inspect dump vmcore --vtd-rtaddr 0x7f000000 --vtd-mode scalable --haw 46
   iommu-inspect verify vmcore --vtd-rtaddr 0x7f000000 --vtd-base 0xfed90000 --kho-blob 0x2f000000
-  iommu-inspect dump mem.raw --base 0x0 --vtd-rtaddr 0x100000";
+  iommu-inspect dump mem.raw --base 0x0 --vtd-rtaddr 0x100000
+  iommu-inspect dump mem.raw --base 0x0 --amdvi-devtab 0x100000 --amdvi-devtab-size 0
+  iommu-inspect dump amd.elf --format linux          # like debugfs iommu/amd/devtbl
+  iommu-inspect walk 0x1000 --devid 0x10 --write amd.elf
+  iommu-inspect dump mem.raw --base 0x0 --smmu-strtab 0x100000 --smmu-strtab-cfg 0x8
+  iommu-inspect walk 0x1000 --stream 0x3:0x1 smmu.elf";
 
-/// Inspect IOMMU (Intel VT-d) state in emulator snapshots, ELF memory cores and raw
-/// memory images: registers, root/context/PASID structures, page tables and mappings.
+/// Inspect IOMMU state (Intel VT-d, AMD-Vi, Arm SMMUv3) in emulator snapshots, ELF memory
+/// cores and raw memory images: registers, device/stream/context structures, page
+/// tables and mappings.
 #[derive(Parser, Debug)]
 #[command(name = "iommu-inspect", version, after_help = EXAMPLES)]
 struct Cli {
@@ -68,6 +74,50 @@ struct ImageOpts {
     /// for a unit given on the command line).
     #[arg(long)]
     haw: Option<u32>,
+    /// AMD-Vi device table, for images without IOMMU notes: the Device Table Base
+    /// register value (DevTabBase 51:12, Size 8:0) or the table's address. Replaces the
+    /// snapshot's AMD-Vi units.
+    #[arg(long = "amdvi-devtab", value_parser = num)]
+    amdvi_devtab: Option<u64>,
+    /// Size field of that device table (4 KiB pages - 1; default the register value's,
+    /// or 0x1ff: 2 MiB, 65536 DeviceIDs).
+    #[arg(long = "amdvi-devtab-size", value_parser = num)]
+    amdvi_devtab_size: Option<u64>,
+    /// Extended Feature register of that unit (default 0x9810: GTSup, HATS=2 for 6-level
+    /// v1 tables, GATS=1 for 5-level v2 tables, GLXSup=2).
+    #[arg(long = "amdvi-efr", value_parser = num)]
+    amdvi_efr: Option<u64>,
+    /// Control register of that unit (default 0x10001: IommuEn, GTEn).
+    #[arg(long = "amdvi-control", value_parser = num)]
+    amdvi_control: Option<u64>,
+    /// MMIO base of that unit (names its `iommu-amdvi-<base>` record).
+    #[arg(long = "amdvi-base", value_parser = num)]
+    amdvi_base: Option<u64>,
+    /// SME C-bit position (12..51) in AMD-Vi table pointers, page addresses and the
+    /// device table base, stripped from every address (default: none). Applies to every
+    /// AMD-Vi unit, snapshot units too.
+    #[arg(long = "amdvi-c-bit", value_parser = clap::value_parser!(u8))]
+    amdvi_c_bit: Option<u8>,
+    /// SMMUv3 stream table, for images without IOMMU notes: the STRTAB_BASE value (ADDR
+    /// 51:6). Replaces the snapshot's SMMUv3s; needs --smmu-strtab-cfg.
+    #[arg(long = "smmu-strtab", value_parser = num)]
+    smmu_strtab: Option<u64>,
+    /// STRTAB_BASE_CFG of that SMMU (FMT 17:16, SPLIT 10:6, LOG2SIZE 5:0).
+    #[arg(long = "smmu-strtab-cfg", value_parser = num32)]
+    smmu_strtab_cfg: Option<u32>,
+    /// IDR0 of that SMMU (default 0x090c_100b: S1P, S2P, AArch64 tables, ASID16, VMID16, STALL_MODEL 1,
+    /// 2-level CD tables, 2-level stream tables).
+    #[arg(long = "smmu-idr0", value_parser = num32)]
+    smmu_idr0: Option<u32>,
+    /// IDR1 of that SMMU (default 0x520: SIDSIZE 32, SSIDSIZE 20).
+    #[arg(long = "smmu-idr1", value_parser = num32)]
+    smmu_idr1: Option<u32>,
+    /// IDR5 of that SMMU (default 0x75: OAS 48 bits, 4K, 16K and 64K granules).
+    #[arg(long = "smmu-idr5", value_parser = num32)]
+    smmu_idr5: Option<u32>,
+    /// MMIO base of that SMMU (names its `iommu-smmuv3-<base>` record).
+    #[arg(long = "smmu-base", value_parser = num)]
+    smmu_base: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -126,9 +176,21 @@ enum Cmd {
         #[arg(
             long,
             value_parser = bdf,
-            help = "The requester ([segment:]bus:device.function, hex)"
+            help = "The requester ([segment:]bus:device.function, hex)",
+            required_unless_present_any = ["devid", "stream"]
         )]
-        device: RequesterId,
+        device: Option<RequesterId>,
+        /// The requester as an AMD-Vi DeviceID (16 bits: bus << 8 | devfn).
+        #[arg(long, value_parser = num16, conflicts_with_all = ["device", "stream"])]
+        devid: Option<u16>,
+        /// The requester as an SMMUv3 StreamID, with an optional SubstreamID.
+        #[arg(
+            long,
+            value_parser = stream,
+            conflicts_with_all = ["device", "pasid"],
+            help = "The requester as an SMMUv3 StreamID, with an optional SubstreamID: SID[:SSID]"
+        )]
+        stream: Option<(u32, Option<u32>)>,
         /// The request's PASID (scalable mode; 20 bits); none = request without PASID.
         #[arg(long, value_parser = pasid20)]
         pasid: Option<u32>,
@@ -200,6 +262,25 @@ fn pasid20(s: &str) -> Result<u32, String> {
     Ok(v as u32)
 }
 
+fn num32(s: &str) -> Result<u32, String> {
+    let v = parse_u64(s)?;
+    u32::try_from(v).map_err(|_| format!("{s} does not fit 32 bits"))
+}
+
+/// `SID[:SSID]` (hex with 0x or decimal each).
+fn stream(s: &str) -> Result<(u32, Option<u32>), String> {
+    let (a, b) = match s.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let sid = num32(a)?;
+    let ssid = b.map(num32).transpose()?;
+    if ssid.is_some_and(|x| x >= 1 << 20) {
+        return Err(format!("{s}: a SubstreamID is at most 20 bits"));
+    }
+    Ok((sid, ssid))
+}
+
 fn num16(s: &str) -> Result<u16, String> {
     let v = parse_u64(s)?;
     u16::try_from(v).map_err(|_| format!("{s} does not fit 16 bits"))
@@ -229,6 +310,22 @@ fn load_opts(o: &ImageOpts) -> LoadOptions {
             cap: o.vtd_cap,
             ecap: o.vtd_ecap,
             base: o.vtd_base,
+        },
+        amdvi: inspector::amdvi::AmdViOverride {
+            devtab: o.amdvi_devtab,
+            devtab_size: o.amdvi_devtab_size,
+            efr: o.amdvi_efr,
+            control: o.amdvi_control,
+            base: o.amdvi_base,
+            c_bit: o.amdvi_c_bit,
+        },
+        smmu: inspector::smmuv3::SmmuOverride {
+            strtab: o.smmu_strtab,
+            strtab_cfg: o.smmu_strtab_cfg,
+            idr0: o.smmu_idr0,
+            idr1: o.smmu_idr1,
+            idr5: o.smmu_idr5,
+            base: o.smmu_base,
         },
     }
 }
@@ -273,6 +370,8 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
             iova,
             image,
             device,
+            devid,
+            stream,
             pasid,
             write,
             unit,
@@ -280,6 +379,16 @@ fn run(cli: Cli) -> Result<u8, InspectError> {
             json,
         } => {
             let l = open(&image, &img)?;
+            let (device, pasid) = match (device, devid, stream) {
+                (Some(d), _, _) => (d, pasid),
+                (None, Some(id), _) => (RequesterId::from_sid(0, id), pasid),
+                (None, None, Some((sid, ssid))) => (inspector::smmuv3::stream_rid(sid), ssid),
+                _ => {
+                    return Err(InspectError::Usage(
+                        "give --device, --devid or --stream".into(),
+                    ))
+                }
+            };
             let units = &l.units;
             let us = match &unit {
                 Some(u) => units

@@ -5,6 +5,7 @@ use crate::arch::{Arch, ArchUnit, EntryView, REGISTERED};
 use crate::error::InspectError;
 use crate::image::{Image, OpenAs};
 use crate::vtd::{UnitOverride, UnitState};
+use iommu_core::mem::PhysMem;
 use iommu_core::pgtable::{walk_with, Format, Mapping, TablePage, WalkError, WalkLimits};
 use iommu_core::{PhysAddr, RequesterId};
 use std::path::Path;
@@ -16,6 +17,10 @@ pub struct LoadOptions {
     pub open: OpenAs,
     /// Command-line unit description.
     pub unit: UnitOverride,
+    /// Command-line AMD-Vi unit description (`--amdvi-devtab`...).
+    pub amdvi: crate::amdvi::AmdViOverride,
+    /// Command-line SMMUv3 description (`--smmu-strtab`...).
+    pub smmu: crate::smmuv3::SmmuOverride,
 }
 
 /// An opened image with its units scanned.
@@ -86,9 +91,9 @@ pub struct TableWalk {
 /// Walks the tree of `format` at `root` with the lenient [`walk_limits`], streaming each
 /// run to `visit`; returns the tables and problems (with empty `mappings`). An
 /// architecture's [`crate::arch::ArchUnit::walk_tree`] is this with its format.
-pub fn walk_format<F: Format>(
+pub fn walk_format<F: Format, M: PhysMem + ?Sized>(
     format: &F,
-    mem: &Image,
+    mem: &M,
     root: PhysAddr,
     visit: impl FnMut(&Mapping),
 ) -> TableWalk {

@@ -59,6 +59,7 @@ proptest! {
                 ecap: None,
                 base: None,
             },
+            ..LoadOptions::default()
         };
         let img = Image::from_bytes("f.raw", bytes.clone(), opts.open).unwrap();
         let l = Loaded::from_image(img, &opts).unwrap();

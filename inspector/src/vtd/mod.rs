@@ -172,8 +172,7 @@ impl Unit {
                 hint: if img.units().is_empty() {
                     "give the root table with --vtd-rtaddr ADDR (and --vtd-mode, --haw)"
                 } else {
-                    "the snapshot's units are not VT-d units (AMD-Vi and SMMUv3 are not \
-                     supported yet)"
+                    "the snapshot's units are not VT-d units"
                 },
             });
         }

@@ -55,7 +55,9 @@ pub fn no_units(img: &Image, ov: &UnitOverride) -> InspectError {
     match Unit::from_image(img, ov) {
         Err(e) => e,
         Ok(_) => InspectError::NoUnits {
-            hint: "give the root table with --vtd-rtaddr ADDR (and --vtd-mode, --haw)",
+            hint: "give the root table with --vtd-rtaddr ADDR (and --vtd-mode, --haw), the \
+                   AMD-Vi device table with --amdvi-devtab ADDR, or the SMMUv3 stream table \
+                   with --smmu-strtab BASE --smmu-strtab-cfg VALUE",
         },
     }
 }
