@@ -9,6 +9,7 @@
 //!   page and the KHO blob) and the DMA buffers of the checks;
 //! - [`pci`]: a PCI function through sysfs (command register, BAR0 mapping);
 //! - [`edu`]: QEMU's `edu` device and its DMA engine;
+//! - [`platform`]: the three lent to the `vtd` driver for each call;
 //! - [`args`]: the command line of the `iommu-live` binary.
 //!
 //! Every `unsafe` block of the project's Linux side is in this crate (in [`devmem`] and
@@ -21,3 +22,4 @@ pub mod devmem;
 pub mod edu;
 pub mod layout;
 pub mod pci;
+pub mod platform;
