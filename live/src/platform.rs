@@ -60,7 +60,6 @@ impl Platform {
 mod tests {
     use super::*;
     use crate::devmem::PAGE;
-    use iommu_core::mem::PhysMem;
 
     #[test]
     fn the_pool_hands_out_pages_of_the_first_half_only_and_skips_preserved_ones() {
