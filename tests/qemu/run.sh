@@ -123,6 +123,7 @@ if [ -z "\$blob" ]; then
         echo "FAIL: run-old exited \$rc"
         reboot -f
     fi
+    iommu-live dump --mem \$mem || reboot -f
     if ! kexec -s -l /vmlinuz --initrd=/inner.cpio.gz --command-line="\$(cat /proc/cmdline) ilive_blob=\$blob"; then
         echo "FAIL: kexec -s -l"
         reboot -f
@@ -137,6 +138,7 @@ echo "== new kernel (\$mode), blob \$blob"
 iommu-live run-new \$args --blob \$blob
 echo "ILIVE-DONE rc=\$?"
 iommu-live status
+iommu-live dump --mem \$mem
 reboot -f
 INIT
 chmod +x "$rd/init"
@@ -160,6 +162,7 @@ expected_old=(
     "prepare:"
     "KHO blob written"
     "freeze:"
+    "dump: iommu-inspect/dump/v2"
     "kexec loaded"
     "DMA in flight:"
 )
@@ -178,6 +181,7 @@ expected_new=(
     "after finish: DMA through a new mapping of the adopted domain"
     "after finish: the other device's DMA read and write through its new domain"
     "no fault after finish"
+    "dump: iommu-inspect/dump/v2"
 )
 
 failed=0
@@ -211,6 +215,10 @@ for mode in $modes; do
         grep -qF "PASS: $e" <<<"$new_part" || { echo "missing in the new kernel: PASS: $e"; missing=1; }
     done
     grep -q "ILIVE-DONE rc=0" "$log" || { echo "missing: ILIVE-DONE rc=0"; missing=1; }
+    # The live dumps name the preserved device in both kernels.
+    for part in "$old_part" "$new_part"; do
+        grep -qF "\"bdf\": \"$dev_a\"" <<<"$part" || { echo "missing: $dev_a in a live dump"; missing=1; }
+    done
     if grep -q "FAIL:" "$log"; then
         grep "FAIL:" "$log"
         missing=1

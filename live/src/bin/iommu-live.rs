@@ -6,6 +6,7 @@
 //! iommu-live start-dma --mem BASE:SIZE --preserved BDF
 //! iommu-live run-new   --mode M --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
 //! iommu-live status    [--iommu BASE]
+//! iommu-live dump      --mem BASE:SIZE [--iommu BASE]
 //! ```
 //!
 //! `run-old` (old kernel): bring-up, two domains, mappings (4K, 2M, 1G where the unit
@@ -16,6 +17,9 @@
 //! blob, adopts, checks no fault was recorded across the kexec, verifies, checks the
 //! in-flight DMA landed, DMAs through the adopted tables, checks the unpreserved device
 //! faults, finishes, maps anew and DMAs again. `status`: the unit's main registers.
+//! `dump`: the unit's live structures in `iommu-inspect`'s JSON schema
+//! (`iommu-inspect/dump/v2`), read by the inspector's code from a copy of the reserved
+//! range and the unit's registers.
 //!
 //! Every check prints `PASS: <what>`; the first failure prints `FAIL: <what>` and the
 //! exit status is 1 (2 for a command-line error).
@@ -58,10 +62,15 @@ fn main() -> ExitCode {
         "start-dma" => Cli::parse_dma(&cmd).map(start_dma),
         "run-new" => Cli::parse(&cmd, true).map(run_new),
         "status" => iommu_base(&cmd).map(status),
+        "dump" => cmd
+            .only(&["mem", "iommu"])
+            .and_then(|()| args::parse_range("--mem", cmd.need("mem")?))
+            .and_then(|r| Ok((r, iommu_base(&cmd)?)))
+            .map(dump),
         _ => Err(ArgError {
             option: "subcommand".into(),
             value: cmd.name.clone(),
-            problem: "expected run-old, start-dma, run-new or status".into(),
+            problem: "expected run-old, start-dma, run-new, status or dump".into(),
         }),
     };
     match r {
@@ -80,7 +89,8 @@ fn usage(e: &ArgError) -> ExitCode {
         "usage: iommu-live run-old|run-new --mode legacy|scalable-ss|scalable-fs --mem BASE:SIZE \
          --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
          iommu-live start-dma --mem BASE:SIZE --preserved BDF\n       \
-         iommu-live status [--iommu BASE]"
+         iommu-live status [--iommu BASE]\n       \
+         iommu-live dump --mem BASE:SIZE [--iommu BASE]"
     );
     ExitCode::from(2)
 }
@@ -674,6 +684,64 @@ fn status(base: u64) -> Step {
     pass(format!(
         "status of the unit at {base:#x}: translation {}",
         if GSTS::TES.is_set(gsts) { "on" } else { "off" }
+    ));
+    Ok(())
+}
+
+/// `dump`: the live unit through `iommu-inspect`'s dump. The inspector reads a copy of
+/// the reserved range (where every structure of the unit lives) as a raw image, with
+/// the unit described by its live CAP, ECAP and RTADDR (GSTS is the inspector's
+/// assumption, TES and RTPS set, and the JSON says `registers_assumed`).
+fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
+    use inspector::dump::{self, OutputFormat};
+    use inspector::image::{Image, OpenAs};
+    use inspector::model::{Filter, LoadOptions, Loaded};
+    use inspector::vtd::UnitOverride;
+    use iommu_live::devmem::Window;
+
+    let mut r = Registers::devmem(iommu).map_err(|e| e.to_string())?;
+    let (cap, ecap, rtaddr, gsts) = (
+        r.read64(regs::CAP),
+        r.read64(regs::ECAP),
+        r.read64(regs::RTADDR),
+        r.read32(regs::GSTS),
+    );
+    if !GSTS::TES.is_set(gsts) {
+        return Err(format!("dump: GSTS {gsts:#x} has translation off"));
+    }
+    let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
+    let mut bytes = vec![0u8; size as usize];
+    w.read_bytes(base, &mut bytes)
+        .map_err(|e| format!("dump: reading the reserved range: {e}"))?;
+    let image = Image::from_bytes("/dev/mem", bytes, OpenAs::Raw { base })
+        .map_err(|e| format!("dump: {e}"))?;
+    let opts = LoadOptions {
+        open: OpenAs::Raw { base },
+        unit: UnitOverride {
+            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
+            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
+            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
+            cap: Some(cap),
+            ecap: Some(ecap),
+            base: Some(iommu),
+        },
+    };
+    let loaded = Loaded::from_image(image, &opts).map_err(|e| format!("dump: {e}"))?;
+    let mut out = Vec::new();
+    dump::dump(&loaded, &Filter::default(), OutputFormat::Json, &mut out)
+        .map_err(|e| format!("dump: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    println!("{text}");
+    if !text.contains(&format!("\"schema\": \"{}\"", dump::DUMP_SCHEMA)) {
+        return Err(format!(
+            "dump: no {} schema key in the output",
+            dump::DUMP_SCHEMA
+        ));
+    }
+    pass(format!(
+        "dump: {} of the unit at {iommu:#x} (RTADDR {rtaddr:#x}), {} bytes of JSON",
+        dump::DUMP_SCHEMA,
+        out.len()
     ));
     Ok(())
 }
