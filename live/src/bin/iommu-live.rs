@@ -36,7 +36,7 @@ use iommu_live::pci::{PciFunction, SYSFS_PCI_DEVICES};
 use iommu_live::platform::Platform;
 use std::path::Path;
 use std::process::ExitCode;
-use vtd::driver::{DomainKind, Mode, Unit, UnitConfig};
+use vtd::driver::{DomainKind, Fault, Mode, Unit, UnitConfig};
 use vtd::handover::Selection;
 use vtd::hw::regs::{self, GSTS};
 
@@ -168,26 +168,52 @@ impl Cli {
     }
 }
 
-/// An `edu` device with memory decoding and bus mastering on.
-fn edu(rid: RequesterId) -> Step<Edu<Registers>> {
-    let f = PciFunction::new(Path::new(SYSFS_PCI_DEVICES), rid);
-    let before = f.command().map_err(|e| e.to_string())?;
-    let after = f.enable().map_err(|e| e.to_string())?;
-    pass(format!(
-        "pci {rid}: command {before:#06x} -> {after:#06x} (memory space and bus master on)"
-    ));
-    let bar = f.map_bar0().map_err(|e| e.to_string())?;
-    Edu::new(bar).map_err(|e| format!("pci {rid}: {e}"))
+/// An `edu` device, memory decoding and bus mastering on.
+struct Dev {
+    rid: RequesterId,
+    edu: Edu<Registers>,
+}
+
+impl Dev {
+    fn open(rid: RequesterId) -> Step<Self> {
+        let f = PciFunction::new(Path::new(SYSFS_PCI_DEVICES), rid);
+        let before = f.command().map_err(|e| e.to_string())?;
+        let after = f.enable().map_err(|e| e.to_string())?;
+        pass(format!(
+            "pci {rid}: command {before:#06x} -> {after:#06x} (memory space and bus master on)"
+        ));
+        let bar = f.map_bar0().map_err(|e| e.to_string())?;
+        let edu = Edu::new(bar).map_err(|e| format!("pci {rid}: {e}"))?;
+        Ok(Self { rid, edu })
+    }
+
+    /// One transfer of the whole buffer, waited for.
+    fn transfer(&mut self, dir: Direction, addr: u64) -> Step {
+        self.edu
+            .transfer(dir, addr, 0, BUFFER_SIZE, EDU_POLLS, sleep_1ms)
+            .map_err(|x| format!("pci {}: DMA {dir:?} at {addr:#x}: {x}", self.rid))
+    }
+
+    /// DMA read: memory at `addr` into the buffer.
+    fn read(&mut self, addr: u64) -> Step {
+        self.transfer(Direction::MemoryToBuffer, addr)
+    }
+
+    /// DMA write: the buffer to memory at `addr`.
+    fn write(&mut self, addr: u64) -> Step {
+        self.transfer(Direction::BufferToMemory, addr)
+    }
+
+    /// Waits for a transfer started earlier (by another process, another kernel).
+    fn wait(&mut self, what: &str) -> Step {
+        self.edu
+            .wait(EDU_POLLS, sleep_1ms)
+            .map_err(|e| format!("pci {}: {what}: {e}", self.rid))
+    }
 }
 
 fn sleep_1ms() {
     std::thread::sleep(std::time::Duration::from_millis(1));
-}
-
-/// One transfer of the whole buffer, waited for.
-fn dma(e: &mut Edu<Registers>, rid: RequesterId, dir: Direction, addr: u64) -> Step {
-    e.transfer(dir, addr, 0, BUFFER_SIZE, EDU_POLLS, sleep_1ms)
-        .map_err(|x| format!("pci {rid}: DMA {dir:?} at {addr:#x}: {x}"))
 }
 
 fn read_page(p: &Platform, pa: u64) -> Step<Vec<u8>> {
@@ -202,6 +228,10 @@ fn write_page(p: &mut Platform, pa: u64, data: &[u8]) -> Step {
     p.mem
         .write(PhysAddr(pa), data)
         .map_err(|e| format!("writing {pa:#x}: {e}"))
+}
+
+fn zero_page(p: &mut Platform, pa: u64) -> Step {
+    write_page(p, pa, &[0u8; PAGE as usize])
 }
 
 /// Checks the page at `pa` holds `want`, naming the first differing byte.
@@ -221,12 +251,34 @@ fn expect_page(p: &Platform, pa: u64, want: &[u8], what: &str) -> Step {
     }
 }
 
-fn zero_page(p: &mut Platform, pa: u64) -> Step {
-    write_page(p, pa, &[0u8; PAGE as usize])
+/// The CPU writes `data` at `pa`; the device reads it (at `addr`) into its buffer.
+fn load(p: &mut Platform, dev: &mut Dev, pa: u64, addr: u64, data: &[u8]) -> Step {
+    write_page(p, pa, data)?;
+    dev.read(addr)
+}
+
+/// The device writes its buffer to `addr`; the page at `pa` must then hold `want`.
+fn store_check(p: &Platform, dev: &mut Dev, addr: u64, pa: u64, want: &[u8], what: &str) -> Step {
+    dev.write(addr)?;
+    expect_page(p, pa, want, what)
+}
+
+/// GSTS, which must have translation enabled.
+fn translation_on(regs: &mut Registers, what: &str) -> Step<u32> {
+    let gsts = regs.read32(regs::GSTS);
+    if GSTS::TES.is_set(gsts) {
+        Ok(gsts)
+    } else {
+        Err(format!("{what}: GSTS {gsts:#x} has translation off"))
+    }
+}
+
+fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
+    items.iter().map(f).collect()
 }
 
 /// Reads the unit's fault records; every one must be one of `expected` (requester,
-/// page address, write), and each of those must be there.
+/// address, write), and each of those must be there.
 fn expect_faults(
     unit: &mut Unit,
     p: &mut Platform,
@@ -234,27 +286,32 @@ fn expect_faults(
     what: &str,
 ) -> Step {
     let faults = unit.poll_faults(&mut p.hw());
-    let list: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
-    for f in &faults {
-        if !expected.iter().any(|&(rid, addr, write)| {
-            f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
-        }) {
-            return Err(format!("{what}: unexpected fault {f} (all: {list:?})"));
-        }
+    let names = list(&faults, |f| f.to_string());
+    let matches = |f: &Fault, &(rid, addr, write): &(RequesterId, u64, bool)| {
+        f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
+    };
+    if let Some(f) = faults
+        .iter()
+        .find(|f| !expected.iter().any(|e| matches(f, e)))
+    {
+        return Err(format!("{what}: unexpected fault {f} (all: {names:?})"));
     }
-    for &(rid, addr, write) in expected {
-        if !faults
-            .iter()
-            .any(|f| f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write)
-        {
-            return Err(format!(
-                "{what}: no fault recorded for {rid} {} at {addr:#x} (recorded: {list:?})",
-                if write { "write" } else { "read" }
-            ));
-        }
+    if let Some((rid, addr, write)) = expected
+        .iter()
+        .find(|e| !faults.iter().any(|f| matches(f, e)))
+    {
+        let kind = if *write { "write" } else { "read" };
+        return Err(format!(
+            "{what}: no fault recorded for {rid} {kind} at {addr:#x} (recorded: {names:?})"
+        ));
     }
-    pass(format!("{what}: fault records {list:?}"));
+    pass(format!("{what}: fault records {names:?}"));
     Ok(())
+}
+
+fn new_domain(unit: &mut Unit, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
+    unit.create_domain(&mut p.hw(), kind)
+        .map_err(|e| format!("domain: {e}"))
 }
 
 fn map(
@@ -276,14 +333,19 @@ fn map(
         perms,
     )
     .map_err(|e| format!("map {did} IOVA {iova:#x} -> {pa:#x} ({ps}): {e}"))?;
-    pass(format!(
-        "map {did} IOVA {iova:#x} -> {pa:#x} {ps} {}",
-        if perms.write {
-            "read/write"
-        } else {
-            "read-only"
-        }
-    ));
+    let access = if perms.write {
+        "read/write"
+    } else {
+        "read-only"
+    };
+    pass(format!("map {did} IOVA {iova:#x} -> {pa:#x} {ps} {access}"));
+    Ok(())
+}
+
+fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
+    unit.attach(&mut p.hw(), rid, did)
+        .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
+    pass(format!("attach {rid} to {did}"));
     Ok(())
 }
 
@@ -291,18 +353,15 @@ fn map(
 fn run_old(c: Cli) -> Step {
     let l = c.layout;
     let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
-    let mut a = edu(c.preserved)?;
-    let mut b = edu(c.other)?;
+    let mut a = Dev::open(c.preserved)?;
+    let mut b = Dev::open(c.other)?;
     for off in (0..BUFFERS_BYTES).step_by(PAGE as usize) {
         zero_page(&mut p, l.buf(off))?;
     }
 
     let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
     let mut unit = Unit::init(&mut p.hw(), &cfg).map_err(|e| format!("bring-up: {e}"))?;
-    let gsts = p.regs.read32(regs::GSTS);
-    if !GSTS::TES.is_set(gsts) {
-        return Err(format!("bring-up: GSTS {gsts:#x} has translation off"));
-    }
+    let gsts = translation_on(&mut p.regs, "bring-up")?;
     pass(format!(
         "bring-up {} at {:#x}: CAP {:#x} ECAP {:#x} GSTS {gsts:#x} (translation on)",
         c.mode_name,
@@ -310,76 +369,42 @@ fn run_old(c: Cli) -> Step {
         unit.cap(),
         unit.ecap()
     ));
-
-    let d1 = unit
-        .create_domain(&mut p.hw(), c.kind)
-        .map_err(|e| format!("domain: {e}"))?;
-    let d2 = unit
-        .create_domain(&mut p.hw(), c.kind)
-        .map_err(|e| format!("domain: {e}"))?;
+    let d1 = new_domain(&mut unit, &mut p, c.kind)?;
+    let d2 = new_domain(&mut unit, &mut p, c.kind)?;
     pass(format!("domains {d1} (preserved) and {d2} ({:?})", c.kind));
 
-    let small = PageSize::SIZE_4K;
-    for (v, off, perms) in [
-        (iova::SRC, buf::SRC, Perms::RW),
-        (iova::DST, buf::DST, Perms::RW),
-        (iova::INFLIGHT, buf::INFLIGHT, Perms::RW),
-        (iova::RO, buf::RO, Perms::R),
-        (iova::HIGH, buf::HIGH, Perms::RW),
+    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
+    for (did, v, pa, ps, perms) in [
+        (d1, iova::SRC, l.buf(buf::SRC), small, rw),
+        (d1, iova::DST, l.buf(buf::DST), small, rw),
+        (d1, iova::INFLIGHT, l.buf(buf::INFLIGHT), small, rw),
+        (d1, iova::RO, l.buf(buf::RO), small, Perms::R),
+        (d1, iova::HIGH, l.buf(buf::HIGH), small, rw),
+        (d1, iova::BIG, l.buf(buf::BIG), PageSize::SIZE_2M, rw),
+        (d2, iova::GIG, l.gig, PageSize::SIZE_1G, rw),
     ] {
-        map(&mut unit, &mut p, d1, v, l.buf(off), small, perms)?;
+        map(&mut unit, &mut p, did, v, pa, ps, perms)?;
     }
-    map(
-        &mut unit,
-        &mut p,
-        d1,
-        iova::BIG,
-        l.buf(buf::BIG),
-        PageSize::SIZE_2M,
-        Perms::RW,
-    )?;
-    map(
-        &mut unit,
-        &mut p,
-        d2,
-        iova::GIG,
-        l.gig,
-        PageSize::SIZE_1G,
-        Perms::RW,
-    )?;
-
-    for (rid, did) in [(c.preserved, d1), (c.other, d2)] {
-        unit.attach(&mut p.hw(), rid, did)
-            .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
-        pass(format!("attach {rid} to {did}"));
-    }
+    attach(&mut unit, &mut p, c.preserved, d1)?;
+    attach(&mut unit, &mut p, c.other, d2)?;
 
     // DMA through every kind of mapping, checked byte for byte.
     let p1 = pattern(1);
-    write_page(&mut p, l.buf(buf::SRC), &p1)?;
-    dma(&mut a, c.preserved, Direction::MemoryToBuffer, iova::SRC)?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::DST)?;
-    expect_page(
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p1)?;
+    let what = "DMA read then write through 4K pages";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p1, what)?;
+    let off = 0x12_3000;
+    let what = "DMA write through the 2M page";
+    store_check(
         &p,
-        l.buf(buf::DST),
-        &p1,
-        "DMA read then write through 4K pages",
-    )?;
-    let big_off = 0x12_3000;
-    dma(
         &mut a,
-        c.preserved,
-        Direction::BufferToMemory,
-        iova::BIG + big_off,
-    )?;
-    expect_page(
-        &p,
-        l.buf(buf::BIG) + big_off,
+        iova::BIG + off,
+        l.buf(buf::BIG) + off,
         &p1,
-        "DMA write through the 2M page",
+        what,
     )?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::HIGH)?;
-    expect_page(&p, l.buf(buf::HIGH), &p1, "DMA write through the high IOVA")?;
+    let what = "DMA write through the high IOVA";
+    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p1, what)?;
 
     // The write first: QEMU's VT-d records a fault only when it walks the tables, and a
     // read of the page before would leave a read-only IOTLB entry that denies the write
@@ -387,51 +412,28 @@ fn run_old(c: Cli) -> Step {
     let p2 = pattern(2);
     write_page(&mut p, l.buf(buf::RO), &p2)?;
     expect_faults(&mut unit, &mut p, &[], "no fault so far")?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::RO)?;
-    expect_page(
-        &p,
-        l.buf(buf::RO),
-        &p2,
-        "DMA write to the read-only page changed nothing",
-    )?;
-    expect_faults(
-        &mut unit,
-        &mut p,
-        &[(c.preserved, iova::RO, true)],
-        "DMA write to the read-only page faulted",
-    )?;
-    dma(&mut a, c.preserved, Direction::MemoryToBuffer, iova::RO)?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::DST)?;
-    expect_page(
-        &p,
-        l.buf(buf::DST),
-        &p2,
-        "DMA read through the read-only page",
-    )?;
+    let what = "DMA write to the read-only page changed nothing";
+    store_check(&p, &mut a, iova::RO, l.buf(buf::RO), &p2, what)?;
+    let what = "DMA write to the read-only page faulted";
+    expect_faults(&mut unit, &mut p, &[(c.preserved, iova::RO, true)], what)?;
+    a.read(iova::RO)?;
+    let what = "DMA read through the read-only page";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p2, what)?;
 
-    dma(
-        &mut b,
-        c.other,
-        Direction::MemoryToBuffer,
-        l.gig_iova(buf::SRC),
-    )?;
-    dma(
-        &mut b,
-        c.other,
-        Direction::BufferToMemory,
-        l.gig_iova(buf::OTHER),
-    )?;
-    expect_page(
+    b.read(l.gig_iova(buf::SRC))?;
+    let what = "other device: DMA through the 1G page";
+    store_check(
         &p,
+        &mut b,
+        l.gig_iova(buf::OTHER),
         l.buf(buf::OTHER),
         &p1,
-        "other device: DMA through the 1G page",
+        what,
     )?;
     expect_faults(&mut unit, &mut p, &[], "no other fault")?;
 
     // The pattern the in-flight DMA will write, loaded into the preserved device.
-    write_page(&mut p, l.buf(buf::SRC), &pattern(3))?;
-    dma(&mut a, c.preserved, Direction::MemoryToBuffer, iova::SRC)?;
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &pattern(3))?;
     zero_page(&mut p, l.buf(buf::INFLIGHT))?;
     zero_page(&mut p, l.buf(buf::OTHER))?;
     pass("in-flight pattern loaded into the preserved device");
@@ -459,10 +461,7 @@ fn run_old(c: Cli) -> Step {
     let f = unit
         .freeze(&mut p.hw())
         .map_err(|e| format!("freeze: {e}"))?;
-    let gsts = p.regs.read32(regs::GSTS);
-    if !GSTS::TES.is_set(gsts) {
-        return Err(format!("freeze: GSTS {gsts:#x} has translation off"));
-    }
+    translation_on(&mut p.regs, "freeze")?;
     pass(format!(
         "freeze: {} devices cleared, {} entries written, translation still on",
         f.devices_cleared, f.entries_written
@@ -474,10 +473,11 @@ fn run_old(c: Cli) -> Step {
 /// `start-dma`: the preserved device writes its buffer to the in-flight IOVA; returns
 /// while the transfer runs.
 fn start_dma((_, rid): (Layout, RequesterId)) -> Step {
-    let mut a = edu(rid)?;
-    a.start(Direction::BufferToMemory, iova::INFLIGHT, 0, BUFFER_SIZE)
+    let mut a = Dev::open(rid)?;
+    a.edu
+        .start(Direction::BufferToMemory, iova::INFLIGHT, 0, BUFFER_SIZE)
         .map_err(|e| format!("pci {rid}: starting the in-flight DMA: {e}"))?;
-    if !a.busy() {
+    if !a.edu.busy() {
         return Err(format!("pci {rid}: the DMA finished before kexec"));
     }
     pass(format!(
@@ -508,14 +508,8 @@ fn run_new(c: Cli) -> Step {
             "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
             r.domains,
             r.devices,
-            r.blocked
-                .iter()
-                .map(|b| format!("{}: {}", b.rid, b.error))
-                .collect::<Vec<_>>(),
-            r.refused_domains
-                .iter()
-                .map(|(d, e)| format!("{d}: {e}"))
-                .collect::<Vec<_>>()
+            list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
+            list(&r.refused_domains, |(d, e)| format!("{d}: {e}"))
         ));
     }
     pass(format!(
@@ -523,14 +517,11 @@ fn run_new(c: Cli) -> Step {
         c.mode_name, r.registers_read, r.entries_read
     ));
     if !r.stale_faults.is_empty() {
-        let list: Vec<String> = r.stale_faults.iter().map(|f| f.to_string()).collect();
-        return Err(format!("faults recorded across the kexec: {list:?}"));
+        let names = list(&r.stale_faults, |f| f.to_string());
+        return Err(format!("faults recorded across the kexec: {names:?}"));
     }
     pass("no fault recorded across the kexec");
-    let gsts = p.regs.read32(regs::GSTS);
-    if !GSTS::TES.is_set(gsts) {
-        return Err(format!("adopt: GSTS {gsts:#x} has translation off"));
-    }
+    let gsts = translation_on(&mut p.regs, "adopt")?;
     pass(format!("translation stayed on: GSTS {gsts:#x}"));
 
     let v = unit
@@ -539,14 +530,8 @@ fn run_new(c: Cli) -> Step {
     if !v.failures.is_empty() || !v.unverified_runs.is_empty() {
         return Err(format!(
             "verify: failures {:?}, unverified runs {:?}",
-            v.failures
-                .iter()
-                .map(|(d, e)| format!("{d}: {e}"))
-                .collect::<Vec<_>>(),
-            v.unverified_runs
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
+            list(&v.failures, |(d, e)| format!("{d}: {e}")),
+            list(&v.unverified_runs, |e| e.to_string())
         ));
     }
     pass(format!(
@@ -559,55 +544,26 @@ fn run_new(c: Cli) -> Step {
         .map(|d| d.id)
         .ok_or("adopt: no domain")?;
 
-    let mut a = edu(c.preserved)?;
-    let mut b = edu(c.other)?;
-    a.wait(EDU_POLLS, sleep_1ms)
-        .map_err(|e| format!("pci {}: in-flight DMA: {e}", c.preserved))?;
-    expect_page(
-        &p,
-        l.buf(buf::INFLIGHT),
-        &pattern(3),
-        "DMA in flight across the kexec landed through the handed-over tables",
-    )?;
+    let mut a = Dev::open(c.preserved)?;
+    let mut b = Dev::open(c.other)?;
+    a.wait("in-flight DMA")?;
+    let what = "DMA in flight across the kexec landed through the handed-over tables";
+    expect_page(&p, l.buf(buf::INFLIGHT), &pattern(3), what)?;
 
     let p4 = pattern(4);
-    write_page(&mut p, l.buf(buf::SRC), &p4)?;
-    dma(&mut a, c.preserved, Direction::MemoryToBuffer, iova::SRC)?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::DST)?;
-    expect_page(
-        &p,
-        l.buf(buf::DST),
-        &p4,
-        "DMA read then write through the adopted tables",
-    )?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::HIGH)?;
-    expect_page(
-        &p,
-        l.buf(buf::HIGH),
-        &p4,
-        "DMA write through the adopted high IOVA",
-    )?;
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p4)?;
+    let what = "DMA read then write through the adopted tables";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p4, what)?;
+    let what = "DMA write through the adopted high IOVA";
+    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p4, what)?;
     expect_faults(&mut unit, &mut p, &[], "no fault from the preserved device")?;
 
     zero_page(&mut p, l.buf(buf::OTHER))?;
-    dma(
-        &mut b,
-        c.other,
-        Direction::BufferToMemory,
-        l.gig_iova(buf::OTHER),
-    )?;
-    expect_page(
-        &p,
-        l.buf(buf::OTHER),
-        &[0u8; PAGE as usize],
-        "unpreserved device: its DMA write changed nothing",
-    )?;
-    expect_faults(
-        &mut unit,
-        &mut p,
-        &[(c.other, l.gig_iova(buf::OTHER), true)],
-        "unpreserved device: its DMA faulted",
-    )?;
+    let (addr, zero) = (l.gig_iova(buf::OTHER), [0u8; PAGE as usize]);
+    let what = "unpreserved device: its DMA write changed nothing";
+    store_check(&p, &mut b, addr, l.buf(buf::OTHER), &zero, what)?;
+    let what = "unpreserved device: its DMA faulted";
+    expect_faults(&mut unit, &mut p, &[(c.other, addr, true)], what)?;
 
     let fin = unit
         .finish(&mut p.hw())
@@ -617,7 +573,7 @@ fn run_new(c: Cli) -> Step {
         fin.pages_freed, fin.pages_kept
     ));
 
-    let small = PageSize::SIZE_4K;
+    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
     map(
         &mut unit,
         &mut p,
@@ -625,18 +581,11 @@ fn run_new(c: Cli) -> Step {
         iova::NEW,
         l.buf(buf::NEW),
         small,
-        Perms::RW,
+        rw,
     )?;
-    dma(&mut a, c.preserved, Direction::BufferToMemory, iova::NEW)?;
-    expect_page(
-        &p,
-        l.buf(buf::NEW),
-        &p4,
-        "after finish: DMA through a new mapping of the adopted domain",
-    )?;
-    let d3 = unit
-        .create_domain(&mut p.hw(), c.kind)
-        .map_err(|e| format!("domain: {e}"))?;
+    let what = "after finish: DMA through a new mapping of the adopted domain";
+    store_check(&p, &mut a, iova::NEW, l.buf(buf::NEW), &p4, what)?;
+    let d3 = new_domain(&mut unit, &mut p, c.kind)?;
     map(
         &mut unit,
         &mut p,
@@ -644,22 +593,14 @@ fn run_new(c: Cli) -> Step {
         iova::NEW,
         l.buf(buf::OTHER),
         small,
-        Perms::RW,
+        rw,
     )?;
-    unit.attach(&mut p.hw(), c.other, d3)
-        .map_err(|e| format!("attach {} to {d3}: {e}", c.other))?;
-    pass(format!("attach {} to {d3}", c.other));
+    attach(&mut unit, &mut p, c.other, d3)?;
     let p5 = pattern(5);
-    write_page(&mut p, l.buf(buf::OTHER), &p5)?;
-    dma(&mut b, c.other, Direction::MemoryToBuffer, iova::NEW)?;
+    load(&mut p, &mut b, l.buf(buf::OTHER), iova::NEW, &p5)?;
     zero_page(&mut p, l.buf(buf::OTHER))?;
-    dma(&mut b, c.other, Direction::BufferToMemory, iova::NEW)?;
-    expect_page(
-        &p,
-        l.buf(buf::OTHER),
-        &p5,
-        "after finish: the other device's DMA read and write through its new domain",
-    )?;
+    let what = "after finish: the other device's DMA read and write through its new domain";
+    store_check(&p, &mut b, iova::NEW, l.buf(buf::OTHER), &p5, what)?;
     expect_faults(&mut unit, &mut p, &[], "no fault after finish")?;
     Ok(())
 }
@@ -700,15 +641,12 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
     use iommu_live::devmem::Window;
 
     let mut r = Registers::devmem(iommu).map_err(|e| e.to_string())?;
-    let (cap, ecap, rtaddr, gsts) = (
+    translation_on(&mut r, "dump")?;
+    let (cap, ecap, rtaddr) = (
         r.read64(regs::CAP),
         r.read64(regs::ECAP),
         r.read64(regs::RTADDR),
-        r.read32(regs::GSTS),
     );
-    if !GSTS::TES.is_set(gsts) {
-        return Err(format!("dump: GSTS {gsts:#x} has translation off"));
-    }
     let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
     let mut bytes = vec![0u8; size as usize];
     w.read_bytes(base, &mut bytes)
