@@ -4,8 +4,10 @@
 //! units). A PCI function is `SEGMENT:BUS:DEV.FN` or `BUS:DEV.FN` in hexadecimal, as
 //! `lspci` and sysfs spell it.
 
+use crate::layout::Layout;
 use iommu_core::RequesterId;
 use std::fmt;
+use vtd::driver::{DomainKind, Mode};
 
 /// QEMU q35's intel-iommu register base (`Q35_HOST_BRIDGE_IOMMU_ADDR`, QEMU
 /// `include/hw/i386/intel_iommu.h`), the default of `--iommu`.
@@ -185,6 +187,112 @@ impl Command {
     }
 }
 
+/// `--iommu`, or [`DEFAULT_IOMMU_BASE`]: a 4 KiB aligned register base.
+pub fn iommu_base(cmd: &Command) -> Result<u64, ArgError> {
+    let base = cmd
+        .get("iommu")
+        .map_or(Ok(DEFAULT_IOMMU_BASE), |v| parse_u64("--iommu", v))?;
+    if base % crate::devmem::PAGE != 0 {
+        return Err(ArgError::new(
+            "--iommu",
+            &format!("{base:#x}"),
+            "a register window starts on a 4 KiB boundary",
+        ));
+    }
+    Ok(base)
+}
+
+/// The options of `run-old` and `run-new`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// The driver's table mode.
+    pub mode: Mode,
+    /// The kind of the domains.
+    pub kind: DomainKind,
+    /// The mode's name (`legacy`, `scalable-ss`, `scalable-fs`).
+    pub mode_name: String,
+    /// The reserved range, split.
+    pub layout: Layout,
+    /// The unit's register base.
+    pub iommu: u64,
+    /// The device whose domain is preserved.
+    pub preserved: RequesterId,
+    /// The device that is not preserved.
+    pub other: RequesterId,
+    /// `run-new`: the KHO blob's address.
+    pub blob: Option<u64>,
+}
+
+impl RunOptions {
+    /// Parses the options of `run-old` (`new` false) or `run-new` (`new` true, which
+    /// also needs `--blob`).
+    pub fn parse(cmd: &Command, new: bool) -> Result<Self, ArgError> {
+        let mut known = vec!["mode", "mem", "iommu", "preserved", "other"];
+        if new {
+            known.push("blob");
+        }
+        cmd.only(&known)?;
+        let m = cmd.need("mode")?;
+        let (mode, kind) = match m {
+            "legacy" => (Mode::Legacy, DomainKind::SecondStage),
+            "scalable-ss" => (Mode::Scalable, DomainKind::SecondStage),
+            "scalable-fs" => (Mode::Scalable, DomainKind::FirstStage),
+            _ => {
+                return Err(ArgError::new(
+                    "--mode",
+                    m,
+                    "expected legacy, scalable-ss or scalable-fs",
+                ))
+            }
+        };
+        let (base, size) = parse_range("--mem", cmd.need("mem")?)?;
+        let preserved = parse_bdf("--preserved", cmd.need("preserved")?)?;
+        let other = parse_bdf("--other", cmd.need("other")?)?;
+        if preserved == other {
+            return Err(ArgError::new(
+                "--other",
+                &other.to_string(),
+                "the same function as --preserved",
+            ));
+        }
+        let blob = match new {
+            true => {
+                let b = parse_u64("--blob", cmd.need("blob")?)?;
+                let inside = b % crate::devmem::PAGE == 0 && b >= base && b - base < size;
+                if !inside {
+                    return Err(ArgError::new(
+                        "--blob",
+                        &format!("{b:#x}"),
+                        format!("not a page inside the reserved range {base:#x}+{size:#x}"),
+                    ));
+                }
+                Some(b)
+            }
+            false => None,
+        };
+        Ok(Self {
+            mode,
+            kind,
+            mode_name: m.into(),
+            layout: Layout::new(base, size)?,
+            iommu: iommu_base(cmd)?,
+            preserved,
+            other,
+            blob,
+        })
+    }
+}
+
+/// The options of `start-dma`: the reserved range and the preserved device.
+pub fn parse_start_dma(cmd: &Command) -> Result<(Layout, RequesterId), ArgError> {
+    cmd.only(&["mem", "preserved"])?;
+    let (base, size) = parse_range("--mem", cmd.need("mem")?)?;
+    Ok((
+        Layout::new(base, size)?,
+        parse_bdf("--preserved", cmd.need("preserved")?)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +369,67 @@ mod tests {
         assert!(Command::parse(&args("x a")).is_err());
         assert!(Command::parse(&args("--a 1")).is_err());
         assert!(Command::parse(&[]).is_err());
+    }
+
+    const RUN: &str = "--mode scalable-fs --mem 0x30000000:64M --preserved 00:04.0 --other 00:05.0";
+
+    #[test]
+    fn run_options_of_both_kernels() {
+        let old = RunOptions::parse(
+            &Command::parse(&args(&format!("run-old {RUN}"))).unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (old.mode, old.kind),
+            (Mode::Scalable, DomainKind::FirstStage)
+        );
+        assert_eq!(old.iommu, DEFAULT_IOMMU_BASE);
+        assert_eq!(old.layout, Layout::new(0x3000_0000, 64 << 20).unwrap());
+        assert_eq!(old.other, RequesterId::new(0, 0, 5, 0));
+        assert_eq!(old.blob, None);
+        let new = Command::parse(&args(&format!(
+            "run-new {RUN} --blob 0x3000d000 --iommu 0xfed91000"
+        )))
+        .unwrap();
+        let new = RunOptions::parse(&new, true).unwrap();
+        assert_eq!((new.blob, new.iommu), (Some(0x3000_d000), 0xfed9_1000));
+    }
+
+    #[test]
+    fn run_options_refuse_what_cannot_work() {
+        let parse = |extra: &str, new: bool| {
+            let c = Command::parse(&args(&format!("run {extra}"))).unwrap();
+            RunOptions::parse(&c, new).unwrap_err()
+        };
+        assert_eq!(
+            parse(&format!("{RUN} --blob 0x3000d000"), false).option,
+            "--blob"
+        );
+        assert_eq!(parse(RUN, true).problem, "required by run");
+        let e = parse(&format!("{RUN} --blob 0x40000000"), true);
+        assert_eq!(
+            (e.option.as_str(), e.value.as_str()),
+            ("--blob", "0x40000000")
+        );
+        assert!(e
+            .problem
+            .starts_with("not a page inside the reserved range"));
+        assert_eq!(
+            parse(&format!("{RUN} --blob 0x3000d008"), true).option,
+            "--blob"
+        );
+        let same = "--mode legacy --mem 0x30000000:64M --preserved 00:04.0 --other 0000:00:04.0";
+        assert_eq!(
+            parse(same, false).problem,
+            "the same function as --preserved"
+        );
+        let mode = "--mode nested --mem 0x30000000:64M --preserved 00:04.0 --other 00:05.0";
+        assert_eq!(parse(mode, false).option, "--mode");
+        assert_eq!(
+            parse(&format!("{RUN} --iommu 0xfed90010"), false).option,
+            "--iommu"
+        );
+        assert_eq!(parse(&format!("{RUN} --dev 1"), false).option, "--dev");
     }
 }

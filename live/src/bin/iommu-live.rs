@@ -28,7 +28,7 @@ use iommu_core::kho::{self, KhoOut};
 use iommu_core::mem::PhysMem;
 use iommu_core::pgtable::Perms;
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId};
-use iommu_live::args::{self, ArgError, Command, DEFAULT_IOMMU_BASE};
+use iommu_live::args::{self, ArgError, Command, RunOptions};
 use iommu_live::devmem::Registers;
 use iommu_live::edu::{Direction, Edu, BUFFER_SIZE};
 use iommu_live::layout::{buf, iova, pattern, Layout, BUFFERS_BYTES, PAGE};
@@ -36,7 +36,7 @@ use iommu_live::pci::{PciFunction, SYSFS_PCI_DEVICES};
 use iommu_live::platform::Platform;
 use std::path::Path;
 use std::process::ExitCode;
-use vtd::driver::{DomainKind, Fault, Mode, Unit, UnitConfig};
+use vtd::driver::{DomainKind, Fault, Unit, UnitConfig};
 use vtd::handover::Selection;
 use vtd::hw::regs::{self, GSTS};
 
@@ -58,14 +58,17 @@ fn main() -> ExitCode {
         Err(e) => return usage(&e),
     };
     let r = match cmd.name.as_str() {
-        "run-old" => Cli::parse(&cmd, false).map(run_old),
-        "start-dma" => Cli::parse_dma(&cmd).map(start_dma),
-        "run-new" => Cli::parse(&cmd, true).map(run_new),
-        "status" => iommu_base(&cmd).map(status),
+        "run-old" => RunOptions::parse(&cmd, false).map(run_old),
+        "start-dma" => args::parse_start_dma(&cmd).map(start_dma),
+        "run-new" => RunOptions::parse(&cmd, true).map(run_new),
+        "status" => cmd
+            .only(&["iommu"])
+            .and_then(|()| args::iommu_base(&cmd))
+            .map(status),
         "dump" => cmd
             .only(&["mem", "iommu"])
             .and_then(|()| args::parse_range("--mem", cmd.need("mem")?))
-            .and_then(|r| Ok((r, iommu_base(&cmd)?)))
+            .and_then(|r| Ok((r, args::iommu_base(&cmd)?)))
             .map(dump),
         _ => Err(ArgError {
             option: "subcommand".into(),
@@ -93,79 +96,6 @@ fn usage(e: &ArgError) -> ExitCode {
          iommu-live dump --mem BASE:SIZE [--iommu BASE]"
     );
     ExitCode::from(2)
-}
-
-fn iommu_base(cmd: &Command) -> Result<u64, ArgError> {
-    cmd.get("iommu")
-        .map_or(Ok(DEFAULT_IOMMU_BASE), |v| args::parse_u64("--iommu", v))
-}
-
-/// The options of `run-old` and `run-new`.
-struct Cli {
-    mode: Mode,
-    kind: DomainKind,
-    mode_name: String,
-    layout: Layout,
-    iommu: u64,
-    preserved: RequesterId,
-    other: RequesterId,
-    blob: Option<u64>,
-}
-
-impl Cli {
-    fn parse(cmd: &Command, new: bool) -> Result<Self, ArgError> {
-        let mut known = vec!["mode", "mem", "iommu", "preserved", "other"];
-        if new {
-            known.push("blob");
-        }
-        cmd.only(&known)?;
-        let m = cmd.need("mode")?;
-        let (mode, kind) = match m {
-            "legacy" => (Mode::Legacy, DomainKind::SecondStage),
-            "scalable-ss" => (Mode::Scalable, DomainKind::SecondStage),
-            "scalable-fs" => (Mode::Scalable, DomainKind::FirstStage),
-            _ => {
-                return Err(ArgError {
-                    option: "--mode".into(),
-                    value: m.into(),
-                    problem: "expected legacy, scalable-ss or scalable-fs".into(),
-                })
-            }
-        };
-        let (base, size) = args::parse_range("--mem", cmd.need("mem")?)?;
-        let preserved = args::parse_bdf("--preserved", cmd.need("preserved")?)?;
-        let other = args::parse_bdf("--other", cmd.need("other")?)?;
-        if preserved == other {
-            return Err(ArgError {
-                option: "--other".into(),
-                value: other.to_string(),
-                problem: "the same function as --preserved".into(),
-            });
-        }
-        let blob = match new {
-            true => Some(args::parse_u64("--blob", cmd.need("blob")?)?),
-            false => None,
-        };
-        Ok(Self {
-            mode,
-            kind,
-            mode_name: m.into(),
-            layout: Layout::new(base, size)?,
-            iommu: iommu_base(cmd)?,
-            preserved,
-            other,
-            blob,
-        })
-    }
-
-    fn parse_dma(cmd: &Command) -> Result<(Layout, RequesterId), ArgError> {
-        cmd.only(&["mem", "preserved"])?;
-        let (base, size) = args::parse_range("--mem", cmd.need("mem")?)?;
-        Ok((
-            Layout::new(base, size)?,
-            args::parse_bdf("--preserved", cmd.need("preserved")?)?,
-        ))
-    }
 }
 
 /// An `edu` device, memory decoding and bus mastering on.
@@ -350,7 +280,7 @@ fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) ->
 }
 
 /// `run-old`: everything of the old kernel up to `freeze`.
-fn run_old(c: Cli) -> Step {
+fn run_old(c: RunOptions) -> Step {
     let l = c.layout;
     let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
     let mut a = Dev::open(c.preserved)?;
@@ -488,7 +418,7 @@ fn start_dma((_, rid): (Layout, RequesterId)) -> Step {
 }
 
 /// `run-new`: the new kernel's side.
-fn run_new(c: Cli) -> Step {
+fn run_new(c: RunOptions) -> Step {
     let l = c.layout;
     let blob = PhysAddr(c.blob.expect("run-new parses --blob"));
     let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
@@ -648,7 +578,13 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         r.read64(regs::RTADDR),
     );
     let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
-    let mut bytes = vec![0u8; size as usize];
+    // The copy is as large as the range: refused with an error, not an abort, when the
+    // memory is not there.
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(size as usize)
+        .map_err(|e| format!("dump: no memory for a copy of {size:#x} bytes: {e}"))?;
+    bytes.resize(size as usize, 0);
     w.read_bytes(base, &mut bytes)
         .map_err(|e| format!("dump: reading the reserved range: {e}"))?;
     let image = Image::from_bytes("/dev/mem", bytes, OpenAs::Raw { base })
