@@ -12,8 +12,8 @@
 //! - [`platform`]: the three lent to the `vtd` driver for each call;
 //! - [`args`]: the command line of the `iommu-live` binary.
 //!
-//! Every `unsafe` block of the project's Linux side is in this crate (in [`devmem`] and
-//! [`pci`]), each with the reason it is sound.
+//! Every `unsafe` block of the project's Linux side is in this crate, in [`devmem`] (the
+//! mapping and the volatile accesses), each with the reason it is sound.
 
 #![cfg(target_os = "linux")]
 
