@@ -72,7 +72,7 @@ kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {
 kdir=$work/kernel/$kpkg
 if ! ls "$kdir"/boot/vmlinuz-* >/dev/null 2>&1; then
     mkdir -p "$work/kernel"
-    (cd "$work/kernel" && rm -f "${kpkg}"_*.deb && apt-get download "$kpkg" >/dev/null)
+    (cd "$work/kernel" && rm -f "${kpkg}"_*.deb && apt-get download -o APT::Sandbox::User=root "$kpkg" >/dev/null)
     dpkg -x "$work/kernel/${kpkg}"_*.deb "$kdir"
 fi
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -1)
