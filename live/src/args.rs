@@ -283,14 +283,11 @@ impl RunOptions {
     }
 }
 
-/// The options of `start-dma`: the reserved range and the preserved device.
-pub fn parse_start_dma(cmd: &Command) -> Result<(Layout, RequesterId), ArgError> {
-    cmd.only(&["mem", "preserved"])?;
-    let (base, size) = parse_range("--mem", cmd.need("mem")?)?;
-    Ok((
-        Layout::new(base, size)?,
-        parse_bdf("--preserved", cmd.need("preserved")?)?,
-    ))
+/// The option of `start-dma`: the preserved device (the IOVA is
+/// [`crate::layout::iova::INFLIGHT`], mapped by `run-old`).
+pub fn parse_start_dma(cmd: &Command) -> Result<RequesterId, ArgError> {
+    cmd.only(&["preserved"])?;
+    parse_bdf("--preserved", cmd.need("preserved")?)
 }
 
 #[cfg(test)]
@@ -431,5 +428,13 @@ mod tests {
             "--iommu"
         );
         assert_eq!(parse(&format!("{RUN} --dev 1"), false).option, "--dev");
+    }
+
+    #[test]
+    fn start_dma_names_the_preserved_device_only() {
+        let c = Command::parse(&args("start-dma --preserved 00:04.0")).unwrap();
+        assert_eq!(parse_start_dma(&c).unwrap(), RequesterId::new(0, 0, 4, 0));
+        let c = Command::parse(&args("start-dma --preserved 00:04.0 --mem 0x1000:4K")).unwrap();
+        assert_eq!(parse_start_dma(&c).unwrap_err().option, "--mem");
     }
 }

@@ -129,7 +129,7 @@ if [ -z "\$blob" ]; then
         reboot -f
     fi
     echo "PASS: kexec loaded, blob \$blob on the new command line"
-    iommu-live start-dma --mem \$mem --preserved $dev_a || reboot -f
+    iommu-live start-dma --preserved $dev_a || reboot -f
     kexec -e
     echo "FAIL: kexec -e returned"
     reboot -f

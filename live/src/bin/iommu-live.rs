@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! iommu-live run-old   --mode M --mem BASE:SIZE --preserved BDF --other BDF [--iommu BASE]
-//! iommu-live start-dma --mem BASE:SIZE --preserved BDF
+//! iommu-live start-dma --preserved BDF
 //! iommu-live run-new   --mode M --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
 //! iommu-live status    [--iommu BASE]
 //! iommu-live dump      --mem BASE:SIZE [--iommu BASE]
@@ -31,7 +31,7 @@ use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId
 use iommu_live::args::{self, ArgError, Command, RunOptions};
 use iommu_live::devmem::Registers;
 use iommu_live::edu::{Direction, Edu, BUFFER_SIZE};
-use iommu_live::layout::{buf, iova, pattern, Layout, BUFFERS_BYTES, PAGE};
+use iommu_live::layout::{buf, iova, pattern, BUFFERS_BYTES, PAGE};
 use iommu_live::pci::{PciFunction, SYSFS_PCI_DEVICES};
 use iommu_live::platform::Platform;
 use std::path::Path;
@@ -91,7 +91,7 @@ fn usage(e: &ArgError) -> ExitCode {
     eprintln!(
         "usage: iommu-live run-old|run-new --mode legacy|scalable-ss|scalable-fs --mem BASE:SIZE \
          --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
-         iommu-live start-dma --mem BASE:SIZE --preserved BDF\n       \
+         iommu-live start-dma --preserved BDF\n       \
          iommu-live status [--iommu BASE]\n       \
          iommu-live dump --mem BASE:SIZE [--iommu BASE]"
     );
@@ -402,7 +402,7 @@ fn run_old(c: RunOptions) -> Step {
 
 /// `start-dma`: the preserved device writes its buffer to the in-flight IOVA; returns
 /// while the transfer runs.
-fn start_dma((_, rid): (Layout, RequesterId)) -> Step {
+fn start_dma(rid: RequesterId) -> Step {
     let mut a = Dev::open(rid)?;
     a.edu
         .start(Direction::BufferToMemory, iova::INFLIGHT, 0, BUFFER_SIZE)
