@@ -1,0 +1,621 @@
+//! `iommu-live`: the `vtd` driver and handover on a running Linux, with QEMU's `edu`
+//! devices doing the DMA.
+//!
+//! ```text
+//! iommu-live run-old   --mode M --mem BASE:SIZE --preserved BDF --other BDF [--iommu BASE]
+//! iommu-live start-dma --preserved BDF
+//! iommu-live run-new   --mode M --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
+//! iommu-live status    [--iommu BASE]
+//! iommu-live dump      --mem BASE:SIZE [--iommu BASE]
+//! ```
+//!
+//! `run-old` (old kernel): bring-up, two domains, mappings (4K, 2M, 1G where the unit
+//! allows, read-only, a high IOVA), attach, DMA checked byte for byte, then loads the
+//! in-flight pattern into the preserved device, prepares (KHO blob; prints
+//! `BLOB=<address>`) and freezes. `start-dma`: starts the preserved device's DMA and
+//! returns at once (the caller runs `kexec -e` next). `run-new` (new kernel): reads the
+//! blob, adopts, checks no fault was recorded across the kexec, verifies, checks the
+//! in-flight DMA landed, DMAs through the adopted tables, checks the unpreserved device
+//! faults, finishes, maps anew and DMAs again. `status`: the unit's main registers.
+//! `dump`: the unit's live structures in `iommu-inspect`'s JSON schema
+//! (`iommu-inspect/dump/v2`), read by the inspector's code from a copy of the reserved
+//! range and the unit's registers.
+//!
+//! Every check prints `PASS: <what>`; the first failure prints `FAIL: <what>` and the
+//! exit status is 1 (2 for a command-line error).
+
+use iommu_core::kho::{self, KhoOut};
+use iommu_core::mem::PhysMem;
+use iommu_core::pgtable::Perms;
+use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId};
+use iommu_live::args::{self, ArgError, Command, RunOptions};
+use iommu_live::devmem::Registers;
+use iommu_live::edu::{Direction, Edu, BUFFER_SIZE};
+use iommu_live::layout::{buf, iova, pattern, BUFFERS_BYTES, PAGE};
+use iommu_live::pci::{PciFunction, SYSFS_PCI_DEVICES};
+use iommu_live::platform::Platform;
+use std::path::Path;
+use std::process::ExitCode;
+use vtd::driver::{DomainKind, Fault, Unit, UnitConfig};
+use vtd::handover::Selection;
+use vtd::hw::regs::{self, GSTS};
+
+/// Polls of an `edu` transfer (1 ms apart): a transfer takes about 100 ms of virtual
+/// time; TCG on a loaded host may stretch that.
+const EDU_POLLS: u32 = 20_000;
+
+/// A failed step: what was checked and what was found.
+type Step<T = ()> = Result<T, String>;
+
+fn pass(what: impl AsRef<str>) {
+    println!("PASS: {}", what.as_ref());
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match Command::parse(&argv) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    let r = match cmd.name.as_str() {
+        "run-old" => RunOptions::parse(&cmd, false).map(run_old),
+        "start-dma" => args::parse_start_dma(&cmd).map(start_dma),
+        "run-new" => RunOptions::parse(&cmd, true).map(run_new),
+        "status" => cmd
+            .only(&["iommu"])
+            .and_then(|()| args::iommu_base(&cmd))
+            .map(status),
+        "dump" => cmd
+            .only(&["mem", "iommu"])
+            .and_then(|()| args::parse_range("--mem", cmd.need("mem")?))
+            .and_then(|r| Ok((r, args::iommu_base(&cmd)?)))
+            .map(dump),
+        _ => Err(ArgError {
+            option: "subcommand".into(),
+            value: cmd.name.clone(),
+            problem: "expected run-old, start-dma, run-new, status or dump".into(),
+        }),
+    };
+    match r {
+        Err(e) => usage(&e),
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(what)) => {
+            println!("FAIL: {what}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage(e: &ArgError) -> ExitCode {
+    println!("FAIL: command line: {e}");
+    eprintln!(
+        "usage: iommu-live run-old|run-new --mode legacy|scalable-ss|scalable-fs --mem BASE:SIZE \
+         --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
+         iommu-live start-dma --preserved BDF\n       \
+         iommu-live status [--iommu BASE]\n       \
+         iommu-live dump --mem BASE:SIZE [--iommu BASE]"
+    );
+    ExitCode::from(2)
+}
+
+/// An `edu` device, memory decoding and bus mastering on.
+struct Dev {
+    rid: RequesterId,
+    edu: Edu<Registers>,
+}
+
+impl Dev {
+    fn open(rid: RequesterId) -> Step<Self> {
+        let f = PciFunction::new(Path::new(SYSFS_PCI_DEVICES), rid);
+        let before = f.command().map_err(|e| e.to_string())?;
+        let after = f.enable().map_err(|e| e.to_string())?;
+        pass(format!(
+            "pci {rid}: command {before:#06x} -> {after:#06x} (memory space and bus master on)"
+        ));
+        let bar = f.map_bar0().map_err(|e| e.to_string())?;
+        let edu = Edu::new(bar).map_err(|e| format!("pci {rid}: {e}"))?;
+        Ok(Self { rid, edu })
+    }
+
+    /// One transfer of the whole buffer, waited for.
+    fn transfer(&mut self, dir: Direction, addr: u64) -> Step {
+        self.edu
+            .transfer(dir, addr, 0, BUFFER_SIZE, EDU_POLLS, sleep_1ms)
+            .map_err(|x| format!("pci {}: DMA {dir:?} at {addr:#x}: {x}", self.rid))
+    }
+
+    /// DMA read: memory at `addr` into the buffer.
+    fn read(&mut self, addr: u64) -> Step {
+        self.transfer(Direction::MemoryToBuffer, addr)
+    }
+
+    /// DMA write: the buffer to memory at `addr`.
+    fn write(&mut self, addr: u64) -> Step {
+        self.transfer(Direction::BufferToMemory, addr)
+    }
+
+    /// Waits for a transfer started earlier (by another process, another kernel).
+    fn wait(&mut self, what: &str) -> Step {
+        self.edu
+            .wait(EDU_POLLS, sleep_1ms)
+            .map_err(|e| format!("pci {}: {what}: {e}", self.rid))
+    }
+}
+
+fn sleep_1ms() {
+    std::thread::sleep(std::time::Duration::from_millis(1));
+}
+
+fn read_page(p: &Platform, pa: u64) -> Step<Vec<u8>> {
+    let mut b = vec![0u8; PAGE as usize];
+    p.mem
+        .read(PhysAddr(pa), &mut b)
+        .map_err(|e| format!("reading {pa:#x}: {e}"))?;
+    Ok(b)
+}
+
+fn write_page(p: &mut Platform, pa: u64, data: &[u8]) -> Step {
+    p.mem
+        .write(PhysAddr(pa), data)
+        .map_err(|e| format!("writing {pa:#x}: {e}"))
+}
+
+fn zero_page(p: &mut Platform, pa: u64) -> Step {
+    write_page(p, pa, &[0u8; PAGE as usize])
+}
+
+/// Checks the page at `pa` holds `want`, naming the first differing byte.
+fn expect_page(p: &Platform, pa: u64, want: &[u8], what: &str) -> Step {
+    let got = read_page(p, pa)?;
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None => {
+            pass(format!("{what}: {} bytes at {pa:#x} equal", want.len()));
+            Ok(())
+        }
+        Some(i) => Err(format!(
+            "{what}: byte {i:#x} at {:#x} is {:#04x}, expected {:#04x}",
+            pa + i as u64,
+            got[i],
+            want[i]
+        )),
+    }
+}
+
+/// The CPU writes `data` at `pa`; the device reads it (at `addr`) into its buffer.
+fn load(p: &mut Platform, dev: &mut Dev, pa: u64, addr: u64, data: &[u8]) -> Step {
+    write_page(p, pa, data)?;
+    dev.read(addr)
+}
+
+/// The device writes its buffer to `addr`; the page at `pa` must then hold `want`.
+fn store_check(p: &Platform, dev: &mut Dev, addr: u64, pa: u64, want: &[u8], what: &str) -> Step {
+    dev.write(addr)?;
+    expect_page(p, pa, want, what)
+}
+
+/// GSTS, which must have translation enabled.
+fn translation_on(regs: &mut Registers, what: &str) -> Step<u32> {
+    let gsts = regs.read32(regs::GSTS);
+    if GSTS::TES.is_set(gsts) {
+        Ok(gsts)
+    } else {
+        Err(format!("{what}: GSTS {gsts:#x} has translation off"))
+    }
+}
+
+fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
+    items.iter().map(f).collect()
+}
+
+/// Reads the unit's fault records; every one must be one of `expected` (requester,
+/// address, write), and each of those must be there.
+fn expect_faults(
+    unit: &mut Unit,
+    p: &mut Platform,
+    expected: &[(RequesterId, u64, bool)],
+    what: &str,
+) -> Step {
+    let faults = unit.poll_faults(&mut p.hw());
+    let names = list(&faults, |f| f.to_string());
+    let matches = |f: &Fault, &(rid, addr, write): &(RequesterId, u64, bool)| {
+        f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
+    };
+    if let Some(f) = faults
+        .iter()
+        .find(|f| !expected.iter().any(|e| matches(f, e)))
+    {
+        return Err(format!("{what}: unexpected fault {f} (all: {names:?})"));
+    }
+    if let Some((rid, addr, write)) = expected
+        .iter()
+        .find(|e| !faults.iter().any(|f| matches(f, e)))
+    {
+        let kind = if *write { "write" } else { "read" };
+        return Err(format!(
+            "{what}: no fault recorded for {rid} {kind} at {addr:#x} (recorded: {names:?})"
+        ));
+    }
+    pass(format!("{what}: fault records {names:?}"));
+    Ok(())
+}
+
+fn new_domain(unit: &mut Unit, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
+    unit.create_domain(&mut p.hw(), kind)
+        .map_err(|e| format!("domain: {e}"))
+}
+
+fn map(
+    unit: &mut Unit,
+    p: &mut Platform,
+    did: DomainId,
+    iova: u64,
+    pa: u64,
+    ps: PageSize,
+    perms: Perms,
+) -> Step {
+    unit.map(
+        &mut p.hw(),
+        did,
+        Iova(iova),
+        PhysAddr(pa),
+        ps.bytes(),
+        ps,
+        perms,
+    )
+    .map_err(|e| format!("map {did} IOVA {iova:#x} -> {pa:#x} ({ps}): {e}"))?;
+    let access = if perms.write {
+        "read/write"
+    } else {
+        "read-only"
+    };
+    pass(format!("map {did} IOVA {iova:#x} -> {pa:#x} {ps} {access}"));
+    Ok(())
+}
+
+fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
+    unit.attach(&mut p.hw(), rid, did)
+        .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
+    pass(format!("attach {rid} to {did}"));
+    Ok(())
+}
+
+/// `run-old`: everything of the old kernel up to `freeze`.
+fn run_old(c: RunOptions) -> Step {
+    let l = c.layout;
+    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
+    let mut a = Dev::open(c.preserved)?;
+    let mut b = Dev::open(c.other)?;
+    for off in (0..BUFFERS_BYTES).step_by(PAGE as usize) {
+        zero_page(&mut p, l.buf(off))?;
+    }
+
+    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let mut unit = Unit::init(&mut p.hw(), &cfg).map_err(|e| format!("bring-up: {e}"))?;
+    let gsts = translation_on(&mut p.regs, "bring-up")?;
+    pass(format!(
+        "bring-up {} at {:#x}: CAP {:#x} ECAP {:#x} GSTS {gsts:#x} (translation on)",
+        c.mode_name,
+        c.iommu,
+        unit.cap(),
+        unit.ecap()
+    ));
+    let d1 = new_domain(&mut unit, &mut p, c.kind)?;
+    let d2 = new_domain(&mut unit, &mut p, c.kind)?;
+    pass(format!("domains {d1} (preserved) and {d2} ({:?})", c.kind));
+
+    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
+    for (did, v, pa, ps, perms) in [
+        (d1, iova::SRC, l.buf(buf::SRC), small, rw),
+        (d1, iova::DST, l.buf(buf::DST), small, rw),
+        (d1, iova::INFLIGHT, l.buf(buf::INFLIGHT), small, rw),
+        (d1, iova::RO, l.buf(buf::RO), small, Perms::R),
+        (d1, iova::HIGH, l.buf(buf::HIGH), small, rw),
+        (d1, iova::BIG, l.buf(buf::BIG), PageSize::SIZE_2M, rw),
+        (d2, iova::GIG, l.gig, PageSize::SIZE_1G, rw),
+    ] {
+        map(&mut unit, &mut p, did, v, pa, ps, perms)?;
+    }
+    attach(&mut unit, &mut p, c.preserved, d1)?;
+    attach(&mut unit, &mut p, c.other, d2)?;
+
+    // DMA through every kind of mapping, checked byte for byte.
+    let p1 = pattern(1);
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p1)?;
+    let what = "DMA read then write through 4K pages";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p1, what)?;
+    let off = 0x12_3000;
+    let what = "DMA write through the 2M page";
+    store_check(
+        &p,
+        &mut a,
+        iova::BIG + off,
+        l.buf(buf::BIG) + off,
+        &p1,
+        what,
+    )?;
+    let what = "DMA write through the high IOVA";
+    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p1, what)?;
+
+    // The write first: QEMU's VT-d records a fault only when it walks the tables, and a
+    // read of the page before would leave a read-only IOTLB entry that denies the write
+    // without a fault record (hardware would record one either way).
+    let p2 = pattern(2);
+    write_page(&mut p, l.buf(buf::RO), &p2)?;
+    expect_faults(&mut unit, &mut p, &[], "no fault so far")?;
+    let what = "DMA write to the read-only page changed nothing";
+    store_check(&p, &mut a, iova::RO, l.buf(buf::RO), &p2, what)?;
+    let what = "DMA write to the read-only page faulted";
+    expect_faults(&mut unit, &mut p, &[(c.preserved, iova::RO, true)], what)?;
+    a.read(iova::RO)?;
+    let what = "DMA read through the read-only page";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p2, what)?;
+
+    b.read(l.gig_iova(buf::SRC))?;
+    let what = "other device: DMA through the 1G page";
+    store_check(
+        &p,
+        &mut b,
+        l.gig_iova(buf::OTHER),
+        l.buf(buf::OTHER),
+        &p1,
+        what,
+    )?;
+    expect_faults(&mut unit, &mut p, &[], "no other fault")?;
+
+    // The pattern the in-flight DMA will write, loaded into the preserved device.
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &pattern(3))?;
+    zero_page(&mut p, l.buf(buf::INFLIGHT))?;
+    zero_page(&mut p, l.buf(buf::OTHER))?;
+    pass("in-flight pattern loaded into the preserved device");
+
+    let mut kho = KhoOut::new();
+    kho.preserve_range(PhysAddr(l.buffers), BUFFERS_BYTES / PAGE)
+        .map_err(|e| format!("preserving the buffers: {e}"))?;
+    let sel = Selection {
+        domains: vec![d1],
+        devices: vec![c.preserved],
+    };
+    let r = unit
+        .prepare(&mut p.hw(), &mut kho, &sel)
+        .map_err(|e| format!("prepare: {e}"))?;
+    pass(format!(
+        "prepare: {} domain, {} device, {} pages pinned, {} leaves, {} record bytes",
+        r.domains, r.devices, r.pinned_pages, r.leaves, r.record_bytes
+    ));
+    let blob = {
+        let Platform { mem, pool, .. } = &mut p;
+        kho.finalize(mem, pool)
+            .map_err(|e| format!("KHO blob: {e}"))?
+    };
+    pass(format!("KHO blob written at {blob}"));
+    let f = unit
+        .freeze(&mut p.hw())
+        .map_err(|e| format!("freeze: {e}"))?;
+    translation_on(&mut p.regs, "freeze")?;
+    pass(format!(
+        "freeze: {} devices cleared, {} entries written, translation still on",
+        f.devices_cleared, f.entries_written
+    ));
+    println!("BLOB={:#x}", blob.0);
+    Ok(())
+}
+
+/// `start-dma`: the preserved device writes its buffer to the in-flight IOVA; returns
+/// while the transfer runs.
+fn start_dma(rid: RequesterId) -> Step {
+    let mut a = Dev::open(rid)?;
+    a.edu
+        .start(Direction::BufferToMemory, iova::INFLIGHT, 0, BUFFER_SIZE)
+        .map_err(|e| format!("pci {rid}: starting the in-flight DMA: {e}"))?;
+    if !a.edu.busy() {
+        return Err(format!("pci {rid}: the DMA finished before kexec"));
+    }
+    pass(format!(
+        "DMA in flight: {rid} buffer -> IOVA {:#x}, {BUFFER_SIZE} bytes, busy",
+        iova::INFLIGHT
+    ));
+    Ok(())
+}
+
+/// `run-new`: the new kernel's side.
+fn run_new(c: RunOptions) -> Step {
+    let l = c.layout;
+    let blob = PhysAddr(c.blob.expect("run-new parses --blob"));
+    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
+    let preserved = kho::read_preserved_in(&p.mem, blob, &[(PhysAddr(l.base), l.size)])
+        .map_err(|e| format!("KHO blob at {blob}: {e}"))?;
+    pass(format!(
+        "KHO blob at {blob}: {} pages preserved",
+        preserved.page_count()
+    ));
+    p.exclude(&preserved);
+
+    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let (mut unit, r) = Unit::adopt_with_preserved(&mut p.hw(), &cfg, blob, preserved)
+        .map_err(|f| format!("adopt: {}", f.error))?;
+    if !r.blocked.is_empty() || !r.refused_domains.is_empty() || r.domains != 1 || r.devices != 1 {
+        return Err(format!(
+            "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
+            r.domains,
+            r.devices,
+            list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
+            list(&r.refused_domains, |(d, e)| format!("{d}: {e}"))
+        ));
+    }
+    pass(format!(
+        "adopt {}: 1 domain, 1 device, {} registers and {} entries read",
+        c.mode_name, r.registers_read, r.entries_read
+    ));
+    if !r.stale_faults.is_empty() {
+        let names = list(&r.stale_faults, |f| f.to_string());
+        return Err(format!("faults recorded across the kexec: {names:?}"));
+    }
+    pass("no fault recorded across the kexec");
+    let gsts = translation_on(&mut p.regs, "adopt")?;
+    pass(format!("translation stayed on: GSTS {gsts:#x}"));
+
+    let v = unit
+        .verify(&mut p.hw())
+        .map_err(|e| format!("verify: {e}"))?;
+    if !v.failures.is_empty() || !v.unverified_runs.is_empty() {
+        return Err(format!(
+            "verify: failures {:?}, unverified runs {:?}",
+            list(&v.failures, |(d, e)| format!("{d}: {e}")),
+            list(&v.unverified_runs, |e| e.to_string())
+        ));
+    }
+    pass(format!(
+        "verify: {} tables, {} leaves, {} leaf-target runs in preserved memory",
+        v.tables, v.leaves, v.leaf_targets_checked
+    ));
+    let did = unit
+        .domains()
+        .next()
+        .map(|d| d.id)
+        .ok_or("adopt: no domain")?;
+
+    let mut a = Dev::open(c.preserved)?;
+    let mut b = Dev::open(c.other)?;
+    a.wait("in-flight DMA")?;
+    let what = "DMA in flight across the kexec landed through the handed-over tables";
+    expect_page(&p, l.buf(buf::INFLIGHT), &pattern(3), what)?;
+
+    let p4 = pattern(4);
+    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p4)?;
+    let what = "DMA read then write through the adopted tables";
+    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p4, what)?;
+    let what = "DMA write through the adopted high IOVA";
+    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p4, what)?;
+    expect_faults(&mut unit, &mut p, &[], "no fault from the preserved device")?;
+
+    zero_page(&mut p, l.buf(buf::OTHER))?;
+    let (addr, zero) = (l.gig_iova(buf::OTHER), [0u8; PAGE as usize]);
+    let what = "unpreserved device: its DMA write changed nothing";
+    store_check(&p, &mut b, addr, l.buf(buf::OTHER), &zero, what)?;
+    let what = "unpreserved device: its DMA faulted";
+    expect_faults(&mut unit, &mut p, &[(c.other, addr, true)], what)?;
+
+    let fin = unit
+        .finish(&mut p.hw())
+        .map_err(|e| format!("finish: {e}"))?;
+    pass(format!(
+        "finish: {} pages freed, {} kept",
+        fin.pages_freed, fin.pages_kept
+    ));
+
+    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
+    map(
+        &mut unit,
+        &mut p,
+        did,
+        iova::NEW,
+        l.buf(buf::NEW),
+        small,
+        rw,
+    )?;
+    let what = "after finish: DMA through a new mapping of the adopted domain";
+    store_check(&p, &mut a, iova::NEW, l.buf(buf::NEW), &p4, what)?;
+    let d3 = new_domain(&mut unit, &mut p, c.kind)?;
+    map(
+        &mut unit,
+        &mut p,
+        d3,
+        iova::NEW,
+        l.buf(buf::OTHER),
+        small,
+        rw,
+    )?;
+    attach(&mut unit, &mut p, c.other, d3)?;
+    let p5 = pattern(5);
+    load(&mut p, &mut b, l.buf(buf::OTHER), iova::NEW, &p5)?;
+    zero_page(&mut p, l.buf(buf::OTHER))?;
+    let what = "after finish: the other device's DMA read and write through its new domain";
+    store_check(&p, &mut b, iova::NEW, l.buf(buf::OTHER), &p5, what)?;
+    expect_faults(&mut unit, &mut p, &[], "no fault after finish")?;
+    Ok(())
+}
+
+/// `status`: the unit's main registers.
+fn status(base: u64) -> Step {
+    let mut r = Registers::devmem(base).map_err(|e| e.to_string())?;
+    let ver = r.read32(regs::VER);
+    let gsts = r.read32(regs::GSTS);
+    println!(
+        "VER={ver:#x} CAP={:#x} ECAP={:#x} GSTS={gsts:#x} RTADDR={:#x} FSTS={:#x}",
+        r.read64(regs::CAP),
+        r.read64(regs::ECAP),
+        r.read64(regs::RTADDR),
+        r.read32(regs::FSTS)
+    );
+    if ver == u32::MAX {
+        return Err(format!(
+            "status: no VT-d unit at {base:#x} (VER reads all ones)"
+        ));
+    }
+    pass(format!(
+        "status of the unit at {base:#x}: translation {}",
+        if GSTS::TES.is_set(gsts) { "on" } else { "off" }
+    ));
+    Ok(())
+}
+
+/// `dump`: the live unit through `iommu-inspect`'s dump. The inspector reads a copy of
+/// the reserved range (where every structure of the unit lives) as a raw image, with
+/// the unit described by its live CAP, ECAP and RTADDR (GSTS is the inspector's
+/// assumption, TES and RTPS set, and the JSON says `registers_assumed`).
+fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
+    use inspector::dump::{self, OutputFormat};
+    use inspector::image::{Image, OpenAs};
+    use inspector::model::{Filter, LoadOptions, Loaded};
+    use inspector::vtd::UnitOverride;
+    use iommu_live::devmem::Window;
+
+    let mut r = Registers::devmem(iommu).map_err(|e| e.to_string())?;
+    translation_on(&mut r, "dump")?;
+    let (cap, ecap, rtaddr) = (
+        r.read64(regs::CAP),
+        r.read64(regs::ECAP),
+        r.read64(regs::RTADDR),
+    );
+    let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
+    // The copy is as large as the range: refused with an error, not an abort, when the
+    // memory is not there.
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(size as usize)
+        .map_err(|e| format!("dump: no memory for a copy of {size:#x} bytes: {e}"))?;
+    bytes.resize(size as usize, 0);
+    w.read_bytes(base, &mut bytes)
+        .map_err(|e| format!("dump: reading the reserved range: {e}"))?;
+    let image = Image::from_bytes("/dev/mem", bytes, OpenAs::Raw { base })
+        .map_err(|e| format!("dump: {e}"))?;
+    let opts = LoadOptions {
+        open: OpenAs::Raw { base },
+        unit: UnitOverride {
+            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
+            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
+            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
+            cap: Some(cap),
+            ecap: Some(ecap),
+            base: Some(iommu),
+        },
+    };
+    let loaded = Loaded::from_image(image, &opts).map_err(|e| format!("dump: {e}"))?;
+    let mut out = Vec::new();
+    dump::dump(&loaded, &Filter::default(), OutputFormat::Json, &mut out)
+        .map_err(|e| format!("dump: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    println!("{text}");
+    if !text.contains(&format!("\"schema\": \"{}\"", dump::DUMP_SCHEMA)) {
+        return Err(format!(
+            "dump: no {} schema key in the output",
+            dump::DUMP_SCHEMA
+        ));
+    }
+    pass(format!(
+        "dump: {} of the unit at {iommu:#x} (RTADDR {rtaddr:#x}), {} bytes of JSON",
+        dump::DUMP_SCHEMA,
+        out.len()
+    ));
+    Ok(())
+}
