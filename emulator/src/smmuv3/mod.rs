@@ -1,5 +1,6 @@
-//! A strict model of an Arm SMMUv3 (IHI0070), built on the layouts of [`smmuv3::hw`] and
-//! the VMSAv8-64 formats of [`smmuv3::format`].
+//! A strict model of an Arm SMMUv3 (IHI0070), built on the layouts of [`smmuv3::hw`]
+//! only, with a VMSAv8-64 table walker of its own (`walk`, from the Arm ARM), so that
+//! it can referee the driver side's `smmuv3::format`.
 //!
 //! The model implements:
 //!
@@ -35,6 +36,7 @@ mod cmdq;
 mod eventq;
 mod mmio;
 mod translate;
+mod walk;
 
 use crate::model::{
     DmaError, DmaRequest, FaultEvent, IommuModel, RegisterValue, Translated, UnitKind,
@@ -42,10 +44,10 @@ use crate::model::{
 use cache::Caches;
 use iommu_core::mem::PhysMem;
 use iommu_core::{PhysAddr, RequesterId};
-use smmuv3::format::Caps;
 use smmuv3::hw::pa_size_enc;
 use smmuv3::hw::regs::{self, IDR0, IDR1, IDR5};
 use std::fmt;
+use walk::Caps;
 
 /// Maximum number of diagnostics kept; later ones are counted, not stored.
 const MAX_DIAGNOSTICS: usize = 10_000;
@@ -243,15 +245,10 @@ impl SmmuV3Config {
     }
 
     fn caps(&self) -> Caps {
-        // The IDR5 built above always holds a defined OAS encoding (checked in `check`).
-        Caps::from_idr(self.idr0(), self.idr5()).unwrap_or(Caps {
-            oas_bits: 48,
-            gran4k: self.gran4k,
-            gran16k: self.gran16k,
-            gran64k: self.gran64k,
-            vax: false,
-            aarch32: false,
-        })
+        Caps {
+            oas_bits: self.oas_bits,
+            gran: [self.gran4k, self.gran16k, self.gran64k],
+        }
     }
 }
 
