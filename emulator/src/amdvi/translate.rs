@@ -3,7 +3,11 @@
 //! DTE semantics follow `shared/reference/amdvi.md` §6: V=0 forwards every address
 //! untranslated; V=1 with TV=0 target-aborts the request; TV=1 with Mode 0 does not
 //! translate but still applies IR/IW; Mode 1–6 walks host (v1) tables; GV=1 (with a
-//! PASID, or GIoV without) walks the guest (v2) tables found through the GCR3 table.
+//! PASID, or GIoV without) walks the guest (v2) tables found through the GCR3 table;
+//! with GV=1 and Mode 1–6 the translation is nested: the GCR3 table, every guest table
+//! and the guest output are GPAs, each translated through the host (v1) tables. A
+//! host-table fault of a nested walk is an IO_PAGE_FAULT with GN=0, the DomainID and
+//! the GPA (the reference names no layout for it; the model's choice).
 
 use super::cache::IotlbEntry;
 use super::walk;
