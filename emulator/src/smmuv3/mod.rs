@@ -29,14 +29,18 @@
 //! F_CD_FETCH, F_WALK_EABT); a fetch from poisoned memory is [`DmaError::Memory`], never
 //! a silent zero. Not modelled: stalls (IDR0.STALL_MODEL = 1, terminate only, so CD.S and
 //! STE.S2S are ILLEGAL), the PRI queue, ATS, AArch32 tables, TTB1, hypervisor (EL2)
-//! streams, secure state, and snapshots of SMMUv3 units.
+//! streams and secure state. Snapshots save the registers and rebuild the unit with
+//! [`SmmuV3Unit::restore`] (the `iommu-map` is not register state).
 
 mod cache;
 mod cmdq;
 mod eventq;
 mod mmio;
+mod restore;
 mod translate;
 mod walk;
+
+pub use restore::SmmuV3RestoreError;
 
 use crate::model::{
     DmaError, DmaRequest, FaultEvent, IommuModel, RegisterValue, Translated, UnitKind,
@@ -445,40 +449,6 @@ impl IommuModel for SmmuV3Unit {
     }
 
     fn save_registers(&self) -> Vec<RegisterValue> {
-        let r = &self.regs;
-        let c = &self.cfg;
-        let w4 = |offset, value: u32| RegisterValue {
-            offset,
-            width: 4,
-            value: value as u64,
-        };
-        let w8 = |offset, value| RegisterValue {
-            offset,
-            width: 8,
-            value,
-        };
-        vec![
-            w4(regs::IDR0, c.idr0()),
-            w4(regs::IDR1, c.idr1()),
-            w4(regs::IDR3, c.idr3()),
-            w4(regs::IDR5, c.idr5()),
-            w4(regs::CR0, r.cr0),
-            w4(regs::CR0ACK, r.cr0ack),
-            w4(regs::CR1, r.cr1),
-            w4(regs::CR2, r.cr2),
-            w4(regs::GBPA, r.gbpa),
-            w4(regs::IRQ_CTRL, r.irq_ctrl),
-            w4(regs::IRQ_CTRLACK, r.irq_ctrlack),
-            w4(regs::GERROR, r.gerror),
-            w4(regs::GERRORN, r.gerrorn),
-            w8(regs::STRTAB_BASE, r.strtab_base),
-            w4(regs::STRTAB_BASE_CFG, r.strtab_base_cfg),
-            w8(regs::CMDQ_BASE, r.cmdq_base),
-            w4(regs::CMDQ_PROD, r.cmdq_prod),
-            w4(regs::CMDQ_CONS, r.cmdq_cons),
-            w8(regs::EVENTQ_BASE, r.eventq_base),
-            w4(regs::EVENTQ_PROD, r.eventq_prod),
-            w4(regs::EVENTQ_CONS, r.eventq_cons),
-        ]
+        self.saved_registers()
     }
 }
