@@ -17,10 +17,12 @@ use amdvi::hw::regs::{self, field_value};
 use emulator::amdvi::{AmdViConfig, AmdViUnit};
 use emulator::memory::SparseMemory;
 use emulator::model::{Access, DmaError, DmaRequest, IommuModel};
-use iommu_core::conformance::Tables;
-use iommu_core::pgtable::{map, translate, Format, Outcome, Perms, TableAlloc, WalkErrorKind};
+use iommu_core::pgtable::{translate, Format, Outcome, Perms, WalkErrorKind};
 use iommu_core::{Iova, PageSize, Pasid, PhysAddr, PhysMem, RequesterId};
 use proptest::prelude::*;
+use walkcheck::{build, corrupt, probes, Map};
+
+mod walkcheck;
 
 const BASE: PhysAddr = PhysAddr(0xfed8_0000);
 const DEVTAB: u64 = 0x1000;
@@ -202,89 +204,6 @@ fn expect<F: Format>(f: &F, mem: &dyn PhysMem, root: u64, iova: u64) -> Got {
     }
 }
 
-/// A v1 tree of `levels` levels with `maps` mapped through the generic `map`.
-struct Built {
-    tables: Tables,
-    root: u64,
-}
-
-fn build<F>(
-    f: &F,
-    mem: &mut SparseMemory,
-    maps: &[(u64, u64, PageSize, Perms)],
-    attrs: F::Attrs,
-) -> Built
-where
-    F: iommu_core::pgtable::WriteFormat,
-    F::Attrs: Copy,
-{
-    let mut tables = Tables::new(PhysAddr(TABLES));
-    let level = f.root_level();
-    let root = tables.alloc_table(level, f.table_bytes(level)).unwrap();
-    for &(iova, pa, size, perms) in maps {
-        // Overlaps and sizes a level cannot hold are refused: the tree stays as it was.
-        let _ = map(
-            f,
-            mem,
-            &mut tables,
-            root,
-            Iova(iova),
-            PhysAddr(pa),
-            size.bytes(),
-            size,
-            perms,
-            attrs,
-        );
-    }
-    Built {
-        tables,
-        root: root.0,
-    }
-}
-
-/// Addresses around every mapping and `extra` others.
-fn probes(maps: &[(u64, u64, PageSize, Perms)], extra: &[u64]) -> Vec<u64> {
-    let mut v = extra.to_vec();
-    for &(iova, _, size, _) in maps {
-        let n = size.bytes();
-        v.extend([
-            iova,
-            iova + n / 2 + 8,
-            iova.wrapping_add(n - 8),
-            iova.wrapping_sub(8),
-            iova.wrapping_add(n),
-        ]);
-    }
-    v
-}
-
-/// XORs `mask` into present entry `pick` of the tree (counted over the live tables),
-/// or into entry `index` of a table when the pick falls past the present ones.
-fn corrupt(mem: &mut SparseMemory, tables: &Tables, muts: &[(usize, usize, u64)]) {
-    let live: Vec<u64> = tables.live().into_iter().collect();
-    // Entries of a 1 KiB Mode-6 root are the first 128 of any table: look at those
-    // and the rest of 4 KiB tables alike (a Mode-6 root's neighbour is zero RAM).
-    let mut present = Vec::new();
-    for &t in &live {
-        for i in 0..512u64 {
-            if mem.read_u64(PhysAddr(t + 8 * i)).unwrap() != 0 {
-                present.push(t + 8 * i);
-            }
-        }
-    }
-    for &(pick, index, mask) in muts {
-        let n = present.len() + live.len();
-        let k = pick % n;
-        let at = if k < present.len() {
-            present[k]
-        } else {
-            live[k - present.len()] + 8 * (index % 128) as u64
-        };
-        let v = mem.read_u64(PhysAddr(at)).unwrap();
-        mem.write_u64(PhysAddr(at), v ^ mask).unwrap();
-    }
-}
-
 fn perms(r: bool, w: bool) -> Perms {
     Perms {
         read: r || !w,
@@ -325,7 +244,7 @@ fn map_strategy(window: u32) -> impl Strategy<Value = (u64, u64, u32, bool, bool
         })
 }
 
-fn to_maps(raw: &[(u64, u64, u32, bool, bool)]) -> Vec<(u64, u64, PageSize, Perms)> {
+fn to_maps(raw: &[(u64, u64, u32, bool, bool)]) -> Vec<Map> {
     raw.iter()
         .map(|&(i, p, s, r, w)| (i, p, PageSize::from_shift(s).unwrap(), perms(r, w)))
         .collect()
@@ -353,13 +272,14 @@ proptest! {
         let raw: Vec<_> = raw.into_iter().map(|(i, p, s, r, w)| (cut(i) & !((1u64 << s) - 1), p, s, r, w)).collect();
         let maps = to_maps(&raw);
         let mut env = Env::new(c_bit);
-        let b = build(&f, &mut env.mem, &maps, V1Attrs::default());
-        corrupt(&mut env.mem, &b.tables, &muts);
-        let root = b.root | c_bit.map_or(0, |c| 1u64 << c);
+        let (tables, root0) = build(&f, &mut env.mem, TABLES, &maps, V1Attrs::default());
+        // Every entry of a 4 KiB table (a Mode-6 root is 1 KiB, its neighbour zero RAM).
+        corrupt(&mut env.mem, &tables, 512, 128, &muts);
+        let root = root0 | c_bit.map_or(0, |c| 1u64 << c);
         env.dte(DeviceTableEntry::host(root, levels, DOM, true, true));
         let extra: Vec<u64> = extra.iter().map(|&a| cut(a)).collect();
         for iova in probes(&maps, &extra) {
-            let want = expect(&f, &env.mem, b.root, iova);
+            let want = expect(&f, &env.mem, root0, iova);
             let got = env.probe(iova, None);
             prop_assert_eq!(got, want, "iova {:#x}", iova);
         }
@@ -381,10 +301,10 @@ proptest! {
         let f = GuestV2::new(levels).unwrap();
         let maps = to_maps(&raw);
         let mut env = Env::new(None);
-        let b = build(&f, &mut env.mem, &maps, ());
-        corrupt(&mut env.mem, &b.tables, &muts);
+        let (tables, root) = build(&f, &mut env.mem, TABLES, &maps, ());
+        corrupt(&mut env.mem, &tables, 512, 128, &muts);
         let gcr3 = 0x8000u64;
-        env.mem.write_u64(PhysAddr(gcr3 + 8 * pasid as u64), Gcr3Entry::new(b.root).qwords()[0]).unwrap();
+        env.mem.write_u64(PhysAddr(gcr3 + 8 * pasid as u64), Gcr3Entry::new(root).qwords()[0]).unwrap();
         let mut d = DeviceTableEntry::blocking(DOM);
         d.set_bit(amdvi::hw::dte::bits::IR, true);
         d.set_bit(amdvi::hw::dte::bits::IW, true);

@@ -13,12 +13,12 @@
 use emulator::memory::SparseMemory;
 use emulator::model::{Access, DmaError, DmaRequest, IommuModel};
 use emulator::smmuv3::{SmmuV3Config, SmmuV3Unit};
-use iommu_core::conformance::Tables;
-use iommu_core::pgtable::{
-    map, translate, Format, Outcome, Perms, TableAlloc, WalkErrorKind, WriteFormat,
-};
+use iommu_core::pgtable::{translate, Format, Outcome, Perms, WalkErrorKind, WriteFormat};
 use iommu_core::{Iova, MemError, PageSize, PhysAddr, PhysMem, RequesterId};
 use proptest::prelude::*;
+use walkcheck::{build, corrupt, probes, Map};
+
+mod walkcheck;
 use smmuv3::format::{Attrs, Caps, Vmsa};
 use smmuv3::hw::cd::Cd;
 use smmuv3::hw::event::EventType;
@@ -169,56 +169,6 @@ fn expect(f: &Vmsa, mem: &dyn PhysMem, root: u64, iova: u64) -> Got {
     }
 }
 
-type Map = (u64, u64, PageSize, Perms);
-
-fn build(f: &Vmsa, mem: &mut SparseMemory, maps: &[Map]) -> (Tables, u64) {
-    let mut tables = Tables::new(PhysAddr(TABLES));
-    let level = f.root_level();
-    let root = tables.alloc_table(level, f.table_bytes(level)).unwrap();
-    for &(iova, pa, size, perms) in maps {
-        // Overlaps and sizes the granule has no level for are refused.
-        let _ = map(
-            f,
-            mem,
-            &mut tables,
-            root,
-            Iova(iova),
-            PhysAddr(pa),
-            size.bytes(),
-            size,
-            perms,
-            Attrs::default(),
-        );
-    }
-    (tables, root.0)
-}
-
-/// XORs `mask` into present descriptor `pick` (counted over the live tables), or into
-/// the first entries of a table when the pick falls past the present ones.
-fn corrupt(mem: &mut SparseMemory, tables: &Tables, muts: &[(usize, usize, u64)]) {
-    let live: Vec<u64> = tables.live().into_iter().collect();
-    let mut present = Vec::new();
-    for &t in &live {
-        // The first 8 KiB of a table: enough for every test's entries.
-        for i in 0..1024u64 {
-            let v = mem.read_u64(PhysAddr(t + 8 * i)).unwrap();
-            if v != 0 {
-                present.push(t + 8 * i);
-            }
-        }
-    }
-    for &(pick, index, mask) in muts {
-        let k = pick % (present.len() + live.len());
-        let at = if k < present.len() {
-            present[k]
-        } else {
-            live[k - present.len()] + 8 * (index % 2) as u64
-        };
-        let v = mem.read_u64(PhysAddr(at)).unwrap();
-        mem.write_u64(PhysAddr(at), v ^ mask).unwrap();
-    }
-}
-
 /// Descriptor bits a corruption flips: valid, table/page, AP/S2AP, AF, low address
 /// bits (16: nT in a block), OA\[49:48\], a high address bit, upper attributes.
 fn mask() -> impl Strategy<Value = u64> {
@@ -270,21 +220,6 @@ fn raw_maps() -> impl Strategy<Value = Vec<(u64, u64, u32, bool, bool)>> {
     )
 }
 
-fn probes(maps: &[Map], extra: &[u64]) -> Vec<u64> {
-    let mut v = extra.to_vec();
-    for &(iova, _, size, _) in maps {
-        let n = size.bytes();
-        v.extend([
-            iova,
-            iova + n / 2 + 8,
-            iova.wrapping_add(n - 8),
-            iova.wrapping_sub(8),
-            iova.wrapping_add(n),
-        ]);
-    }
-    v
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -316,8 +251,9 @@ proptest! {
         let ia = 64 - t0sz as u32;
         let window = ia.min(36);
         let maps = maps(window, f.oa_bits(), &raw);
-        let (tables, root) = build(&f, &mut env.mem, &maps);
-        corrupt(&mut env.mem, &tables, &muts);
+        let (tables, root) = build(&f, &mut env.mem, TABLES, &maps, Attrs::default());
+        // The first 8 KiB of a table hold every entry these mappings use.
+        corrupt(&mut env.mem, &tables, 1024, 2, &muts);
         cd.set_ttb0(root);
         env.mem.write(PhysAddr(CDTAB), cd.as_bytes()).unwrap();
         let mut s = Ste::default();
@@ -371,8 +307,9 @@ proptest! {
         let f = Vmsa::from_ste(&env.caps(), &s).unwrap();
         let window = ia.min(36);
         let maps = maps(window, f.oa_bits(), &raw);
-        let (tables, root) = build(&f, &mut env.mem, &maps);
-        corrupt(&mut env.mem, &tables, &muts);
+        let (tables, root) = build(&f, &mut env.mem, TABLES, &maps, Attrs::default());
+        // The first 8 KiB of a table hold every entry these mappings use.
+        corrupt(&mut env.mem, &tables, 1024, 2, &muts);
         s.set_s2ttb(root);
         env.ste(&s);
         let extra: Vec<u64> = extra.iter().map(|a| a & ((1u64 << window) - 1)).collect();
