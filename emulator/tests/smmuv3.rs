@@ -478,6 +478,35 @@ fn nested_stage1_walk_translated_by_stage2() {
     assert_eq!(e.ipa(), l2 & !0xfff);
 }
 
+/// Nested: a stage-1 permission fault is reported before stage 2 of the output IPA is
+/// looked at (Arm ARM: AArch64.FullTranslate runs stage 2 only when stage 1 returned
+/// no fault). A read-only stage-1 page whose IPA stage 2 does not map: a write is a
+/// stage-1 F_PERMISSION, a read a stage-2 F_TRANSLATION naming the IPA.
+#[test]
+fn nested_stage1_permission_fault_comes_before_stage2_of_the_output() {
+    let mut r = Rig::new(SmmuV3Config::new(BASE));
+    r.linear();
+    // Stage 2 identity-maps IPAs 0..64 MiB; IPA 0x1_0000_0000 is not mapped.
+    let s2 = r.table(0x1000);
+    for b in 0..(RAM >> 21) {
+        r.map(s2, 512, L3, b << 21, 21, (b << 21) | S2_RW);
+    }
+    let s1 = r.table(0x1000);
+    r.map(s1, 512, L3, 0x7000, 12, 0x1_0000_0000 | S1_RO);
+    r.put(CDTAB, &cd(s1, 11));
+    let s = with_s2(s1_ste(CDTAB, 0, S1Fmt::Linear), Config::Nested, s2, 25, 4);
+    r.ste(9, &s);
+    assert_eq!(fault_code(r.dma(9, None, 0x7010, Access::Write)).0, 0x13);
+    let e = r.events()[0];
+    assert_eq!(e.event_type(), Some(EventType::FPermission));
+    assert!(!e.s2());
+    assert_eq!(fault_code(r.dma(9, None, 0x7010, Access::Read)).0, 0x10);
+    let e = r.events()[0];
+    assert!(e.s2());
+    // The event carries IPA[51:12].
+    assert_eq!(e.ipa(), 0x1_0000_0000);
+}
+
 #[test]
 fn two_level_stream_table_and_cd_table() {
     let mut r = Rig::new(SmmuV3Config::new(BASE));

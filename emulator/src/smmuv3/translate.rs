@@ -499,6 +499,13 @@ impl SmmuV3Unit {
                 (w.out, w.perms, w.shift)
             }
         };
+        // A stage-1 permission fault comes before stage 2 of the output IPA is looked
+        // at (Arm ARM: AArch64.FullTranslate runs the stage-2 translation only when
+        // AArch64.S1Translate, permission check included, returned no fault).
+        if s2ctx.is_some() && cd.is_some() && !allowed(p1) {
+            let ev = ctx.tr(EventType::FPermission, false, Class::In, 0);
+            return Err(Stop::Event(ev, s1_record));
+        }
         // Stage 2 of the output IPA.
         let (pa, p2, shift2) = match s2ctx {
             None => (ipa, Perms::RWX, 64),
