@@ -6,8 +6,8 @@
 //! build tables and to predict the outcome. Every address probed must get the same
 //! answer from both: the same output address and permissions, or the same fault kind
 //! (IO_PAGE_FAULT not present / reserved-bit, PAGE_TAB_HARDWARE_ERROR). Tables come
-//! from proptest (mapped with the generic `map`, then corrupted at random) and by hand
-//! (level skipping, NextLevel 7).
+//! from proptest (mapped with the generic `map`, then corrupted at random; v1, v2 and
+//! nested v2 over v1) and by hand (level skipping, NextLevel 7).
 
 use amdvi::format::{Gcr3Error, GuestV2, HostV1, V1Attrs};
 use amdvi::hw::dte::{DeviceTableEntry, Gcr3Entry, Glx, GuestPagingMode};

@@ -6,8 +6,8 @@
 //! tables and to predict the outcome. Every address probed must get the same answer
 //! from both: the same output address and permissions, or the same event (F_TRANSLATION,
 //! F_ADDR_SIZE, F_ACCESS, F_PERMISSION, F_WALK_EABT). Tables come from proptest (every
-//! granule, start level and output size, stage 1 and stage 2, mapped with the generic
-//! `map`, then corrupted at random) and by hand (concatenated stage-2 start tables, 64
+//! granule, start level and output size, stage 1, stage 2 and nested, mapped with the
+//! generic `map`, then corrupted at random) and by hand (concatenated stage-2 start tables, 64
 //! KiB blocks).
 
 use emulator::memory::SparseMemory;
