@@ -115,6 +115,15 @@ impl Rig {
         }
         panic!("leaf shift {leaf_shift} not in {shifts:?}");
     }
+    /// Stage-2 tables (4 KiB, 39-bit IPA, Arm levels 1–3) identity-mapping the RAM
+    /// with 2 MiB blocks, read/write; returns the root.
+    fn identity_stage2(&mut self) -> u64 {
+        let s2 = self.table(0x1000);
+        for b in 0..(RAM >> 21) {
+            self.map(s2, 512, L3, b << 21, 21, (b << 21) | S2_RW);
+        }
+        s2
+    }
     fn ctrl(&mut self, cr0: u32) {
         self.w32(regs::CR0, cr0);
         assert_eq!(self.r32(regs::CR0ACK), cr0, "CR0ACK follows CR0");
@@ -443,10 +452,7 @@ fn nested_stage1_walk_translated_by_stage2() {
     r.linear();
     // Stage 2 identity-maps the IPA window 0..64 MiB with 2 MiB blocks, except that IPA
     // window 0x1000_0000.. holds the stage-1 tables and CD at other PAs.
-    let s2 = r.table(0x1000);
-    for b in 0..(RAM >> 21) {
-        r.map(s2, 512, L3, b << 21, 21, (b << 21) | S2_RW);
-    }
+    let s2 = r.identity_stage2();
     let s1 = r.table(0x1000);
     let ipa_ttb = 0x1000_0000u64;
     r.map(s2, 512, L3, ipa_ttb, 12, s1 | S2_RW);
@@ -487,10 +493,7 @@ fn nested_stage1_permission_fault_comes_before_stage2_of_the_output() {
     let mut r = Rig::new(SmmuV3Config::new(BASE));
     r.linear();
     // Stage 2 identity-maps IPAs 0..64 MiB; IPA 0x1_0000_0000 is not mapped.
-    let s2 = r.table(0x1000);
-    for b in 0..(RAM >> 21) {
-        r.map(s2, 512, L3, b << 21, 21, (b << 21) | S2_RW);
-    }
+    let s2 = r.identity_stage2();
     let s1 = r.table(0x1000);
     r.map(s1, 512, L3, 0x7000, 12, 0x1_0000_0000 | S1_RO);
     r.put(CDTAB, &cd(s1, 11));

@@ -170,6 +170,32 @@ fn expect(f: &Vmsa, mem: &dyn PhysMem, root: u64, iova: u64) -> Got {
     }
 }
 
+/// A valid AArch64 CD with TTB0 of granule `g`, `t0sz`, IPS `ips`, TTB1 off, faults
+/// recorded, ASID 3.
+fn s1_cd(g: Granule, t0sz: u64, ips: u64) -> Cd {
+    let mut cd = Cd::default();
+    cd.set_v(true);
+    cd.set_t0sz(t0sz);
+    cd.set_tg0(g);
+    cd.set_ips(ips);
+    cd.set_epd1(true);
+    cd.set_aa64(true);
+    cd.set_r(true);
+    cd.set_asid(3);
+    cd
+}
+
+/// A valid STE of `config` with the linear CD table at CDTAB (one CD).
+fn s1_ste(config: Config) -> Ste {
+    let mut s = Ste::default();
+    s.set_v(true);
+    s.set_config(config);
+    s.set_s1_context_ptr(CDTAB);
+    s.set_s1fmt(S1Fmt::Linear);
+    s.set_s1dss(S1Dss::Ssid0);
+    s
+}
+
 /// Descriptor bits a corruption flips: valid, table/page, AP/S2AP, AF, low address
 /// bits (16: nT in a block), OA\[49:48\], a high address bit, upper attributes.
 fn mask() -> impl Strategy<Value = u64> {
@@ -238,16 +264,8 @@ proptest! {
         extra in prop::collection::vec(any::<u64>(), 8),
     ) {
         let mut env = Env::new(if oas52 { 52 } else { 48 });
-        let mut cd = Cd::default();
-        cd.set_v(true);
-        cd.set_t0sz(t0sz);
-        cd.set_tg0(g);
-        cd.set_ips(ips);
-        cd.set_epd1(true);
-        cd.set_aa64(true);
+        let mut cd = s1_cd(g, t0sz, ips);
         cd.set_affd(affd);
-        cd.set_r(true);
-        cd.set_asid(3);
         let f = Vmsa::from_cd(&env.caps(), &cd).unwrap();
         let ia = 64 - t0sz as u32;
         let window = ia.min(36);
@@ -257,12 +275,7 @@ proptest! {
         corrupt(&mut env.mem, &tables, 1024, 2, &muts);
         cd.set_ttb0(root);
         env.mem.write(PhysAddr(CDTAB), cd.as_bytes()).unwrap();
-        let mut s = Ste::default();
-        s.set_v(true);
-        s.set_config(Config::S1Trans);
-        s.set_s1_context_ptr(CDTAB);
-        s.set_s1fmt(S1Fmt::Linear);
-        s.set_s1dss(S1Dss::Ssid0);
+        let s = s1_ste(Config::S1Trans);
         env.ste(&s);
         let extra: Vec<u64> = extra.iter().map(|a| a & ((1u64 << window) - 1)).collect();
         for iova in probes(&maps, &extra) {
@@ -425,12 +438,7 @@ proptest! {
             let w = if read_only.contains(&b) { 0 } else { 1 << 7 };
             env.mem.write_u64(PhysAddr(l2 + 8 * b), b << 21 | 1 << 10 | 1 << 6 | w | 0b01).unwrap();
         }
-        let mut s = Ste::default();
-        s.set_v(true);
-        s.set_config(Config::Nested);
-        s.set_s1_context_ptr(CDTAB);
-        s.set_s1fmt(S1Fmt::Linear);
-        s.set_s1dss(S1Dss::Ssid0);
+        let mut s = s1_ste(Config::Nested);
         s.set_s2vmid(4);
         s.set_s2t0sz(25);
         s.set_s2sl0(1);
@@ -440,15 +448,7 @@ proptest! {
         s.set_s2r(true);
         s.set_s2ttb(l1);
         let f2 = Vmsa::from_ste(&env.caps(), &s).unwrap();
-        let mut cd = Cd::default();
-        cd.set_v(true);
-        cd.set_t0sz(t0sz);
-        cd.set_tg0(g);
-        cd.set_ips(5);
-        cd.set_epd1(true);
-        cd.set_aa64(true);
-        cd.set_r(true);
-        cd.set_asid(3);
+        let mut cd = s1_cd(g, t0sz, 5);
         let f1 = Vmsa::from_cd(&env.caps(), &cd).unwrap();
         let window = (64 - t0sz as u32).min(36);
         // Stage-1 outputs (IPAs) inside the 64 MiB stage 2 maps, mostly.
@@ -579,22 +579,10 @@ fn hand_written_64k_blocks_agree() {
     w(&mut env, l3 + 8 * 9, 0x77_0000 | s1_rw | 1 << 7 | 0b11);
     // A 512 MiB block with RES0 address bits (bit 20) set: refused.
     w(&mut env, root + 8 * 5, 0x4_0010_0000 | s1_rw | 0b01);
-    let mut cd = Cd::default();
-    cd.set_v(true);
-    cd.set_t0sz(22);
-    cd.set_tg0(Granule::K64);
-    cd.set_ips(6);
-    cd.set_epd1(true);
-    cd.set_aa64(true);
-    cd.set_r(true);
+    let mut cd = s1_cd(Granule::K64, 22, 6);
     cd.set_ttb0(root);
     env.mem.write(PhysAddr(CDTAB), cd.as_bytes()).unwrap();
-    let mut s = Ste::default();
-    s.set_v(true);
-    s.set_config(Config::S1Trans);
-    s.set_s1_context_ptr(CDTAB);
-    s.set_s1fmt(S1Fmt::Linear);
-    s.set_s1dss(S1Dss::Ssid0);
+    let s = s1_ste(Config::S1Trans);
     env.ste(&s);
     let f = Vmsa::from_cd(&env.caps(), &cd).unwrap();
     let cases = [
