@@ -32,6 +32,7 @@ use crate::memory::{
     MemoryConfigError, PageValidity, PageView, SparseMemory, PAGE_SIZE, VALID_WORDS,
 };
 use crate::model::{IommuModel, RegisterValue, UnitKind};
+use crate::smmuv3::{SmmuV3RestoreError, SmmuV3Unit};
 use crate::vtd::{VtdRestoreError, VtdUnit};
 use iommu_core::image::{
     check_devices, check_in_ram, check_segments, DeviceEntry, LayoutError, LoadSegment,
@@ -449,6 +450,8 @@ pub enum RestoreError {
     Vtd(VtdRestoreError),
     /// The AMD-Vi model refused the register values.
     AmdVi(AmdViRestoreError),
+    /// The SMMUv3 model refused the register values.
+    Smmuv3(SmmuV3RestoreError),
     /// Another model refused the register values.
     Invalid(String),
 }
@@ -459,6 +462,7 @@ impl fmt::Display for RestoreError {
             RestoreError::Unsupported => f.write_str("the emulator has no model of this kind"),
             RestoreError::Vtd(e) => write!(f, "{e}"),
             RestoreError::AmdVi(e) => write!(f, "{e}"),
+            RestoreError::Smmuv3(e) => write!(f, "{e}"),
             RestoreError::Invalid(why) => f.write_str(why),
         }
     }
@@ -490,7 +494,7 @@ where
 }
 
 /// The emulator's own models: VT-d units are rebuilt with [`VtdUnit::restore`], AMD-Vi
-/// units with [`AmdViUnit::restore`]; SMMUv3 has no model yet.
+/// units with [`AmdViUnit::restore`], SMMUv3 units with [`SmmuV3Unit::restore`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BuiltinModels;
 
@@ -510,7 +514,10 @@ impl UnitRestorer for BuiltinModels {
                 Ok(unit) => Ok(Box::new(unit)),
                 Err(e) => Err(RestoreError::AmdVi(e)),
             },
-            UnitKind::Smmuv3 => Err(RestoreError::Unsupported),
+            UnitKind::Smmuv3 => match SmmuV3Unit::restore(mmio_base, regs) {
+                Ok(unit) => Ok(Box::new(unit)),
+                Err(e) => Err(RestoreError::Smmuv3(e)),
+            },
         }
     }
 }

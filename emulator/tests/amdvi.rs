@@ -756,3 +756,153 @@ fn base_register_written_while_enabled_is_flagged() {
         .iter()
         .any(|s| s.contains("Command Head written while CmdBufRun=1")));
 }
+
+/// Nested translation: a DTE with GV=1 and Mode 3 (host v1 tables). The host tables
+/// map GPA 0..4 MiB to SPA 0x100_0000.. (RW), GPA 4..6 MiB read-only to SPA
+/// 0x140_0000, and leave GPA 6..8 MiB unmapped. The GCR3 table (GPA 0x1000) and the
+/// guest x86 tables (GPA 0x2000..) live at GPAs; GVA 0x7000 maps to GPA 0x20_0000,
+/// GVA 0x8000 to GPA 0x60_0000 (host hole), GVA 0x9000 to GPA 0x40_0000 (host
+/// read-only), and the guest L1 table of GVA 0x40_0000 sits at GPA 0x70_0000 (host
+/// hole).
+fn nested_setup(r: &mut Rig) {
+    use amdvi::hw::dte::{Glx, GuestPagingMode, Mode};
+    use amdvi::hw::pte::{V2_A, V2_D, V2_P, V2_RW, V2_US};
+    let spa = |gpa: u64| 0x100_0000 + gpa;
+    let (h3, h2) = (0x68_0000u64, 0x68_1000u64);
+    r.table(h3);
+    r.table(h2);
+    r.mem(h3, v1_pde(h2, 2));
+    r.mem(h2, 0x100_0000 | pte::PR | pte::IR | pte::IW);
+    r.mem(h2 + 8, 0x120_0000 | pte::PR | pte::IR | pte::IW);
+    r.mem(h2 + 16, 0x140_0000 | pte::PR | pte::IR);
+    for gpa in [0x1000, 0x2000, 0x3000, 0x4000, 0x5000] {
+        r.table(spa(gpa));
+    }
+    let tbl = V2_P | V2_RW | V2_US | V2_A;
+    r.mem(spa(0x1000), 0x2000 | 1); // GCR3[0]: guest root at GPA 0x2000
+    r.mem(spa(0x2000), 0x3000 | tbl);
+    r.mem(spa(0x3000), 0x4000 | tbl);
+    r.mem(spa(0x4000), 0x5000 | tbl);
+    r.mem(spa(0x4000) + 2 * 8, 0x70_0000 | tbl);
+    r.mem(spa(0x5000) + 7 * 8, 0x20_0000 | tbl | V2_D);
+    r.mem(spa(0x5000) + 8 * 8, 0x60_0000 | tbl | V2_D);
+    r.mem(spa(0x5000) + 9 * 8, 0x40_0000 | tbl | V2_D);
+    let mut d = DeviceTableEntry::blocking(DOM);
+    d.set_bit(bits::IR, true);
+    d.set_bit(bits::IW, true);
+    d.set_guest(0x1000, Glx::One, true, GuestPagingMode::Level4);
+    d.set_mode(Mode::Levels(3));
+    d.set_page_table_root(h3);
+    r.dte(DEVTAB, DEV, d);
+}
+
+#[test]
+fn nested_v2_over_v1_translates_guest_tables_and_output_through_the_host() {
+    let mut r = rig();
+    r.w(regs::CONTROL, ctl_on() | field_mask(regs::CONTROL::GT_EN));
+    nested_setup(&mut r);
+    // GVA 0x7010 -> GPA 0x20_0010 -> SPA 0x120_0010.
+    r.write(0x7010, &0x77u64.to_le_bytes()).unwrap();
+    assert_eq!(r.peek(0x120_0010), 0x77);
+    assert_eq!(r.read(0x7010).unwrap(), 0x77);
+    // GVA 0x9000 -> GPA 0x40_0000, host read-only: reads go, writes fault.
+    r.mem(0x140_0000, 0x99);
+    assert_eq!(r.read(0x9000).unwrap(), 0x99);
+    assert_eq!(fault_code(r.write(0x9000, &[0; 8]).unwrap_err()), 2);
+    let ev = r.events();
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].flags().has(EventFlags::PE) && ev[0].flags().has(EventFlags::RW));
+}
+
+#[test]
+fn nested_host_faults_name_the_gpa_without_gn() {
+    let mut r = rig();
+    r.w(regs::CONTROL, ctl_on() | field_mask(regs::CONTROL::GT_EN));
+    nested_setup(&mut r);
+    // The guest output GPA 0x60_0000 is not mapped by the host.
+    assert_eq!(fault_code(r.read(0x8000).unwrap_err()), 2);
+    // A guest table (the L1 of GVA 0x40_0000) at a GPA the host does not map.
+    assert_eq!(fault_code(r.read(0x40_0000).unwrap_err()), 2);
+    let ev = r.events();
+    assert_eq!(ev.len(), 2);
+    for (e, gpa) in ev.iter().zip([0x60_0000u64, 0x70_0000]) {
+        assert_eq!(e.code_bits(), EventCode::IoPageFault.bits());
+        let f = e.flags();
+        assert!(!f.has(EventFlags::GN) && !f.has(EventFlags::PR), "{f:?}");
+        assert_eq!(e.pasid(), DOM as u32, "tagged with the DomainID");
+        assert_eq!(e.address() & !0xfff, gpa);
+    }
+}
+
+#[test]
+fn nested_translation_needs_a_mode_within_efr_hats() {
+    let mut r = rig();
+    r.w(regs::CONTROL, ctl_on() | field_mask(regs::CONTROL::GT_EN));
+    nested_setup(&mut r);
+    // Mode 5 on a unit with HATS = 0 (4 levels): an illegal DTE.
+    let at = |i: u64| DEVTAB + DEV as u64 * 32 + 8 * i;
+    let mut d =
+        DeviceTableEntry::from_qwords([r.peek(at(0)), r.peek(at(1)), r.peek(at(2)), r.peek(at(3))]);
+    d.set_mode(amdvi::hw::dte::Mode::Levels(5));
+    r.dte(DEVTAB, DEV, d);
+    assert_eq!(fault_code(r.read(0x7000).unwrap_err()), 1);
+    assert_eq!(
+        r.events()[0].code_bits(),
+        EventCode::IllegalDevTableEntry.bits()
+    );
+}
+
+/// Each base register written in the state the specification calls undefined is
+/// flagged: Device Table Base while IommuEn=1; Command Buffer Base while CmdBufRun=1
+/// and Event Log Base while EventLogRun=1 (VirtualBox quotes AMD 48882: "CmdBufRun must
+/// be 0b to modify the command buffer registers", and the Event Log Base Address
+/// Register is undefined to write while event logging runs). The same writes with the
+/// unit stopped are not flagged.
+#[test]
+fn each_base_register_written_while_running_is_flagged() {
+    let cases = [
+        (
+            regs::DEV_TAB_BASE,
+            DEVTAB,
+            "Device Table Base written while IommuEn=1",
+        ),
+        (
+            regs::CMD_BUF_BASE,
+            CMD | (8 << 56),
+            "Command Buffer Base written while CmdBufRun=1",
+        ),
+        (
+            regs::EVT_LOG_BASE,
+            EVT | (8 << 56),
+            "Event Log Base written while EventLogRun=1",
+        ),
+    ];
+    for (reg, value, msg) in cases {
+        let mut r = rig();
+        let n = r.m.unit(BASE).unwrap().diagnostics().len();
+        r.w(reg, value);
+        let d = r.m.unit(BASE).unwrap().diagnostics().to_vec();
+        assert_eq!(d.len(), n + 1, "{msg}");
+        assert!(d[n].contains(msg), "{}", d[n]);
+        // Stopped (IommuEn=0, so no ring runs either): the same write is defined.
+        let mut r = rig();
+        r.w(regs::CONTROL, 0);
+        let n = r.m.unit(BASE).unwrap().diagnostics().len();
+        r.w(reg, value);
+        assert_eq!(
+            r.m.unit(BASE).unwrap().diagnostics().len(),
+            n,
+            "{msg} flagged when stopped"
+        );
+    }
+    // CmdBufEn and EventLogEn set while IommuEn=0: the rings do not run, the bases may
+    // be written (the Run bits, not the enables, decide).
+    let mut r = rig();
+    let en =
+        field_value(regs::CONTROL::EVENT_LOG_EN, 1) | field_value(regs::CONTROL::CMD_BUF_EN, 1);
+    r.w(regs::CONTROL, en);
+    let n = r.m.unit(BASE).unwrap().diagnostics().len();
+    r.w(regs::CMD_BUF_BASE, CMD | (8 << 56));
+    r.w(regs::EVT_LOG_BASE, EVT | (8 << 56));
+    assert_eq!(r.m.unit(BASE).unwrap().diagnostics().len(), n);
+}

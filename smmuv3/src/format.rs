@@ -591,12 +591,16 @@ impl Vmsa {
 
     fn leaf(&self, raw: u64, shift: u32, block: bool, checked: bool) -> Result<Entry, EntryError> {
         let base = if checked {
+            // The output address is checked first: the Arm ARM's walk (AArch64.S1Walk,
+            // AArch64.S2Walk) reports an Address size fault from the walk, and the
+            // Access flag is checked only after the walk returned a descriptor.
+            let base = self.check_addr(raw, shift, block)?;
             if self.af_fault && raw & AF == 0 {
                 return Err(EntryError {
                     reason: "VMSAv8-64 leaf: access flag (AF, bit 10) 0 without AFFD or hardware update: F_ACCESS",
                 });
             }
-            self.check_addr(raw, shift, block)?
+            base
         } else {
             self.desc_addr(raw) & !((1u64 << shift) - 1)
         };

@@ -2,6 +2,8 @@
 //!
 //! Layout follows the VT-d model: [`mmio`] holds the register file, [`cache`] the
 //! device-table cache and the DomainID-tagged IOTLB, [`translate`] the DMA path,
+//! [`walk`] the model's own page-table walker (it shares only `amdvi::hw` with the
+//! driver side),
 //! [`cmd`] the command buffer and [`event`] the event log. Behaviour follows
 //! `shared/reference/amdvi.md` (which names Linux, Xen, QEMU, VirtualBox and FreeBSD);
 //! where QEMU's `amd_iommu.c` is laxer than the specification the model follows the
@@ -12,6 +14,7 @@ mod cmd;
 mod event;
 mod mmio;
 mod translate;
+mod walk;
 
 use crate::model::{
     DmaError, DmaRequest, FaultEvent, IommuModel, RegisterValue, Translated, UnitKind,
@@ -30,6 +33,10 @@ pub struct AmdViConfig {
     pub efr: u64,
     /// DeviceIDs (requester IDs) behind this unit, as the IVHD device entries give them.
     pub device_ids: RangeInclusive<u16>,
+    /// The SME C-bit position (CPUID 0x8000001F EBX\[5:0\]) when memory encryption is
+    /// active, `None` otherwise: the walker masks it out of every table pointer and
+    /// page address (reference §7, Linux `__sme_clr`).
+    pub c_bit: Option<u8>,
 }
 
 impl AmdViConfig {
@@ -43,7 +50,14 @@ impl AmdViConfig {
             base,
             efr,
             device_ids: 0..=u16::MAX,
+            c_bit: None,
         }
+    }
+
+    /// The same unit with the SME C-bit at `bit` (or none).
+    pub fn with_c_bit(mut self, bit: Option<u8>) -> Self {
+        self.c_bit = bit;
+        self
     }
 
     /// The same unit with DeviceIDs `range` only.

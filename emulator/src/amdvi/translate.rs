@@ -3,18 +3,22 @@
 //! DTE semantics follow `shared/reference/amdvi.md` §6: V=0 forwards every address
 //! untranslated; V=1 with TV=0 target-aborts the request; TV=1 with Mode 0 does not
 //! translate but still applies IR/IW; Mode 1–6 walks host (v1) tables; GV=1 (with a
-//! PASID, or GIoV without) walks the guest (v2) tables found through the GCR3 table.
+//! PASID, or GIoV without) walks the guest (v2) tables found through the GCR3 table;
+//! with GV=1 and Mode 1–6 the translation is nested: the GCR3 table, every guest table
+//! and the guest output are GPAs, each translated through the host (v1) tables. A
+//! host-table fault of a nested walk is an IO_PAGE_FAULT with GN=0, the DomainID and
+//! the GPA (the reference names no layout for it; the model's choice).
 
 use super::cache::IotlbEntry;
+use super::walk;
 use super::AmdViUnit;
 use crate::model::{Access, DmaError, DmaRequest, Translated};
-use amdvi::format::{Gcr3Error, GuestV2, HostV1};
 use amdvi::hw::dte::{DeviceTableEntry, Mode};
 use amdvi::hw::event::{EventCode, EventEntry, EventFlags};
 use amdvi::hw::regs::{self, field_mask};
 use iommu_core::mem::{MemError, PhysMem};
-use iommu_core::pgtable::{translate, Format, Outcome, Perms, WalkErrorKind};
-use iommu_core::{Iova, PageSize, PhysAddr};
+use iommu_core::pgtable::Perms;
+use iommu_core::{PageSize, PhysAddr};
 
 /// Read and write, nothing else: what untranslated DMA gets.
 const RW: Perms = Perms {
@@ -93,11 +97,11 @@ impl AmdViUnit {
         if regs::host_levels(self.cfg.efr).map_or(true, |max| levels > max) {
             return Err(self.illegal_dte(mem, req, devid, "Mode beyond EFR.HATS"));
         }
-        let Ok(format) = HostV1::from_dte(&dte) else {
-            return Err(self.illegal_dte(mem, req, devid, "DTE refused by the v1 format"));
-        };
-        let root = dte.page_table_root();
-        self.walk(mem, req, devid, &dte, &format, root, None, dte_perms)
+        let (root, c_bit) = (dte.page_table_root(), self.cfg.c_bit);
+        self.walk(mem, req, devid, &dte, None, dte_perms, |mem| {
+            let mut read = plain(mem);
+            walk::v1(&mut read, root, levels, iova, c_bit).map_err(|f| (f, None))
+        })
     }
 
     fn translate_guest(
@@ -111,51 +115,75 @@ impl AmdViUnit {
         if !self.regs.ctl(regs::CONTROL::GT_EN) || regs::EFR::GT_SUP.read(self.cfg.efr) == 0 {
             return Err(self.illegal_dte(mem, req, devid, "GV=1 without Control.GTEn / EFR.GTSup"));
         }
-        // Nested translation (guest tables holding GPAs under host Mode 1-6) is not
-        // modelled; refuse it rather than translate it wrongly.
-        if dte.mode() != Mode::Disabled {
-            self.diag(format!(
-                "DeviceID {devid:#06x}: nested v2-over-v1 translation is not modelled"
-            ));
-            return Err(self.illegal_dte(mem, req, devid, "nested translation not modelled"));
+        let Some(glevels) = dte.guest_paging_mode().levels() else {
+            return Err(self.illegal_dte(mem, req, devid, "GuestPagingMode 2 or 3 is reserved"));
+        };
+        if regs::guest_levels(self.cfg.efr).map_or(true, |max| glevels > max) {
+            return Err(self.illegal_dte(mem, req, devid, "GuestPagingMode beyond EFR.GATS"));
         }
-        let Ok(format) = GuestV2::from_dte(dte) else {
-            return Err(self.illegal_dte(mem, req, devid, "DTE refused by the v2 format"));
+        // Nested translation (DTE Mode 1-6 with GV=1): the GCR3 table pointer, the
+        // GCR3 entries and every guest table pointer are GPAs, and so is the guest
+        // walk's output; each is translated through the host (v1) tables of Mode
+        // levels (reference §6 GV/Mode, §7.2). Mode 0: they are SPAs.
+        let host = match dte.mode() {
+            Mode::Disabled => None,
+            Mode::Levels(n) => {
+                if regs::host_levels(self.cfg.efr).map_or(true, |max| n > max) {
+                    return Err(self.illegal_dte(mem, req, devid, "Mode beyond EFR.HATS"));
+                }
+                Some((dte.page_table_root(), n))
+            }
+            Mode::Reserved => {
+                return Err(self.illegal_dte(mem, req, devid, "DTE Mode 7 is reserved"));
+            }
         };
         // Requests without a PASID use PASID 0's tables when GIoV=1 (§6).
         let pasid = req.pasid.map_or(0, |p| p.0);
-        match format.gcr3_lookup(dte, &*mem, pasid) {
-            Ok(root) => self.walk(
-                mem,
-                req,
-                devid,
-                dte,
-                &format,
-                root.0,
-                Some(pasid),
-                dte_perms,
-            ),
-            Err(Gcr3Error::Mem(e)) => {
-                Err(self.table_hw_error(mem, req, devid, dte, dte.gcr3_root(), e))
+        let Some(top) = walk::gcr3_top(dte, pasid) else {
+            return Err(self.illegal_dte(mem, req, devid, "GCR3 table: GLX 3 or PASID too wide"));
+        };
+        let (iova, c_bit, d) = (req.iova.0, self.cfg.c_bit, *dte);
+        self.walk(mem, req, devid, dte, Some(pasid), dte_perms, |mem| {
+            let mut host_fail = None;
+            let r = {
+                let mut read = guest_reader(mem, host, c_bit, &mut host_fail);
+                walk::gcr3(&mut read, &d, top, pasid, c_bit)
+                    .and_then(|root| walk::v2(&mut read, root, glevels, iova, c_bit))
+            };
+            let r = r.map_err(|f| (f, host_fail));
+            // The guest output is a GPA: translate it through the host tables.
+            match (r, host) {
+                (Ok(g), Some((hroot, hlevels))) => {
+                    let mut read = plain(mem);
+                    match walk::v1(&mut read, hroot, hlevels, g.pa, c_bit) {
+                        Ok(h) => Ok(walk::Leaf {
+                            pa: h.pa,
+                            read: g.read && h.read,
+                            write: g.write && h.write,
+                            shift: g.shift.min(h.shift),
+                        }),
+                        Err(f) => Err((f, Some(g.pa))),
+                    }
+                }
+                (r, _) => r,
             }
-            Err(Gcr3Error::NotPresent { .. }) => {
-                Err(self.page_fault(mem, req, devid, dte, Some(pasid), Why::NotPresent))
-            }
-            Err(_) => Err(self.illegal_dte(mem, req, devid, "GCR3 table refused")),
-        }
+        })
     }
 
+    /// The IOTLB, then `walk_fn` on a miss: fills the IOTLB and applies the access
+    /// check, or reports the walk's fault. A fault with a GPA happened in the host
+    /// tables of a nested walk: IO_PAGE_FAULT with GN=0, the DomainID and the GPA (the
+    /// model's choice; the reference names no layout for it).
     #[allow(clippy::too_many_arguments)]
-    fn walk<F: Format>(
+    fn walk(
         &mut self,
         mem: &mut dyn PhysMem,
         req: &DmaRequest,
         devid: u16,
         dte: &DeviceTableEntry,
-        format: &F,
-        root: u64,
         pasid: Option<u32>,
         dte_perms: Perms,
+        walk_fn: impl FnOnce(&dyn PhysMem) -> Result<walk::Leaf, (walk::Fault, Option<u64>)>,
     ) -> Result<Translated, DmaError> {
         let iova = req.iova.0;
         let domain = dte.domain_id();
@@ -167,64 +195,50 @@ impl AmdViUnit {
             };
             return self.check(mem, req, devid, dte, t);
         }
-        let t = match translate(format, &*mem, PhysAddr(root), Iova(iova)) {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(match e.kind {
-                    WalkErrorKind::Memory(m) => {
-                        let at = if e.index == iommu_core::pgtable::WalkError::ROOT {
-                            root
-                        } else {
-                            e.table.0 + 8 * e.index as u64
-                        };
-                        self.table_hw_error(mem, req, devid, dte, at, m)
-                    }
-                    _ => self.page_fault(mem, req, devid, dte, pasid, Why::Reserved),
-                })
+        let leaf = match walk_fn(&*mem) {
+            Ok(l) => l,
+            Err((walk::Fault::Memory { at, error }, _)) => {
+                return Err(self.table_hw_error(mem, req, devid, dte, at, error))
+            }
+            Err((f, gpa)) => {
+                let why = match f {
+                    walk::Fault::NotPresent => Why::NotPresent,
+                    walk::Fault::Permission => Why::Permission,
+                    _ => Why::Reserved,
+                };
+                return Err(match gpa {
+                    Some(gpa) => self.page_fault_at(mem, req, devid, dte, None, why, gpa),
+                    None => self.page_fault(mem, req, devid, dte, pasid, why),
+                });
             }
         };
-        match t.outcome {
-            Outcome::Mapped {
-                pa,
+        let perms = Perms {
+            read: leaf.read && dte_perms.read,
+            write: leaf.write && dte_perms.write,
+            exec: false,
+        };
+        let size = 1u64 << leaf.shift;
+        let off = iova & (size - 1);
+        self.caches.fill(IotlbEntry {
+            domain,
+            pasid,
+            iova: iova - off,
+            size,
+            pa: leaf.pa - off,
+            perms,
+        });
+        let page_size = PageSize::from_shift(leaf.shift).unwrap_or(PageSize::SIZE_4K);
+        self.check(
+            mem,
+            req,
+            devid,
+            dte,
+            Translated {
+                pa: PhysAddr(leaf.pa),
                 perms,
                 page_size,
-            } => {
-                let perms = Perms {
-                    read: perms.read && dte_perms.read,
-                    write: perms.write && dte_perms.write,
-                    exec: false,
-                };
-                let size = page_size.bytes();
-                let off = iova & (size - 1);
-                self.caches.fill(IotlbEntry {
-                    domain,
-                    pasid,
-                    iova: iova - off,
-                    size,
-                    pa: pa.0 - off,
-                    perms,
-                });
-                self.check(
-                    mem,
-                    req,
-                    devid,
-                    dte,
-                    Translated {
-                        pa,
-                        perms,
-                        page_size,
-                    },
-                )
-            }
-            Outcome::NotPresent { .. } | Outcome::BeyondInputWidth { .. } => {
-                Err(self.page_fault(mem, req, devid, dte, pasid, Why::NotPresent))
-            }
-            // Address bits a level-skipping PDE skips must be zero (reference §7.1,
-            // unconfirmed): treated as a bad-level entry (RZ).
-            Outcome::SkippedBitsSet { .. } => {
-                Err(self.page_fault(mem, req, devid, dte, pasid, Why::Reserved))
-            }
-        }
+            },
+        )
     }
 
     /// Applies the access check to a translation (IR for reads, IW for writes).
@@ -334,6 +348,21 @@ impl AmdViUnit {
         pasid: Option<u32>,
         why: Why,
     ) -> DmaError {
+        self.page_fault_at(mem, req, devid, dte, pasid, why, req.iova.0)
+    }
+
+    /// An IO_PAGE_FAULT about address `addr` (the DVA, or a GPA of a nested walk).
+    #[allow(clippy::too_many_arguments)]
+    fn page_fault_at(
+        &mut self,
+        mem: &mut dyn PhysMem,
+        req: &DmaRequest,
+        devid: u16,
+        dte: &DeviceTableEntry,
+        pasid: Option<u32>,
+        why: Why,
+        addr: u64,
+    ) -> DmaError {
         let mut f = rw_flag(req).0;
         f |= match why {
             Why::NotPresent => 0,
@@ -352,13 +381,7 @@ impl AmdViUnit {
         let recorded = if dte.suppress_all() || dte.suppress_events() {
             false
         } else {
-            let entry = EventEntry::new(
-                EventCode::IoPageFault,
-                devid,
-                tag,
-                EventFlags(f),
-                req.iova.0,
-            );
+            let entry = EventEntry::new(EventCode::IoPageFault, devid, tag, EventFlags(f), addr);
             self.log_event(mem, entry)
         };
         self.fault(req, 2, "IO_PAGE_FAULT", recorded)
@@ -416,5 +439,42 @@ fn identity(iova: u64, perms: Perms) -> Translated {
         pa: PhysAddr(iova),
         perms,
         page_size: PageSize::SIZE_4K,
+    }
+}
+
+/// Reads 8-byte table entries from system memory.
+fn plain(mem: &dyn PhysMem) -> impl FnMut(u64) -> Result<u64, walk::Fault> + '_ {
+    move |at| {
+        mem.read_u64(PhysAddr(at))
+            .map_err(|error| walk::Fault::Memory { at, error })
+    }
+}
+
+/// Reads guest structures: at their address directly (no host tables), or at the SPA
+/// the host (v1) tables `host` give the GPA (read permission needed); a host-table
+/// fault records the GPA in `host_fail`.
+fn guest_reader<'a>(
+    mem: &'a dyn PhysMem,
+    host: Option<(u64, u8)>,
+    c_bit: Option<u8>,
+    host_fail: &'a mut Option<u64>,
+) -> impl FnMut(u64) -> Result<u64, walk::Fault> + 'a {
+    move |gpa| {
+        let mut read = plain(mem);
+        let Some((root, levels)) = host else {
+            return read(gpa);
+        };
+        match walk::v1(&mut read, root, levels, gpa, c_bit) {
+            Ok(h) if h.read => read(h.pa),
+            Ok(_) => {
+                *host_fail = Some(gpa);
+                Err(walk::Fault::Permission)
+            }
+            Err(f @ walk::Fault::Memory { .. }) => Err(f),
+            Err(f) => {
+                *host_fail = Some(gpa);
+                Err(f)
+            }
+        }
     }
 }

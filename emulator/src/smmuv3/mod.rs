@@ -1,5 +1,6 @@
-//! A strict model of an Arm SMMUv3 (IHI0070), built on the layouts of [`smmuv3::hw`] and
-//! the VMSAv8-64 formats of [`smmuv3::format`].
+//! A strict model of an Arm SMMUv3 (IHI0070), built on the layouts of [`smmuv3::hw`]
+//! only, with a VMSAv8-64 table walker of its own (`walk`, from the Arm ARM), so that
+//! it can referee the driver side's `smmuv3::format`.
 //!
 //! The model implements:
 //!
@@ -28,13 +29,18 @@
 //! F_CD_FETCH, F_WALK_EABT); a fetch from poisoned memory is [`DmaError::Memory`], never
 //! a silent zero. Not modelled: stalls (IDR0.STALL_MODEL = 1, terminate only, so CD.S and
 //! STE.S2S are ILLEGAL), the PRI queue, ATS, AArch32 tables, TTB1, hypervisor (EL2)
-//! streams, secure state, and snapshots of SMMUv3 units.
+//! streams and secure state. Snapshots save the registers and rebuild the unit with
+//! [`SmmuV3Unit::restore`] (the `iommu-map` is not register state).
 
 mod cache;
 mod cmdq;
 mod eventq;
 mod mmio;
+mod restore;
 mod translate;
+mod walk;
+
+pub use restore::SmmuV3RestoreError;
 
 use crate::model::{
     DmaError, DmaRequest, FaultEvent, IommuModel, RegisterValue, Translated, UnitKind,
@@ -42,10 +48,10 @@ use crate::model::{
 use cache::Caches;
 use iommu_core::mem::PhysMem;
 use iommu_core::{PhysAddr, RequesterId};
-use smmuv3::format::Caps;
 use smmuv3::hw::pa_size_enc;
 use smmuv3::hw::regs::{self, IDR0, IDR1, IDR5};
 use std::fmt;
+use walk::Caps;
 
 /// Maximum number of diagnostics kept; later ones are counted, not stored.
 const MAX_DIAGNOSTICS: usize = 10_000;
@@ -243,15 +249,10 @@ impl SmmuV3Config {
     }
 
     fn caps(&self) -> Caps {
-        // The IDR5 built above always holds a defined OAS encoding (checked in `check`).
-        Caps::from_idr(self.idr0(), self.idr5()).unwrap_or(Caps {
-            oas_bits: 48,
-            gran4k: self.gran4k,
-            gran16k: self.gran16k,
-            gran64k: self.gran64k,
-            vax: false,
-            aarch32: false,
-        })
+        Caps {
+            oas_bits: self.oas_bits,
+            gran: [self.gran4k, self.gran16k, self.gran64k],
+        }
     }
 }
 
@@ -448,40 +449,6 @@ impl IommuModel for SmmuV3Unit {
     }
 
     fn save_registers(&self) -> Vec<RegisterValue> {
-        let r = &self.regs;
-        let c = &self.cfg;
-        let w4 = |offset, value: u32| RegisterValue {
-            offset,
-            width: 4,
-            value: value as u64,
-        };
-        let w8 = |offset, value| RegisterValue {
-            offset,
-            width: 8,
-            value,
-        };
-        vec![
-            w4(regs::IDR0, c.idr0()),
-            w4(regs::IDR1, c.idr1()),
-            w4(regs::IDR3, c.idr3()),
-            w4(regs::IDR5, c.idr5()),
-            w4(regs::CR0, r.cr0),
-            w4(regs::CR0ACK, r.cr0ack),
-            w4(regs::CR1, r.cr1),
-            w4(regs::CR2, r.cr2),
-            w4(regs::GBPA, r.gbpa),
-            w4(regs::IRQ_CTRL, r.irq_ctrl),
-            w4(regs::IRQ_CTRLACK, r.irq_ctrlack),
-            w4(regs::GERROR, r.gerror),
-            w4(regs::GERRORN, r.gerrorn),
-            w8(regs::STRTAB_BASE, r.strtab_base),
-            w4(regs::STRTAB_BASE_CFG, r.strtab_base_cfg),
-            w8(regs::CMDQ_BASE, r.cmdq_base),
-            w4(regs::CMDQ_PROD, r.cmdq_prod),
-            w4(regs::CMDQ_CONS, r.cmdq_cons),
-            w8(regs::EVENTQ_BASE, r.eventq_base),
-            w4(regs::EVENTQ_PROD, r.eventq_prod),
-            w4(regs::EVENTQ_CONS, r.eventq_cons),
-        ]
+        self.saved_registers()
     }
 }

@@ -1,7 +1,7 @@
 //! Translation of one request: StreamID → STE (linear or 2-level stream table) → CD
 //! (linear or 2-level CD table, SubstreamID = PASID, S1DSS) → stage-1 and/or stage-2
-//! walk through [`smmuv3::format::Vmsa`] and the generic
-//! [`iommu_core::pgtable::translate`], with the events of reference §10, §13–§15.
+//! walk through the model's own [`walk`](super::walk) (it shares only `smmuv3::hw` with
+//! the driver side), with the events of reference §10, §13–§15.
 //!
 //! Event order follows reference §13: C_BAD_SUBSTREAMID, F_STREAM_DISABLED, stage-2
 //! faults on the CD fetch, F_CD_FETCH, C_BAD_CD, then translation faults (a stage-1
@@ -11,17 +11,16 @@
 //! is recorded only with CR2.RECINVSID (reference §3).
 
 use super::cache::{TlbEntry, TlbKey, TlbStage};
+use super::walk::{walk, CfgError, Tables, WalkFail};
 use super::SmmuV3Unit;
 use crate::model::{Access, DmaError, DmaRequest, Translated};
 use iommu_core::mem::{MemError, PhysMem};
-use iommu_core::pgtable::{translate, Outcome, Perms, WalkErrorKind};
+use iommu_core::pgtable::Perms;
 use iommu_core::{PageSize, PhysAddr};
-use smmuv3::format::{FormatError, Vmsa};
 use smmuv3::hw::cd::{Cd, L1Cd};
 use smmuv3::hw::event::{Class, Event, EventType};
 use smmuv3::hw::regs::{CR0, CR2, GBPA, STRTAB_BASE, STRTAB_BASE_CFG};
 use smmuv3::hw::ste::{L1Std, S1Dss, S1Fmt, Ste, SteSlot, StrtabCfg};
-use std::cell::Cell;
 use zerocopy::FromBytes;
 
 /// Why a translation stopped.
@@ -34,80 +33,32 @@ enum Stop {
     Memory(MemError),
 }
 
-/// How a page-table walk failed.
-#[derive(Clone, Copy, Debug)]
-enum WalkFail {
-    /// A translation-class fault of the walking stage.
-    Fault(EventType),
-    /// External abort reading a descriptor at this PA (F_WALK_EABT).
-    Eabt(u64),
-    /// Poison.
-    Memory(MemError),
-}
-
-/// A successful walk: output of the input address, permissions, log2 leaf size.
-type Walked = (u64, Perms, u32);
-
-fn walk(fmt: &Vmsa, mem: &dyn PhysMem, root: u64, addr: u64) -> Result<Walked, WalkFail> {
-    match translate(fmt, mem, PhysAddr(root), iommu_core::Iova(addr)) {
-        Ok(t) => match t.outcome {
-            Outcome::Mapped {
-                pa,
-                perms,
-                page_size,
-            } => Ok((pa.0, perms, page_size.shift())),
-            _ => Err(WalkFail::Fault(EventType::FTranslation)),
-        },
-        Err(e) => Err(match e.kind {
-            WalkErrorKind::Memory(m @ MemError::Poisoned { .. }) => WalkFail::Memory(m),
-            WalkErrorKind::Memory(m) => WalkFail::Eabt(m.addr().0),
-            // The format names the event its refusal raises (smmuv3::format).
-            WalkErrorKind::BadEntry(b) if b.reason.contains("F_ACCESS") => {
-                WalkFail::Fault(EventType::FAccess)
-            }
-            WalkErrorKind::BadEntry(b) if b.reason.contains("F_ADDR_SIZE") => {
-                WalkFail::Fault(EventType::FAddrSize)
-            }
-            _ => WalkFail::Fault(EventType::FTranslation),
-        }),
+/// Reads 8-byte descriptors from physical memory: unbacked is an external abort
+/// (F_WALK_EABT at that PA), poison a memory error.
+fn plain(mem: &dyn PhysMem) -> impl FnMut(u64) -> Result<u64, WalkFail> + '_ {
+    move |pa| match mem.read_u64(PhysAddr(pa)) {
+        Ok(v) => Ok(v),
+        Err(m @ MemError::Poisoned { .. }) => Err(WalkFail::Memory(m)),
+        Err(_) => Err(WalkFail::Eabt(pa)),
     }
 }
 
-/// The stage-2 context of a nested STE: stage-1 table reads go through it.
+/// The stage-2 context of an STE.
 #[derive(Clone, Copy)]
 struct S2 {
-    fmt: Vmsa,
+    tables: Tables,
     root: u64,
     record: bool,
 }
 
-/// Memory as a nested stage-1 walk sees it: every address is an IPA translated by
-/// stage 2 (reference §13). A stage-2 failure is kept in `fail` and surfaces to the
-/// walker as an unreadable table.
-struct S2Mem<'a> {
-    mem: &'a dyn PhysMem,
-    s2: S2,
-    fail: Cell<Option<(u64, WalkFail)>>,
-}
-
-impl PhysMem for S2Mem<'_> {
-    fn read(&self, addr: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        match walk(&self.s2.fmt, self.mem, self.s2.root, addr.0) {
-            Ok((pa, perms, _)) if perms.read => self.mem.read(PhysAddr(pa), buf),
-            Ok(_) => {
-                self.fail
-                    .set(Some((addr.0, WalkFail::Fault(EventType::FPermission))));
-                Err(MemError::Unbacked { addr })
-            }
-            Err(f) => {
-                self.fail.set(Some((addr.0, f)));
-                Err(MemError::Unbacked { addr })
-            }
+impl S2 {
+    /// Translates `ipa` through stage 2 (a read of a table or CD: read permission).
+    fn read_ipa(&self, mem: &dyn PhysMem, ipa: u64) -> Result<u64, WalkFail> {
+        match walk(&self.tables, &mut plain(mem), self.root, ipa) {
+            Ok(w) if w.perms.read => Ok(w.out),
+            Ok(_) => Err(WalkFail::Fault(EventType::FPermission)),
+            Err(f) => Err(f),
         }
-    }
-
-    fn write(&mut self, addr: PhysAddr, _data: &[u8]) -> Result<(), MemError> {
-        Err(MemError::ReadOnly { addr })
     }
 }
 
@@ -306,12 +257,8 @@ impl SmmuV3Unit {
     ) -> Result<T, Stop> {
         let pa = match s2 {
             None => ipa,
-            Some(s2) => match walk(&s2.fmt, mem, s2.root, ipa) {
-                Ok((pa, perms, _)) if perms.read => pa,
-                Ok(_) => {
-                    let f = WalkFail::Fault(EventType::FPermission);
-                    return Err(ctx.walk_stop(f, true, Class::Cd, ipa, s2.record));
-                }
+            Some(s2) => match s2.read_ipa(mem, ipa) {
+                Ok(pa) => pa,
                 Err(f) => return Err(ctx.walk_stop(f, true, Class::Cd, ipa, s2.record)),
             },
         };
@@ -384,18 +331,18 @@ impl SmmuV3Unit {
             return Err(bad_ste());
         }
         let s2ctx = if s2 {
-            let fmt = Vmsa::from_ste(&self.caps, &ste).map_err(|_| bad_ste())?;
+            let tables = Tables::from_ste(&self.caps, &ste).map_err(|_| bad_ste())?;
             // No stall model (IDR0.STALL_MODEL = 1): S2S = 1 is ILLEGAL.
             if ste.s2s() {
                 return Err(bad_ste());
             }
             let root = ste.s2ttb();
-            let align = (fmt.concatenated() * fmt.granule().bytes()).max(8);
+            let align = (tables.concatenated() * tables.granule().bytes()).max(8);
             if root & (align - 1) != 0 {
                 return Err(bad_ste());
             }
             Some(S2 {
-                fmt,
+                tables,
                 root,
                 record: ste.s2r(),
             })
@@ -466,10 +413,10 @@ impl SmmuV3Unit {
                 if !cd.v() || cd.s() {
                     return Err(bad_cd());
                 }
-                let f = match Vmsa::from_cd(&self.caps, &cd) {
+                let f = match Tables::from_cd(&self.caps, &cd) {
                     Ok(f) => Some(f),
                     // EPD0: every TTB0 address takes a translation fault.
-                    Err(FormatError::Ttb0Disabled) => None,
+                    Err(CfgError::Ttb0Disabled) => None,
                     Err(_) => return Err(bad_cd()),
                 };
                 if !self.cfg.refetch_config {
@@ -524,29 +471,49 @@ impl SmmuV3Unit {
             }
             Some((cd, Some(f1))) => {
                 let r = match s2ctx {
-                    None => walk(f1, mem, cd.ttb0(), ctx.iova),
+                    None => walk(f1, &mut plain(mem), cd.ttb0(), ctx.iova),
                     Some(s2) => {
-                        let m = S2Mem {
-                            mem,
-                            s2,
-                            fail: Cell::new(None),
-                        };
-                        let r = walk(f1, &m, cd.ttb0(), ctx.iova);
-                        if let (Err(_), Some((tipa, f))) = (r, m.fail.get()) {
+                        // Every stage-1 descriptor address is an IPA (reference §13).
+                        let mut s2_fail = None;
+                        let r = walk(
+                            f1,
+                            &mut |ipa| {
+                                let pa = s2.read_ipa(mem, ipa).inspect_err(|f| {
+                                    if !matches!(f, WalkFail::Memory(_)) {
+                                        s2_fail = Some((ipa, *f));
+                                    }
+                                })?;
+                                plain(mem)(pa)
+                            },
+                            cd.ttb0(),
+                            ctx.iova,
+                        );
+                        if let (Err(_), Some((tipa, f))) = (r, s2_fail) {
                             // A stage-1 table read faulted in stage 2: CLASS = TT.
                             return Err(ctx.walk_stop(f, true, Class::Tt, tipa, s2.record));
                         }
                         r
                     }
                 };
-                r.map_err(|f| ctx.walk_stop(f, false, Class::In, 0, s1_record))?
+                let w = r.map_err(|f| ctx.walk_stop(f, false, Class::In, 0, s1_record))?;
+                (w.out, w.perms, w.shift)
             }
         };
+        // A stage-1 permission fault comes before stage 2 of the output IPA is looked
+        // at (Arm ARM: AArch64.FullTranslate runs the stage-2 translation only when
+        // AArch64.S1Translate, permission check included, returned no fault).
+        if s2ctx.is_some() && cd.is_some() && !allowed(p1) {
+            let ev = ctx.tr(EventType::FPermission, false, Class::In, 0);
+            return Err(Stop::Event(ev, s1_record));
+        }
         // Stage 2 of the output IPA.
         let (pa, p2, shift2) = match s2ctx {
             None => (ipa, Perms::RWX, 64),
-            Some(s2) => walk(&s2.fmt, mem, s2.root, ipa)
-                .map_err(|f| ctx.walk_stop(f, true, Class::In, ipa, s2.record))?,
+            Some(s2) => {
+                let w = walk(&s2.tables, &mut plain(mem), s2.root, ipa)
+                    .map_err(|f| ctx.walk_stop(f, true, Class::In, ipa, s2.record))?;
+                (w.out, w.perms, w.shift)
+            }
         };
         let shift = shift1.min(shift2);
         let base = ctx.iova & !((1u64 << shift) - 1);
