@@ -599,6 +599,7 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
             ecap: Some(ecap),
             base: Some(iommu),
         },
+        ..LoadOptions::default()
     };
     let loaded = Loaded::from_image(image, &opts).map_err(|e| format!("dump: {e}"))?;
     let mut out = Vec::new();
