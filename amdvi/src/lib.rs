@@ -17,3 +17,4 @@ extern crate alloc;
 
 pub mod format;
 pub mod hw;
+pub mod record;
