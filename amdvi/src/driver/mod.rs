@@ -1026,6 +1026,13 @@ impl Unit {
         pgtable::unmap(self, hw, did, iova, len, false)
     }
 
+    /// INVALIDATE_DEVTAB_ENTRY of `device_id` and COMPLETION_WAIT (after a DTE was
+    /// changed in memory, as Linux `device_flush_dte`).
+    pub fn invalidate_dte(&mut self, hw: &mut Hw<'_>, device_id: u16) -> Result<(), Error> {
+        self.counters.dte_invalidations += 1;
+        self.commands(hw, &[Command::invalidate_devtab_entry(device_id)])
+    }
+
     /// INVALIDATE_IOMMU_PAGES of every page of domain `did` (PDE = 1) and
     /// COMPLETION_WAIT.
     pub fn flush_domain(&mut self, hw: &mut Hw<'_>, did: DomainId) -> Result<(), Error> {
