@@ -198,7 +198,7 @@ impl World {
     }
 
     /// Prepare, finalise, freeze, kexec: returns the blob.
-    fn to_kexec(&mut self) -> PhysAddr {
+    fn through_kexec(&mut self) -> PhysAddr {
         let sel = self.selection();
         let mut kho = KhoOut::new();
         kho.preserve(&self.guest);
@@ -545,7 +545,7 @@ fn closure_check_catches_a_table_page_left_out() {
 fn corrupted_dte_after_kexec_blocks_that_device_only() {
     for (mode, q0) in [(Mode::V1, None), (Mode::V2, None), (Mode::V1, Some(0u64))] {
         let mut w = World::new(mode);
-        let blob = w.to_kexec();
+        let blob = w.through_kexec();
         let at = w.unit.dte_addr(A1.sid());
         let mem = w.rig.machine.mem_mut();
         let cur = mem.read_u64(at).unwrap();
@@ -582,7 +582,7 @@ fn corrupted_table_after_kexec_blocks_that_domains_devices() {
                 .unwrap();
             wk.tables.iter().find(|t| t.level == 1).unwrap().addr
         };
-        let blob = w.to_kexec();
+        let blob = w.through_kexec();
         let mem = w.rig.machine.mem_mut();
         let pte = mem.read_u64(l1).unwrap();
         // v1: a reserved bit (56:52) in a PTE; v2: PS (bit 7), reserved in a PML4E,
@@ -619,7 +619,7 @@ fn corrupted_table_after_kexec_blocks_that_domains_devices() {
 fn corrupted_record_refuses_the_unit_and_blocks_every_device() {
     for tamper in 0..2 {
         let mut w = World::new(Mode::V1);
-        let blob = w.to_kexec();
+        let blob = w.through_kexec();
         let rec = w.record_pa(blob);
         let mut p = w.payload(rec);
         if tamper == 0 {
@@ -656,7 +656,7 @@ fn corrupted_record_refuses_the_unit_and_blocks_every_device() {
 #[test]
 fn record_of_another_version_is_refused_naming_both() {
     let mut w = World::new(Mode::V2);
-    let blob = w.to_kexec();
+    let blob = w.through_kexec();
     let rec = w.record_pa(blob);
     let p = w.payload(rec);
     w.rewrite_record(rec, "iommu-amdvi-v2", &p);
@@ -680,7 +680,7 @@ fn record_of_another_version_is_refused_naming_both() {
 #[test]
 fn record_with_another_device_table_base_is_refused() {
     let mut w = World::new(Mode::V1);
-    let blob = w.to_kexec();
+    let blob = w.through_kexec();
     let rec = w.record_pa(blob);
     let mut p = w.payload(rec);
     p[8] ^= 2; // Size 5 -> 7: a larger table than the register's

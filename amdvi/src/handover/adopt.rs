@@ -107,6 +107,9 @@ pub struct FinishReport {
     pub devices: usize,
 }
 
+/// A device whose DTE passed adoption: DeviceID, domain, interrupt-remapping table.
+type Adoptee = (u16, DomainId, Option<(PhysAddr, u64)>);
+
 struct FromBlob {
     record: Record,
     record_pa: PhysAddr,
@@ -437,7 +440,7 @@ impl Unit {
         }
 
         // Devices: each DTE bit for bit as recorded.
-        let mut adopted: Vec<(u16, DomainId, Option<(PhysAddr, u64)>)> = Vec::new();
+        let mut adopted: Vec<Adoptee> = Vec::new();
         let mut to_block: Vec<u16> = Vec::new();
         for dev in &rec.devices {
             let id = dev.device_id;
