@@ -791,9 +791,9 @@ impl Unit {
                     report.tables += set.page_count();
                     report.entries_read += set.page_count() * 512;
                     report.leaves += leaves;
-                    seen = seen.union(&set);
-                    if let Some(inc) = self.incoming.as_mut() {
-                        inc.known = inc.known.union(&set);
+                    // Disjoint from `seen` (checked page by page above).
+                    for (a, o) in set.iter() {
+                        let _ = seen.insert(a, o);
                     }
                     if let Some(d) = self.domains.get_mut(&did.0) {
                         d.tables = set;
@@ -802,6 +802,10 @@ impl Unit {
                 }
                 Err(k) => refused.push((did, self.herr(k))),
             }
+        }
+        // `seen` is now `known` plus every table page a successful walk established.
+        if let Some(inc) = self.incoming.as_mut() {
+            inc.known = seen;
         }
         for (did, error) in refused {
             let devs: Vec<u16> = self
