@@ -991,3 +991,93 @@ proptest! {
         prop_assert!(rig.diagnostics().is_empty(), "{:?}", rig.diagnostics());
     }
 }
+
+/// A DTE with IV = 1: its interrupt-remapping table is pinned, recorded with its root
+/// and length, kept bit for bit across the kexec and adopted; a DTE whose IntTableRootPtr
+/// changed across the kexec no longer matches the record and blocks that device.
+#[test]
+fn interrupt_remapping_tables_are_pinned_and_adopted() {
+    for tamper in [false, true] {
+        let mut w = World::new(Mode::V1);
+        let unit = &mut w.unit;
+        let irt = w
+            .rig
+            .hw(|hw| unit.set_interrupt_table(hw, A2.sid(), 8))
+            .expect("interrupt table");
+        let mut magic = [0u8; 16];
+        magic[0] = 0x5a;
+        w.rig
+            .machine
+            .mem_mut()
+            .write(PhysAddr(irt.0 + 16 * 3), &magic)
+            .unwrap();
+        let sel = w.selection();
+        let mut kho = KhoOut::new();
+        kho.preserve(&w.guest);
+        let unit = &mut w.unit;
+        w.rig
+            .hw(|hw| unit.prepare(hw, &mut kho, &sel))
+            .expect("prepare");
+        assert!(w.unit.pinned_pages().unwrap().contains(irt));
+        let rd = w
+            .unit
+            .handover_record()
+            .unwrap()
+            .devices
+            .iter()
+            .find(|d| d.device_id == A2.sid())
+            .copied()
+            .unwrap();
+        assert_eq!(rd.irt, Some((irt, 256)));
+        assert!(rd.entry().int_valid());
+        let blob = {
+            let (_, mut mem) = w.rig.machine.driver_access(BASE).unwrap();
+            kho.finalize(&mut mem, &mut w.rig.pool).unwrap()
+        };
+        let unit = &mut w.unit;
+        w.rig.hw(|hw| unit.freeze(hw)).unwrap();
+        // E's DMA after freeze faults and the unit logs IO_PAGE_FAULT for its DeviceID.
+        w.expect_blocked(E);
+        let unit = &mut w.unit;
+        let (events, overflow) = w.rig.hw(|hw| unit.poll_events(hw));
+        assert!(!overflow);
+        assert!(
+            events.iter().any(|e| matches!(e, amdvi::hw::event::Event::IoPageFault { device_id, .. } if *device_id == E.sid())),
+            "{events:?}"
+        );
+        w.rig.machine.kexec(blob).unwrap();
+        let mut got = [0u8; 16];
+        w.rig
+            .machine
+            .mem()
+            .read(PhysAddr(irt.0 + 16 * 3), &mut got)
+            .unwrap();
+        assert_eq!(got, magic, "the interrupt table survives bit for bit");
+        if tamper {
+            // IntTableRootPtr (bits 179:134) moved by one 64-byte step.
+            let at = PhysAddr(w.unit.dte_addr(A2.sid()).0 + 16);
+            let q2 = w.rig.machine.mem().read_u64(at).unwrap();
+            w.rig
+                .machine
+                .mem_mut()
+                .write_u64(at, q2 ^ (1 << 6))
+                .unwrap();
+        }
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        if tamper {
+            assert_eq!(ar.blocked.len(), 1, "{ar}");
+            assert_eq!(ar.blocked[0].device_id, A2.sid());
+            assert!(
+                ar.blocked[0].error.to_string().contains("DTE qword 2"),
+                "{ar}"
+            );
+            w.expect_blocked(A2);
+        } else {
+            assert!(ar.blocked.is_empty(), "{ar}");
+            assert_eq!(unit.device(A2.sid()).unwrap().irt, Some((irt, 256)));
+            let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+            assert_eq!(fin.pages_kept, 0, "{fin}");
+            w.dma(&PRESERVED, 2, "after finish");
+        }
+    }
+}
