@@ -1081,3 +1081,82 @@ fn interrupt_remapping_tables_are_pinned_and_adopted() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random bit flips in the preserved DTEs and pass-through (V = 0) or translating
+    /// DTEs planted for unrecorded DeviceIDs across the kexec: adopt never panics, and
+    /// afterwards every DTE of the device table either blocks or is, bit for bit, the
+    /// recorded DTE of a device adoption accepted; a device whose DTE was touched faults
+    /// or translates exactly as before, never passes through.
+    #[test]
+    fn corrupted_device_table_never_passes_through(
+        flips in prop::collection::vec((0usize..3, 0usize..4, 0u32..64), 0..4),
+        planted in prop::collection::vec((0u16..=LAST_DEVICE_ID, any::<bool>()), 0..4),
+    ) {
+        let mut w = World::new(Mode::V1);
+        let blob = w.through_kexec();
+        let rec = Record::decode(&w.payload(w.record_pa(blob))).unwrap();
+        for &(d, q, bit) in &flips {
+            let at = PhysAddr(w.unit.dte_addr(PRESERVED[d].sid()).0 + 8 * q as u64);
+            let v = w.rig.machine.mem().read_u64(at).unwrap();
+            w.rig.machine.mem_mut().write_u64(at, v ^ (1 << bit)).unwrap();
+        }
+        for &(id, zero) in &planted {
+            if rec.devices.iter().any(|d| d.device_id == id) {
+                continue;
+            }
+            let e = if zero {
+                DeviceTableEntry::default()
+            } else {
+                DeviceTableEntry::from_qwords(rec.devices[0].dte)
+            };
+            let at = w.unit.dte_addr(id);
+            for (i, q) in e.qwords().iter().enumerate() {
+                w.rig.machine.mem_mut().write_u64(PhysAddr(at.0 + 8 * i as u64), *q).unwrap();
+            }
+        }
+        let (unit, ar) = match w.adopt(blob) {
+            Ok(x) => x,
+            Err(f) => panic!("the record is intact, the unit must be adopted: {}", f.error),
+        };
+        let adopted: Vec<u16> = unit.devices().map(|d| d.device_id).collect();
+        prop_assert_eq!(adopted.len() + ar.blocked.len(), 3);
+        for id in 0..=LAST_DEVICE_ID {
+            let at = unit.dte_addr(id);
+            let mut q = [0u64; 4];
+            for (i, v) in q.iter_mut().enumerate() {
+                *v = w.rig.machine.mem().read_u64(PhysAddr(at.0 + 8 * i as u64)).unwrap();
+            }
+            let e = DeviceTableEntry::from_qwords(q);
+            let ok = amdvi::driver::is_blocking(&e)
+                || (adopted.contains(&id) && rec.devices.iter().any(|d| d.device_id == id && d.dte == q));
+            prop_assert!(ok, "DeviceID {:#06x}: DTE {:x?} neither blocking nor adopted", id, q);
+        }
+        for rid in PRESERVED {
+            if adopted.contains(&rid.sid()) {
+                w.dma(&[rid], 1, "adopted device");
+            } else {
+                w.expect_blocked(rid);
+            }
+        }
+        let mut planted_ids: Vec<u16> = planted.iter().map(|&(id, _)| id).collect();
+        planted_ids.sort_unstable();
+        planted_ids.dedup();
+        for rid in planted_ids.into_iter().map(|id| RequesterId::from_sid(0, id)) {
+            if PRESERVED.iter().any(|p| p.sid() == rid.sid()) || ALL.contains(&rid) {
+                continue;
+            }
+            w.rig.add_device(rid);
+            prop_assert!(w.checker.expect_failure(
+                &mut w.rig.machine,
+                &DmaAgent::new(rid),
+                Access::Read,
+                Iova(0x4000_0000),
+                8,
+                ExpectedFailure::Fault { code: None }
+            ), "planted DeviceID {} is not blocked", rid);
+        }
+    }
+}
