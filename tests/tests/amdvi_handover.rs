@@ -1160,3 +1160,40 @@ proptest! {
         }
     }
 }
+
+/// Registers that changed across the kexec refuse the unit, which then blocks every
+/// device: IommuEn found clear (DMA would be untranslated: the unit is brought up again
+/// with every DTE blocking), or an exclusion range the record does not know (it would
+/// let devices reach memory untranslated).
+#[test]
+fn registers_that_disagree_with_the_record_refuse_the_unit() {
+    for case in 0..2 {
+        let mut w = World::new(Mode::V2);
+        let blob = w.through_kexec();
+        w.rig.hw(|hw| {
+            if case == 0 {
+                hw.regs.write64(regs::CONTROL, 0);
+            } else {
+                hw.regs.write64(regs::EXCL_LIMIT, 0x4fff_f000);
+                hw.regs.write64(regs::EXCL_BASE, 0x4000_0000 | 3);
+            }
+        });
+        let f = w.adopt(blob).unwrap_err();
+        match (case, &f.error.kind) {
+            (0, HandoverErrorKind::TranslationDisabled { .. }) => {}
+            (1, HandoverErrorKind::Register { register, .. }) if *register == "Exclusion Base" => {}
+            _ => panic!("case {case}: {}", f.error),
+        }
+        assert!(f.unit.is_some(), "{}", f.error);
+        let control = w.rig.hw(|hw| hw.regs.read64(regs::CONTROL));
+        assert_ne!(regs::CONTROL::IOMMU_EN.read(control), 0);
+        if case == 1 {
+            // The refused unit's exclusion range is the platform's to fix; with Allow
+            // set it passes the range through for every device, so check outside it.
+            w.rig.hw(|hw| hw.regs.write64(regs::EXCL_BASE, 0));
+        }
+        for rid in PRESERVED {
+            w.expect_blocked(rid);
+        }
+    }
+}

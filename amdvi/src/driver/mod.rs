@@ -334,6 +334,44 @@ pub(crate) fn alloc_zeroed(
     Ok(p)
 }
 
+/// `n` physically contiguous pages from an allocator that hands out single pages: pages
+/// are taken until the last `n` follow on (at most `n + 4096` pages are tried), the
+/// others go back. The device table must be contiguous (one base register).
+pub(crate) fn alloc_contiguous(
+    unit: PhysAddr,
+    hw: &mut Hw<'_>,
+    n: u64,
+    what: &'static str,
+) -> Result<Vec<PhysAddr>, Error> {
+    let mut taken: Vec<PhysAddr> = Vec::new();
+    let mut run = 0usize; // index in `taken` where the current contiguous run starts
+    let give_back = |hw: &mut Hw<'_>, pages: &[PhysAddr]| {
+        for &p in pages {
+            hw.pages.free_page(p);
+        }
+    };
+    while (taken.len() as u64) < n + 4096 {
+        let Some(p) = hw.pages.alloc_page() else {
+            give_back(hw, &taken);
+            return Err(Error::new(unit, ErrorKind::OutOfPages { what }));
+        };
+        if taken.last().is_some_and(|l| l.0 + PAGE != p.0) {
+            run = taken.len();
+        }
+        taken.push(p);
+        if (taken.len() - run) as u64 == n {
+            let keep = taken.split_off(run);
+            give_back(hw, &taken);
+            return Ok(keep);
+        }
+    }
+    give_back(hw, &taken);
+    Err(Error::new(
+        unit,
+        ErrorKind::NotContiguous { what, pages: n },
+    ))
+}
+
 /// One page of 128 blocking DTEs (DomainID 0).
 fn blocking_page() -> [u8; PAGE as usize] {
     let mut b = [0u8; PAGE as usize];
@@ -409,28 +447,12 @@ impl Unit {
             return Err(unit.err(ErrorKind::AlreadyEnabled { control }));
         }
         let n = unit.devtab_pages;
-        let mut got: Vec<PhysAddr> = Vec::with_capacity(n as usize);
+        let got = alloc_contiguous(unit.base, hw, n, "the device table")?;
         let free_all = |hw: &mut Hw<'_>, got: &[PhysAddr]| {
             for &p in got {
                 hw.pages.free_page(p);
             }
         };
-        for i in 0..n {
-            let Some(p) = hw.pages.alloc_page() else {
-                free_all(hw, &got);
-                return Err(unit.err(ErrorKind::OutOfPages {
-                    what: "the device table",
-                }));
-            };
-            got.push(p);
-            if p.0 != got[0].0 + i * PAGE {
-                free_all(hw, &got);
-                return Err(unit.err(ErrorKind::NotContiguous {
-                    what: "the device table",
-                    pages: n,
-                }));
-            }
-        }
         let page = blocking_page();
         for &p in &got {
             if let Err(err) = hw.mem.write(p, &page) {
