@@ -1197,3 +1197,61 @@ fn registers_that_disagree_with_the_record_refuse_the_unit() {
         }
     }
 }
+
+/// Physical memory that logs every write `(address, length)` inside a window.
+struct Recorder<'a> {
+    inner: &'a mut dyn PhysMem,
+    window: (u64, u64),
+    log: Vec<(u64, usize)>,
+}
+
+impl PhysMem for Recorder<'_> {
+    fn read(&self, addr: PhysAddr, buf: &mut [u8]) -> Result<(), iommu_core::MemError> {
+        self.inner.read(addr, buf)
+    }
+    fn write(&mut self, addr: PhysAddr, data: &[u8]) -> Result<(), iommu_core::MemError> {
+        if (self.window.0..self.window.1).contains(&addr.0) {
+            self.log.push((addr.0 - self.window.0, data.len()));
+        }
+        self.inner.write(addr, data)
+    }
+}
+
+/// The order of DTE stores: attach writes qwords 1..3 and then qword 0 (V, TV, Mode,
+/// root, IR, IW) alone, last; detach makes qword 0 blocking first, invalidates, then
+/// writes the blocking entry the same way. No store ever leaves V = 0.
+#[test]
+fn dte_stores_never_expose_a_half_written_entry() {
+    for mode in [Mode::V1, Mode::V2] {
+        let mut rig = Rig::new(None);
+        let mut unit = rig.hw(|hw| Unit::init(hw, &unit_config())).unwrap();
+        let kind = World::kind(&unit, mode);
+        let d = rig.hw(|hw| unit.create_domain(hw, kind)).unwrap();
+        let at = unit.dte_addr(A1.sid()).0;
+        let record = |rig: &mut Rig, unit: &mut Unit, attach: bool| {
+            let (mut regs, mut mem) = rig.machine.driver_access(BASE).unwrap();
+            let mut rec = Recorder {
+                inner: &mut mem,
+                window: (at, at + 32),
+                log: Vec::new(),
+            };
+            let mut hw = amdvi::driver::Hw {
+                regs: &mut regs,
+                mem: &mut rec,
+                pages: &mut rig.pool,
+            };
+            if attach {
+                unit.attach(&mut hw, A1.sid(), d).unwrap();
+            } else {
+                unit.detach(&mut hw, A1.sid()).unwrap();
+            }
+            rec.log
+        };
+        let log = record(&mut rig, &mut unit, true);
+        assert_eq!(log, vec![(8, 24), (0, 8)], "{mode:?} attach");
+        let log = record(&mut rig, &mut unit, false);
+        assert_eq!(log, vec![(0, 8), (8, 24), (0, 8)], "{mode:?} detach");
+        let q0 = rig.machine.mem().read_u64(PhysAddr(at)).unwrap();
+        assert_eq!(q0 & 3, 3, "V and TV stay set");
+    }
+}
