@@ -1255,3 +1255,45 @@ fn dte_stores_never_expose_a_half_written_entry() {
         assert_eq!(q0 & 3, 3, "V and TV stay set");
     }
 }
+
+/// Cancel after freeze: the record leaves the handover, the blocked devices are attached
+/// again and translate as before, preserved domains take mappings again.
+#[test]
+fn cancel_after_freeze_restores_the_devices() {
+    let mut w = World::new(Mode::V2);
+    let sel = w.selection();
+    let mut kho = KhoOut::new();
+    kho.preserve(&w.guest);
+    let unit = &mut w.unit;
+    w.rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap();
+    let unit = &mut w.unit;
+    w.rig.hw(|hw| unit.freeze(hw)).unwrap();
+    w.expect_blocked(E);
+    w.expect_blocked(F);
+    let unit = &mut w.unit;
+    let e = w
+        .rig
+        .hw(|hw| unit.prepare(hw, &mut KhoOut::new(), &sel))
+        .unwrap_err();
+    assert!(matches!(e.kind, HandoverErrorKind::State { .. }), "{e}");
+    let unit = &mut w.unit;
+    w.rig.hw(|hw| unit.cancel(hw, &mut kho)).expect("cancel");
+    assert_eq!(kho.clients().count(), 0);
+    assert!(!w.unit.is_frozen());
+    w.dma(&ALL, 3, "after cancel");
+    let d0 = w.doms[0];
+    let unit = &mut w.unit;
+    w.rig
+        .hw(|hw| {
+            unit.map(
+                hw,
+                d0,
+                Iova(0x80_0000),
+                PhysAddr(0x4080_0000),
+                K4,
+                PageSize::SIZE_4K,
+                Perms::RW,
+            )
+        })
+        .expect("mutable again");
+}
