@@ -1297,3 +1297,59 @@ fn cancel_after_freeze_restores_the_devices() {
         })
         .expect("mutable again");
 }
+
+/// A leaf redirected across the kexec to memory nobody preserved, or to the device
+/// table, is refused by verify: that domain's devices are blocked.
+#[test]
+fn verify_refuses_a_leaf_redirected_out_of_preserved_memory_or_into_a_table() {
+    for (mode, into_table) in [
+        (Mode::V1, false),
+        (Mode::V1, true),
+        (Mode::V2, false),
+        (Mode::V2, true),
+    ] {
+        let mut w = World::new(mode);
+        let l1 = {
+            let mem = w.rig.machine.mem();
+            let wk = w
+                .unit
+                .walk_domain(&*mem, w.doms[0], &WalkLimits::default())
+                .unwrap()
+                .unwrap();
+            wk.tables.iter().find(|t| t.level == 1).unwrap().addr
+        };
+        let target = if into_table {
+            w.unit.device_table().0
+        } else {
+            0x7000_0000
+        };
+        let blob = w.through_kexec();
+        let at = PhysAddr(l1.0 + 8 * 5);
+        let pte = w.rig.machine.mem().read_u64(at).unwrap();
+        let moved = (pte & !amdvi::hw::ADDR_51_12) | target;
+        w.rig.machine.mem_mut().write_u64(at, moved).unwrap();
+        let (mut unit, ar) = w.adopt(blob).expect("adopt");
+        assert!(ar.blocked.is_empty(), "{ar}");
+        let vr = w.rig.hw(|hw| unit.verify(hw)).expect("verify");
+        assert_eq!(vr.failures.len(), 1, "{vr}");
+        match &vr.failures[0].1.kind {
+            HandoverErrorKind::LeafTarget {
+                did, iova, page, ..
+            } => {
+                assert_eq!(
+                    (*did, *iova, *page),
+                    (w.doms[0], Iova(0x5000), PhysAddr(target))
+                );
+            }
+            _ => panic!("{vr}"),
+        }
+        assert_eq!(vr.blocked, vec![A1.sid(), A2.sid()]);
+        w.expect_blocked(A1);
+        w.dma(&[B1], 2, "the other domain");
+        let fin = w.rig.hw(|hw| unit.finish(hw)).expect("finish");
+        assert!(
+            fin.pages_kept > 0,
+            "the refused domain's tables are never freed"
+        );
+    }
+}

@@ -7,13 +7,14 @@ use alloc::vec::Vec;
 use iommu_core::kho::record::Supported;
 use iommu_core::kho::{read_client_record, read_handover, read_preserved};
 use iommu_core::pageset::{PageSet, PAGE_SIZE};
-use iommu_core::pgtable::{walk_with, WalkLimits};
-use iommu_core::{DomainId, Iova, PhysAddr};
+use iommu_core::{DomainId, PhysAddr};
 
 use super::record::{DomainKind, Record, RecordDomain, FAMILY, VERSION};
+use super::tree::verify_tree;
 use super::{
     add_page, client_name, first_missing, HandoverError, HandoverErrorKind as K, Incoming,
 };
+use crate::driver::AnyFormat;
 use crate::driver::{
     irt_pages, is_blocking, read_dte, write_dte, Device, DeviceState, Domain, DomainState, Hw,
     Rings, Unit, UnitConfig, PAGE,
@@ -692,15 +693,7 @@ impl Unit {
                 why: "verify without adopt",
             }));
         };
-        let limits = WalkLimits {
-            max_tables: (inc.record.page_count() as usize).saturating_add(1),
-            ..WalkLimits::default()
-        };
-        let mut runs = PageSet::new();
-        for &(s, n) in &inc.record.pages {
-            runs.insert_range(s, n)
-                .map_err(|e| self.herr(K::PageSet(e)))?;
-        }
+        let max_tables = (inc.record.page_count() as usize).saturating_add(1);
         let mut report = VerifyReport::default();
         let todo: Vec<DomainId> = self
             .domains
@@ -717,75 +710,32 @@ impl Unit {
                 why: "verify without adopt",
             }))?;
             report.domains += 1;
-            let mut bad = None;
-            let mut checked = 0u64;
-            let w = walk_with(&f, &*hw.mem, d.root, &limits, |m| {
-                checked += 1;
-                if bad.is_some() {
-                    return;
-                }
-                let pages = m.size.div_ceil(PAGE);
-                if let Some(page) = first_missing(m.pa, pages, &inc.preserved) {
-                    bad = Some(K::LeafTarget {
-                        did,
-                        iova: Iova(m.iova.0 + (page.0 - m.pa.0)),
-                        page,
-                        why: "not preserved",
-                    });
-                    return;
-                }
-                let mut r = PageSet::new();
-                if r.insert_range(m.pa, pages).is_ok() {
-                    if let Some((page, _)) = r.intersection(&runs).iter().next() {
-                        bad = Some(K::LeafTarget {
-                            did,
-                            iova: Iova(m.iova.0 + (page.0 - m.pa.0)),
-                            page,
-                            why: "a page of the unit's handed-over structures",
-                        });
-                    }
-                }
+            let r = match &f {
+                AnyFormat::V1(f) => verify_tree(
+                    f,
+                    &*hw.mem,
+                    did,
+                    d.root,
+                    max_tables,
+                    &inc.record,
+                    &inc.preserved,
+                    &seen,
+                ),
+                AnyFormat::V2(f) => verify_tree(
+                    f,
+                    &*hw.mem,
+                    did,
+                    d.root,
+                    max_tables,
+                    &inc.record,
+                    &inc.preserved,
+                    &seen,
+                ),
+            }
+            .map(|t| {
+                report.leaf_targets_checked += t.runs;
+                (t.tables, t.leaves)
             });
-            report.leaf_targets_checked += checked;
-            let r = match w {
-                Err(err) => Err(K::Walk { did, err }),
-                Ok(_) if bad.is_some() => Err(bad.take().unwrap_or(K::State { why: "" })),
-                Ok(s) => {
-                    let mut set = PageSet::new();
-                    let mut err = None;
-                    for t in &s.tables {
-                        let p = t.addr;
-                        let k = if !inc.record.holds_page(p) || !inc.preserved.contains(p) {
-                            Some(K::NotPreserved {
-                                what: "page table",
-                                page: p,
-                                device: None,
-                                did: Some(did),
-                            })
-                        } else if seen.contains(p) {
-                            Some(K::Mismatch {
-                                what: "table page reached twice (shared with another structure)",
-                                addr: p,
-                                device: None,
-                                did: Some(did),
-                                found: p.0,
-                                expected: 0,
-                            })
-                        } else {
-                            None
-                        };
-                        if k.is_some() {
-                            err = k;
-                            break;
-                        }
-                        add_page(&mut set, p);
-                    }
-                    match err {
-                        Some(k) => Err(k),
-                        None => Ok((set, s.leaves)),
-                    }
-                }
-            };
             match r {
                 Ok((set, leaves)) => {
                     report.tables += set.page_count();

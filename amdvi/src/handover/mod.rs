@@ -31,6 +31,7 @@
 
 mod adopt;
 mod prepare;
+mod tree;
 
 pub use crate::record;
 pub use crate::record::client_name;
