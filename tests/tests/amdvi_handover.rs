@@ -190,6 +190,17 @@ impl World {
             .collect()
     }
 
+    /// The first table at `level` of domain `d`'s tree.
+    fn table_at(&self, d: usize, level: u8) -> PhysAddr {
+        let mem = self.rig.machine.mem();
+        let wk = self
+            .unit
+            .walk_domain(&*mem, self.doms[d], &WalkLimits::default())
+            .unwrap()
+            .unwrap();
+        wk.tables.iter().find(|t| t.level == level).unwrap().addr
+    }
+
     fn selection(&self) -> Selection {
         Selection {
             domains: self.doms[..2].to_vec(),
@@ -504,15 +515,7 @@ fn stale_dte_until_invalidate_devtab_entry() {
 fn closure_check_catches_a_table_page_left_out() {
     for mode in [Mode::V1, Mode::V2] {
         let mut w = World::new(mode);
-        let l2 = {
-            let mem = w.rig.machine.mem();
-            let wk = w
-                .unit
-                .walk_domain(&*mem, w.doms[0], &WalkLimits::default())
-                .unwrap()
-                .unwrap();
-            wk.tables.iter().find(|t| t.level == 2).unwrap().addr
-        };
+        let l2 = w.table_at(0, 2);
         let copy = {
             use amdvi::driver::PageAllocator;
             w.rig.pool.alloc_page().unwrap()
@@ -573,15 +576,7 @@ fn corrupted_dte_after_kexec_blocks_that_device_only() {
 fn corrupted_table_after_kexec_blocks_that_domains_devices() {
     for mode in [Mode::V1, Mode::V2] {
         let mut w = World::new(mode);
-        let l1 = {
-            let mem = w.rig.machine.mem();
-            let wk = w
-                .unit
-                .walk_domain(&*mem, w.doms[1], &WalkLimits::default())
-                .unwrap()
-                .unwrap();
-            wk.tables.iter().find(|t| t.level == 1).unwrap().addr
-        };
+        let l1 = w.table_at(1, 1);
         let blob = w.through_kexec();
         let mem = w.rig.machine.mem_mut();
         let pte = mem.read_u64(l1).unwrap();
@@ -1309,15 +1304,7 @@ fn verify_refuses_a_leaf_redirected_out_of_preserved_memory_or_into_a_table() {
         (Mode::V2, true),
     ] {
         let mut w = World::new(mode);
-        let l1 = {
-            let mem = w.rig.machine.mem();
-            let wk = w
-                .unit
-                .walk_domain(&*mem, w.doms[0], &WalkLimits::default())
-                .unwrap()
-                .unwrap();
-            wk.tables.iter().find(|t| t.level == 1).unwrap().addr
-        };
+        let l1 = w.table_at(0, 1);
         let target = if into_table {
             w.unit.device_table().0
         } else {

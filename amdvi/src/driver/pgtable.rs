@@ -22,6 +22,18 @@ struct DomainTables<'a> {
     counters: &'a mut Counters,
 }
 
+impl<'a> DomainTables<'a> {
+    /// The table hook of domain `did` (`None` if the unit has no such domain).
+    fn of(unit: &'a mut Unit, pages: &'a mut dyn PageAllocator, did: DomainId) -> Option<Self> {
+        let dom = unit.domains.get_mut(&did.0)?;
+        Some(DomainTables {
+            pages,
+            tables: &mut dom.tables,
+            counters: &mut unit.counters,
+        })
+    }
+}
+
 impl TableAlloc for DomainTables<'_> {
     fn alloc_table(&mut self, _level: u8, bytes: u64) -> Option<PhysAddr> {
         if bytes != PAGE {
@@ -158,13 +170,8 @@ pub(crate) fn map(
         },
         DomainKind::V2 { .. } => perms,
     };
-    let Some(dom) = unit.domains.get_mut(&did.0) else {
+    let Some(mut alloc) = DomainTables::of(unit, &mut *hw.pages, did) else {
         return Err(unit.err(ErrorKind::NoSuchDomain { did }));
-    };
-    let mut alloc = DomainTables {
-        pages: &mut *hw.pages,
-        tables: &mut dom.tables,
-        counters: &mut unit.counters,
     };
     let r = match &f {
         AnyFormat::V1(f) => pt::map(
@@ -272,13 +279,8 @@ pub(crate) fn unmap(
         return Err(bad("IOVA and length must be 4 KiB aligned and non-zero"));
     }
     iova.0.checked_add(len).ok_or_else(|| bad("range wraps"))?;
-    let Some(dom) = unit.domains.get_mut(&did.0) else {
+    let Some(mut alloc) = DomainTables::of(unit, &mut *hw.pages, did) else {
         return Err(unit.err(ErrorKind::NoSuchDomain { did }));
-    };
-    let mut alloc = DomainTables {
-        pages: &mut *hw.pages,
-        tables: &mut dom.tables,
-        counters: &mut unit.counters,
     };
     let r = match &f {
         AnyFormat::V1(f) => pt::unmap(
