@@ -411,14 +411,18 @@ pub(crate) struct Incoming {
     pub(crate) known: PageSet,
 }
 
-/// The first page of `[start, start + pages)` that `set` lacks (work bounded by the
-/// blocks of the range and of the set, not by its pages).
+/// The first page of `[start, start + pages)` that `set` lacks, stepping block by block
+/// of the set (the work is bounded by its blocks, whatever `pages` claims).
 pub(crate) fn first_missing(start: PhysAddr, pages: u64, set: &PageSet) -> Option<PhysAddr> {
-    let mut run = PageSet::new();
-    if run.insert_range(start, pages).is_err() {
-        return Some(start);
+    let end = start.0.saturating_add(pages.saturating_mul(4096));
+    let mut page = start.0;
+    while page < end {
+        match set.containing_block(PhysAddr(page)) {
+            Some((b, o)) => page = b.0.saturating_add(4096 << o),
+            None => return Some(PhysAddr(page)),
+        }
     }
-    run.difference(set).iter().next().map(|(a, _)| a)
+    None
 }
 
 /// Page runs `(first, count)` of a set, ascending.

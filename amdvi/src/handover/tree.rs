@@ -16,7 +16,7 @@ use iommu_core::pgtable::{Budget, Entry, Format, WalkError, WalkErrorKind};
 use iommu_core::{DomainId, Iova, PhysAddr};
 
 use super::record::Record;
-use super::HandoverErrorKind as K;
+use super::{first_missing, HandoverErrorKind as K};
 use crate::driver::PAGE;
 
 /// What the walk of one domain found.
@@ -27,20 +27,6 @@ pub(crate) struct Tree {
     pub(crate) leaves: u64,
     /// Runs of leaf targets checked.
     pub(crate) runs: u64,
-}
-
-/// The first of `n` pages from `start` that `set` lacks, stepping block by block of the
-/// set (bounded by its blocks, whatever `n` claims).
-fn first_outside(start: u64, n: u64, set: &PageSet) -> Option<PhysAddr> {
-    let end = start.saturating_add(n.saturating_mul(PAGE));
-    let mut page = start;
-    while page < end {
-        match set.containing_block(PhysAddr(page)) {
-            Some((b, o)) => page = b.0.saturating_add(PAGE << o),
-            None => return Some(PhysAddr(page)),
-        }
-    }
-    None
 }
 
 /// The first page of `[pa, pa + len)` inside one of the record's runs.
@@ -61,7 +47,7 @@ fn check_run(
     (iova, pa, len): (u64, u64, u64),
 ) -> Result<(), K> {
     let at = |page: PhysAddr| Iova(iova.wrapping_add(page.0.wrapping_sub(pa)));
-    if let Some(page) = first_outside(pa & !(PAGE - 1), len.div_ceil(PAGE), preserved) {
+    if let Some(page) = first_missing(PhysAddr(pa & !(PAGE - 1)), len.div_ceil(PAGE), preserved) {
         return Err(K::LeafTarget {
             did,
             iova: at(page),
