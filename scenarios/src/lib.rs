@@ -7,7 +7,8 @@
 //! scenario that saw a fault, a wrong byte or an error fails.
 //!
 //! The runner ([`runner`]) is arch-neutral; the IOMMU steps sit behind
-//! [`arch::Arch`], implemented for VT-d by [`arch::vtd::Vtd`].
+//! [`arch::Arch`], implemented for VT-d by [`arch::vtd::Vtd`] and for AMD-Vi by
+//! [`arch::amdvi::AmdVi`]; [`select`] resolves `--arch` and `--mode`.
 #![warn(missing_docs)]
 
 pub mod arch;
@@ -20,4 +21,4 @@ pub mod select;
 pub use config::{Mode, Scenario};
 pub use report::Report;
 pub use runner::{run, run_on, RunError, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK, EXIT_USAGE};
-pub use select::{run_selected, select, ArchName, ArchOptions, Selection};
+pub use select::{parse_device_ids, run_selected, select, ArchName, ArchOptions, Selection};

@@ -4,19 +4,20 @@ use clap::Parser;
 use iommu_core::{PageSize, PhysAddr, RequesterId};
 use scenarios::config::{parse_page_sizes, parse_ram, parse_size, parse_u64, Scenario};
 use scenarios::{
-    run_selected, select, ArchName, ArchOptions, RunOptions, EXIT_FAILED, EXIT_IO, EXIT_OK,
-    EXIT_USAGE,
+    parse_device_ids, run_selected, select, ArchName, ArchOptions, RunOptions, EXIT_FAILED,
+    EXIT_IO, EXIT_OK, EXIT_USAGE,
 };
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Replays DMA through an emulated Intel VT-d unit across a live update (prepare,
-/// freeze, kexec, adopt, finish) and checks every byte.
+/// Replays DMA through an emulated IOMMU (Intel VT-d, AMD-Vi) across a live update
+/// (prepare, freeze, kexec, adopt, finish) and checks every byte.
 ///
-/// Without options it runs the built-in default scenario: legacy, scalable second-stage
-/// and scalable first-stage mode, four preserved devices in two domains with 4K, 2M and
-/// 1G mappings, plus one device that is not preserved and must fault after freeze.
+/// Without options it runs the built-in default scenario on every architecture in every
+/// mode (VT-d legacy, scalable second-stage and scalable first-stage; AMD-Vi v1 and v2):
+/// four preserved devices in two domains with 4K, 2M and 1G mappings, plus one device
+/// that is not preserved and must fault after freeze.
 /// Exit status: 0 when every mode ran clean; 1 when a fault, a wrong byte or an error
 /// was seen; 2 when the command line (or the scenario it makes) cannot work, with the
 /// reason, before anything runs; 3 on an I/O error (a snapshot or the report could not
@@ -26,7 +27,8 @@ use std::process::ExitCode;
     name = "iommu-emu",
     version,
     after_help = "Examples:
-  iommu-emu                                   # the default scenario, all three modes
+  iommu-emu                                   # the default scenario, every arch and mode
+  iommu-emu --arch amdvi --mode v2 --amdvi-device-ids 00:00.0-f0:1f.7
   iommu-emu --scenario legacy --seed 7
   iommu-emu --mode scalable-fs --device 00:02.0 --device 3b:00.1 --domains 2
   iommu-emu --ram 0x100000000:64G --unit-base 0xfed91000 --map-size 1G --page-sizes 2M,1G
@@ -55,14 +57,19 @@ struct Cli {
     /// MMIO base of the VT-d unit.
     #[arg(long, value_parser = parse_u64)]
     unit_base: Option<u64>,
-    /// Architecture to run (repeatable): vtd. Default: every architecture, or those the
+    /// Architecture to run (repeatable): vtd, amdvi. Default: every architecture, or those the
     /// --mode values belong to.
     #[arg(long = "arch", value_parser = ArchName::parse)]
     arches: Vec<ArchName>,
     /// Mode to run (repeatable); a mode names its architecture: VT-d legacy,
-    /// scalable-ss, scalable-fs. Default: every mode of each architecture run.
+    /// scalable-ss, scalable-fs; AMD-Vi v1 (host tables), v2 (guest tables through the
+    /// GCR3 table). Default: every mode of each architecture run.
     #[arg(long = "mode")]
     modes: Vec<String>,
+    /// AMD-Vi: the DeviceIDs behind the unit (as ACPI IVRS gives them), FIRST-LAST as
+    /// bus:device.function or numbers, e.g. 00:00.0-3f:1f.7. Default: every DeviceID.
+    #[arg(long, value_parser = parse_device_ids)]
+    amdvi_device_ids: Option<std::ops::RangeInclusive<u16>>,
     /// A preserved device as [segment:]bus:device.function (repeatable; replaces the
     /// scenario's devices).
     #[arg(long = "device", value_parser = parse_rid)]
@@ -139,7 +146,10 @@ fn main() -> ExitCode {
     let opts = RunOptions {
         save_snapshots: cli.save_snapshots,
     };
-    match run_selected(&s, &selections, &ArchOptions::default(), &opts) {
+    let arch_opts = ArchOptions {
+        amdvi_device_ids: cli.amdvi_device_ids,
+    };
+    match run_selected(&s, &selections, &arch_opts, &opts) {
         Ok(reports) => {
             let code = if reports.iter().all(|r| r.is_clean()) {
                 EXIT_OK

@@ -421,3 +421,35 @@ fn arch_and_mode_choose_the_runs_and_unknown_names_are_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("ppc"), "{err}");
 }
+
+/// `--amdvi-device-ids` sets the AMD-Vi unit's DeviceID range: a range holding the
+/// devices runs clean; one leaving a preserved device outside is refused (status 2),
+/// not run.
+#[test]
+fn amdvi_device_id_range_is_the_units_and_must_hold_the_devices() {
+    let small = [
+        "--arch",
+        "amdvi",
+        "--mode",
+        "v1",
+        "--map-size",
+        "64K",
+        "--page-sizes",
+        "4K",
+        "--dma-steps",
+        "1",
+    ];
+    let mut args = small.to_vec();
+    args.extend(["--amdvi-device-ids", "00:00.0-f0:1f.7"]);
+    let (code, out, err) = emu(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("scenario default on AMD-Vi"), "{out}");
+    let mut args = small.to_vec();
+    args.extend(["--amdvi-device-ids", "00:00.0-00:1f.7"]);
+    let (code, out, err) = emu(&args);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("3b:00.0") || out.contains("3b:00.0"),
+        "{err}{out}"
+    );
+}

@@ -24,12 +24,30 @@ fn golden(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// No options: the default scenario in legacy, scalable-ss and scalable-fs mode.
+/// The default scenario on VT-d: legacy, scalable-ss and scalable-fs mode (what a run
+/// without options printed before other architectures joined).
 #[test]
-fn the_default_run_prints_exactly_the_golden_report() {
-    let (code, out, err) = emu(&[]);
+fn the_default_run_on_vtd_prints_exactly_the_golden_report() {
+    let (code, out, err) = emu(&["--arch", "vtd"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, golden("default.txt"));
+}
+
+/// No options: every architecture in every mode, VT-d's report first and unchanged.
+#[test]
+fn the_default_run_plays_every_arch_and_starts_with_the_vtd_report() {
+    let (code, out, err) = emu(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&golden("default.txt")), "{out}");
+    for arch in ["VT-d", "AMD-Vi"] {
+        assert!(
+            out.contains(&format!("scenario default on {arch} ")),
+            "{out}"
+        );
+    }
+    for mode in ["legacy", "scalable-ss", "scalable-fs", "v1", "v2"] {
+        assert!(out.contains(&format!("== mode {mode}: ")), "{out}");
+    }
 }
 
 /// One mode, two page sizes, three domains over the default devices.

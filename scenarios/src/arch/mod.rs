@@ -117,20 +117,12 @@ pub struct DomainWalk {
 /// and context tables (and PASID tables in scalable mode); the limits are CAP.ND,
 /// CAP.MGAW and the register window.
 ///
-/// **AMD-Vi** will implement it with modes `v1` (host page tables, DTE.Mode levels)
-/// and `v2` (guest tables through the GCR3 table, x86 paging format). `model` puts the
-/// emulator's AMD-Vi unit (a 16 KiB register window) on the bus; `bring_up` programs
-/// the device table, command buffer and event log bases and sets IommuEn;
-/// `create_domain` hands out a DomainID (16 bits, so `unit_limits` reports 65535 IDs
-/// and the address width from EFR.HATS or GATS); `map` is the generic map over the v1
-/// or v2 format; `attach` writes the device's DTE (V, TV, Mode, root pointer,
-/// DomainID) indexed by DeviceID (the requester ID) and invalidates it through the
-/// command buffer; `prepare` pins the device table, the page tables and GCR3 tables
-/// and writes an AMD-Vi record; `freeze` invalidates the DTEs of devices not
-/// preserved; `adopt` takes over the device table as it is with a fresh command
-/// buffer and event log (faults go to the event log, which the emulator also logs);
-/// `pool_needs` counts device-table pages up to the highest DeviceID, up to six
-/// levels of tables, GCR3 tables in v2 mode, the command buffer and event log pages.
+/// **AMD-Vi** ([`amdvi::AmdVi`]): modes `v1` (host page tables, DTE.Mode levels) and
+/// `v2` (guest tables through the GCR3 table, x86 paging format); the unit is the
+/// emulator's `AmdViUnit` with the DeviceID range IVRS would give it; domains are
+/// tagged by the DTE's DomainID (16 bits); devices are found through the device table
+/// by DeviceID; `adopt` keeps the device table in place and re-bases the command buffer
+/// and event log.
 ///
 /// **SMMUv3** will implement it with modes for stage 1 (STE.Config S1, a context
 /// descriptor carrying the ASID and TTB0) and stage 2 (STE.Config S2, the VMID and
