@@ -8,7 +8,7 @@
 //!
 //! The runner ([`runner`]) is arch-neutral; the IOMMU steps sit behind
 //! [`arch::Arch`], implemented for VT-d by [`arch::vtd::Vtd`] and for AMD-Vi by
-//! [`arch::amdvi::AmdVi`]; [`select`] resolves `--arch` and `--mode`.
+//! [`arch::amdvi::AmdVi`]; [`select`](mod@select) resolves `--arch` and `--mode`.
 #![warn(missing_docs)]
 
 pub mod arch;

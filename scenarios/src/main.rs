@@ -70,7 +70,7 @@ struct Cli {
     /// bus:device.function or numbers, e.g. 00:00.0-3f:1f.7. Default: every DeviceID.
     #[arg(long, value_parser = parse_device_ids)]
     amdvi_device_ids: Option<std::ops::RangeInclusive<u16>>,
-    /// A preserved device as [segment:]bus:device.function (repeatable; replaces the
+    /// A preserved device as `[segment:]bus:device.function` (repeatable; replaces the
     /// scenario's devices).
     #[arg(long = "device", value_parser = parse_rid)]
     devices: Vec<RequesterId>,

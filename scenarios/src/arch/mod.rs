@@ -101,9 +101,9 @@ pub struct DomainWalk {
 /// [`pool`](Arch::pool) for the old kernel, [`bring_up`](Arch::bring_up), per domain
 /// [`create_domain`](Arch::create_domain) and [`map`](Arch::map), per device
 /// [`attach`](Arch::attach), [`walk_domain`](Arch::walk_domain) over the preserved
-/// domains; [`handover`](Arch::handover), [`preserve`](Arch::preserve) for the guest
-/// memory, [`prepare`](Arch::prepare), [`freeze`](Arch::freeze),
-/// [`finalize`](Arch::finalize) (the KHO blob), the kexec, a new
+/// domains; the runner preserves the guest memory in its `KhoOut`, then
+/// [`prepare`](Arch::prepare), [`freeze`](Arch::freeze), the runner writes the KHO
+/// blob, the kexec, a new
 /// [`pool`](Arch::pool) with [`exclude`](Arch::exclude), [`adopt`](Arch::adopt),
 /// [`walk_domain`](Arch::walk_domain) again, [`verify`](Arch::verify),
 /// [`finish`](Arch::finish) and a last [`map`](Arch::map). Before any run it asks
