@@ -21,3 +21,4 @@ extern crate alloc;
 
 pub mod format;
 pub mod hw;
+pub mod record;
