@@ -19,6 +19,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "driver")]
+pub mod driver;
 pub mod format;
 pub mod hw;
 pub mod record;
