@@ -22,5 +22,7 @@ extern crate alloc;
 #[cfg(feature = "driver")]
 pub mod driver;
 pub mod format;
+#[cfg(feature = "driver")]
+pub mod handover;
 pub mod hw;
 pub mod record;

@@ -224,6 +224,8 @@ pub struct Unit {
     pub(crate) masters: BTreeMap<u32, Master>,
     pub(crate) counters: Counters,
     pub(crate) frozen: bool,
+    pub(crate) outgoing: Option<crate::handover::Outgoing>,
+    pub(crate) incoming: Option<crate::handover::Incoming>,
 }
 
 /// Allocates a zeroed, size-aligned block of `bytes` (a power of two, at least a
@@ -287,6 +289,11 @@ pub(crate) fn zero(mem: &mut dyn PhysMem, at: PhysAddr, bytes: u64) -> Result<()
 }
 
 impl Unit {
+    /// The IDR5.OAS encoding (CD.IPS and STE.S2PS of the driver's domains).
+    pub(crate) fn oas_enc(&self) -> u8 {
+        crate::hw::pa_size_enc(self.caps.oas_bits).unwrap_or(5)
+    }
+
     fn err(&self, kind: ErrorKind) -> Error {
         Error::new(self.base, kind)
     }
@@ -347,6 +354,8 @@ impl Unit {
             masters: BTreeMap::new(),
             counters: Counters::default(),
             frozen: false,
+            outgoing: None,
+            incoming: None,
         })
     }
 
@@ -1020,6 +1029,11 @@ impl Unit {
         let (f, root) = self.translation(did)?;
         walk(&f, mem, root, limits).map_err(|err| self.err(ErrorKind::Walk { did, err }))
     }
+}
+
+/// A CMD_SYNC that completes when consumed.
+pub(crate) fn sync_cmd() -> Cmd {
+    cmdq::sync()
 }
 
 /// STE.S2SL0 the driver uses with a 48-bit IPA: 4 KiB level 0 (2), 16 KiB level 1 with
