@@ -12,6 +12,7 @@
 //! [`vtd::Vtd`] implements it for Intel VT-d; its modes are `legacy`, `scalable-ss`
 //! and `scalable-fs`.
 
+pub mod smmuv3;
 pub mod vtd;
 
 use crate::config::{ConfigError, Scenario};

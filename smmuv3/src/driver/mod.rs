@@ -175,6 +175,9 @@ pub struct CdTable {
     pub cdmax: u8,
     /// The L2 table holding CD 0 (2-level).
     pub l2: Option<PhysAddr>,
+    /// Bytes of each of its blocks (the L1 or linear table, the L2 table): a granule
+    /// of its domain, so a nested domain's stage 2 maps exactly them.
+    pub bytes: u64,
 }
 
 impl CdTable {
@@ -182,8 +185,8 @@ impl CdTable {
     pub fn cd0(&self) -> PhysAddr {
         self.l2.unwrap_or(self.base)
     }
-    /// Its pages.
-    pub fn pages(&self) -> impl Iterator<Item = PhysAddr> {
+    /// Its blocks (each of `bytes`).
+    pub fn blocks(&self) -> impl Iterator<Item = PhysAddr> {
         [Some(self.base), self.l2].into_iter().flatten()
     }
 }
@@ -675,7 +678,9 @@ impl Unit {
         let mut failed = None;
         for (i, f) in [f1, f2].into_iter().enumerate() {
             let Some(f) = f else { continue };
-            let bytes = f.table_bytes(f.root_level()).max(PAGE);
+            // At least a granule: the root is then granule aligned, as the record
+            // requires, and a nested domain's stage 2 maps it with one granule page.
+            let bytes = f.table_bytes(f.root_level()).max(granule.bytes());
             match alloc_block(
                 self.base,
                 &mut *hw.pages,
@@ -702,7 +707,7 @@ impl Unit {
         }
         if let Some(e) = failed {
             for (f, p) in roots.into_iter().flatten() {
-                let bytes = f.table_bytes(f.root_level()).max(PAGE);
+                let bytes = f.table_bytes(f.root_level()).max(granule.bytes());
                 free_block(&mut *hw.pages, &mut self.counters, p, bytes);
             }
             self.asids.remove(&asid);
@@ -944,8 +949,8 @@ impl Unit {
             },
         );
         if let Some(t) = old.and_then(|m| m.cd) {
-            for p in t.pages() {
-                free_block(&mut *hw.pages, &mut self.counters, p, PAGE);
+            for p in t.blocks() {
+                free_block(&mut *hw.pages, &mut self.counters, p, t.bytes);
             }
         }
         Ok(kind)
@@ -953,34 +958,37 @@ impl Unit {
 
     /// A CD table for master `sid` of stage-1 domain `d` holding its CD as CD 0.
     fn new_cd_table(&mut self, hw: &mut Hw<'_>, sid: u32, d: &Domain) -> Result<CdTable, Error> {
+        let bytes = d.granule.bytes();
         let base = alloc_block(
             self.base,
             &mut *hw.pages,
             &mut self.counters,
-            PAGE,
+            bytes,
             "CD table",
         )?;
-        zero(&mut *hw.mem, base, PAGE).map_err(self.mem_err("CD table"))?;
+        zero(&mut *hw.mem, base, bytes).map_err(self.mem_err("CD table"))?;
         let mut t = CdTable {
             base,
             fmt: S1Fmt::Linear,
             cdmax: 0,
             l2: None,
+            bytes,
         };
         if self.two_level_cd {
             let l2 = alloc_block(
                 self.base,
                 &mut *hw.pages,
                 &mut self.counters,
-                PAGE,
+                bytes,
                 "L2 CD table",
             )?;
-            zero(&mut *hw.mem, l2, PAGE).map_err(self.mem_err("L2 CD table"))?;
+            zero(&mut *hw.mem, l2, bytes).map_err(self.mem_err("L2 CD table"))?;
             t = CdTable {
                 base,
                 fmt: S1Fmt::TwoLevel4K,
                 cdmax: CD2L_CDMAX,
                 l2: Some(l2),
+                bytes,
             };
             hw.mem
                 .write(base, L1Cd::new(l2.0).as_bytes())
@@ -988,18 +996,9 @@ impl Unit {
         }
         if let (Some((f2, r2)), true) = (d.s2, d.stage.s1()) {
             // Nested: the CD fetch is translated by stage 2.
-            let g = d.granule.bytes();
-            for p in t.pages() {
-                let blk = PhysAddr(p.0 & !(g - 1));
-                self.identity(
-                    hw,
-                    d.id,
-                    &f2,
-                    r2,
-                    blk,
-                    g,
-                    iommu_core::PageSize::new(g).unwrap_or(iommu_core::PageSize::SIZE_4K),
-                )?;
+            let g = iommu_core::PageSize::new(bytes).unwrap_or(iommu_core::PageSize::SIZE_4K);
+            for p in t.blocks() {
+                self.identity(hw, d.id, &f2, r2, p, bytes, g)?;
             }
         }
         let cd = self.make_cd(d);

@@ -98,6 +98,11 @@ impl Unit {
                 .domains
                 .get(&did.0)
                 .is_some_and(|d| d.identity.contains(&a));
+            // Already identity-mapped (tables adopted from the previous kernel)?
+            let mapped = |x: u64| {
+                pt::translate(f, &*hw.mem, root, Iova(x)).is_ok_and(|t| t.pa() == Some(PhysAddr(x)))
+            };
+            let done = done || (mapped(a) && mapped(a + size.bytes() - 1));
             if !done {
                 let tables = self.map_in(
                     hw,

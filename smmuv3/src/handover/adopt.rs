@@ -503,6 +503,7 @@ impl Unit {
                 fmt,
                 cdmax: rm.s1cdmax,
                 l2: None,
+                bytes: d.granule.bytes(),
             };
             if fmt != S1Fmt::Linear {
                 report.entries_read += 1;
@@ -531,8 +532,12 @@ impl Unit {
             if !ok {
                 return Err((Block::Ste(at), bad("CD", t.cd0())));
             }
-            for p in t.pages() {
-                let _ = known.insert(PhysAddr(p.0 & !(PAGE - 1)), 0);
+            for p in t.blocks() {
+                let blk = PhysAddr(p.0 & !(t.bytes - 1));
+                if !(0..t.bytes / PAGE).all(|i| ours(PhysAddr(blk.0 + i * PAGE))) {
+                    return Err((Block::Ste(at), bad("CD table", blk)));
+                }
+                let _ = known.insert_range(blk, t.bytes / PAGE);
             }
             cd = Some(t);
         }
@@ -621,7 +626,7 @@ impl Unit {
             let w = walk(&f, &*hw.mem, root, &WalkLimits::default())
                 .map_err(|err| self.herr2(K::Walk { did, err }))?;
             for t in &w.tables {
-                let n = t.bytes.max(PAGE) / PAGE;
+                let n = t.bytes.max(f.granule().bytes()) / PAGE;
                 for i in 0..n {
                     let p = PhysAddr(t.addr.0 + i * PAGE);
                     if !inc.record.holds_page(p)

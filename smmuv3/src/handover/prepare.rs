@@ -61,7 +61,8 @@ impl Unit {
         let w = walk(f, &*hw.mem, root, &WalkLimits::default())
             .map_err(|err| self.herr(K::Walk { did, err }))?;
         for t in &w.tables {
-            let n = t.bytes.max(PAGE) / PAGE;
+            // Tables take at least a granule (roots smaller than one included).
+            let n = t.bytes.max(f.granule().bytes()) / PAGE;
             if let Some(page) = first_missing(&d.tables, t.addr, n) {
                 return Err(self.herr(K::UnpinnedTable { did, page }));
             }
@@ -158,8 +159,8 @@ impl Unit {
                         at: t.cd0(),
                     }));
                 }
-                for p in t.pages() {
-                    let _ = pinned.insert(p, 0);
+                for p in t.blocks() {
+                    let _ = pinned.insert_range(p, t.bytes / PAGE);
                 }
             }
             masters.push(RecordMaster {
@@ -308,6 +309,30 @@ impl Unit {
             report.entries_written += 1;
         }
         let mut cmds = Vec::new();
+        if self.strtab.fmt == StrtabFmt::TwoLevel {
+            // L2 stream tables no preserved master uses are not preserved: their L1
+            // descriptors become invalid (SPAN 0, C_BAD_STREAMID), so the SMMU never
+            // fetches from them once the next kernel reuses the pages.
+            let split = self.strtab.split;
+            let keep_l1: Vec<u32> = keep.masters.iter().map(|s| s >> split).collect();
+            let drop: Vec<u32> = self
+                .l2
+                .keys()
+                .copied()
+                .filter(|l1| !keep_l1.contains(l1))
+                .collect();
+            for l1 in drop {
+                let at = PhysAddr(self.strtab_base.0 + l1 as u64 * 8);
+                hw.mem
+                    .write(at, &0u64.to_le_bytes())
+                    .map_err(|e| self.herr(K::Driver(mem(e))))?;
+                cmds.push(Cmd::cfgi_ste(l1 << split, false));
+                // Its masters are gone with it (attach allocates a new L2 table).
+                self.l2.remove(&l1);
+                self.masters.retain(|&sid, _| sid >> split != l1);
+                report.entries_written += 1;
+            }
+        }
         for d in self.domains.values() {
             if keep.domains.binary_search(&d.id).is_ok() {
                 continue;
