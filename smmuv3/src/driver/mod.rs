@@ -473,7 +473,7 @@ impl Unit {
         u.ctrl(hw, 0)?;
         hw.regs.write32(regs::CR1, Self::cr1());
         hw.regs.write32(regs::CR2, Self::cr2());
-        let bytes = u.strtab_bytes.max(64);
+        let bytes = u.strtab_bytes.max(PAGE);
         let t = alloc_block(
             u.base,
             &mut *hw.pages,
@@ -527,6 +527,10 @@ impl Unit {
     /// The command queue.
     pub fn command_queue(&self) -> Queue {
         self.cmdq
+    }
+    /// The event queue.
+    pub fn event_queue(&self) -> Queue {
+        self.eventq
     }
     /// Whether `freeze` ran.
     pub fn is_frozen(&self) -> bool {
