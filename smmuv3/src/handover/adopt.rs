@@ -356,8 +356,8 @@ impl Unit {
             u.alloc_queues(hw)?;
             let smmuen = CR0::SMMUEN::SET.value;
             u.ctrl(hw, smmuen)?;
-            u.enable_queues(hw, smmuen)?;
-            u.ctrl(hw, smmuen | (CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value)
+            // CMDQEN (global invalidation), then EVENTQEN, SMMUEN kept.
+            u.enable_queues(hw, smmuen)
         })();
         if let Err(e) = rebase {
             return Err(u.refuse(hw, e.into(), named));

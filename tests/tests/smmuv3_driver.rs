@@ -1,0 +1,196 @@
+//! The SMMUv3 driver on the emulated SMMU, register by register: Linux's bring-up
+//! order, the global invalidation (with TLBI_EL2_ALL where IDR0.HYP), adopt never
+//! writing STRTAB_BASE(_CFG) and keeping SMMUEN set while it re-bases the queues, and
+//! the ASID and VMID allocators bounded by IDR0.ASID16 / VMID16.
+
+use emulator::smmuv3::SmmuV3Config;
+use iommu_core::kho::KhoOut;
+use iommu_core::{PhysAddr, RegisterAccess};
+use smmuv3::driver::{ErrorKind, Hw, Stage, Unit};
+use smmuv3::handover::Selection;
+use smmuv3::hw::cmd::{Cmd, Opcode};
+use smmuv3::hw::regs::{self, CR0};
+use smmuv3::hw::ste::StrtabFmt;
+use smmuv3::hw::Granule;
+use tests::smmuv3_rig::{preserve_guest, setup, ucfg, Rig, BASE};
+
+/// Logs every register write (offset, value) and forwards it.
+struct Log<'a> {
+    inner: &'a mut dyn RegisterAccess,
+    writes: Vec<(u64, u64)>,
+}
+
+impl RegisterAccess for Log<'_> {
+    fn read32(&mut self, offset: u64) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn write32(&mut self, offset: u64, value: u32) {
+        self.writes.push((offset, value as u64));
+        self.inner.write32(offset, value)
+    }
+    fn read64(&mut self, offset: u64) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&mut self, offset: u64, value: u64) {
+        self.writes.push((offset, value));
+        self.inner.write64(offset, value)
+    }
+}
+
+/// Runs `f` with register writes logged.
+fn logged<T>(rig: &mut Rig, f: impl FnOnce(&mut Hw<'_>) -> T) -> (T, Vec<(u64, u64)>) {
+    let (mut regs, mut mem) = rig.machine.driver_access(BASE).unwrap();
+    let mut log = Log {
+        inner: &mut regs,
+        writes: Vec::new(),
+    };
+    let t = {
+        let mut hw = Hw {
+            regs: &mut log,
+            mem: &mut mem,
+            pages: &mut rig.pool,
+        };
+        f(&mut hw)
+    };
+    (t, log.writes)
+}
+
+/// The commands issued between command-queue positions `from` and `to` (no wrap).
+fn commands(rig: &Rig, unit: &Unit, from: u32, to: u32) -> Vec<Opcode> {
+    let q = unit.command_queue();
+    (from..to)
+        .map(|i| {
+            let at = PhysAddr(q.base.0 + 16 * i as u64);
+            let mut b = [0u8; 16];
+            iommu_core::PhysMem::read(&*rig.machine.mem(), at, &mut b).unwrap();
+            let c = Cmd::from_qwords([
+                u64::from_le_bytes(b[..8].try_into().unwrap()),
+                u64::from_le_bytes(b[8..].try_into().unwrap()),
+            ]);
+            c.opcode().unwrap()
+        })
+        .collect()
+}
+
+const ENABLED: u64 = 0b1101; // SMMUEN | EVENTQEN | CMDQEN
+
+/// Linux `arm_smmu_device_reset` (reference §11): CR0 = 0, CR1, CR2, STRTAB_BASE/CFG,
+/// CMDQ_BASE/PROD/CONS, CMDQEN, CFGI_ALL + TLBI_NSNH_ALL (+ TLBI_EL2_ALL with HYP) +
+/// CMD_SYNC, EVENTQ_BASE/PROD/CONS, EVENTQEN, SMMUEN.
+#[test]
+fn bring_up_follows_linux_order() {
+    for hyp in [false, true] {
+        let mut cfg = SmmuV3Config::new(BASE);
+        cfg.hyp = hyp;
+        let mut rig = Rig::new(cfg);
+        let (unit, w) = logged(&mut rig, |hw| Unit::init(hw, &ucfg(StrtabFmt::Linear)));
+        let unit = unit.expect("bring-up");
+        let offs: Vec<u64> = w.iter().map(|&(o, _)| o).collect();
+        assert_eq!(
+            offs,
+            [
+                regs::CR0,
+                regs::CR1,
+                regs::CR2,
+                regs::STRTAB_BASE,
+                regs::STRTAB_BASE_CFG,
+                regs::CMDQ_BASE,
+                regs::CMDQ_PROD,
+                regs::CMDQ_CONS,
+                regs::CR0,
+                regs::CMDQ_PROD,
+                regs::EVENTQ_BASE,
+                regs::EVENTQ_PROD,
+                regs::EVENTQ_CONS,
+                regs::CR0,
+                regs::CR0,
+            ]
+        );
+        let cr0: Vec<u64> = w.iter().filter(|w| w.0 == regs::CR0).map(|w| w.1).collect();
+        assert_eq!(cr0, [0, 0b1000, 0b1100, ENABLED]);
+        let n = unit.command_queue().pos;
+        let mut want = vec![Opcode::CfgiSteRange, Opcode::TlbiNsnhAll];
+        if hyp {
+            want.push(Opcode::TlbiEl2All);
+        }
+        want.push(Opcode::Sync);
+        assert_eq!(commands(&rig, &unit, 0, n), want, "HYP {hyp}");
+        assert_eq!(rig.hw(|hw| hw.regs.read32(regs::CR0ACK)) as u64, ENABLED);
+    }
+}
+
+/// Adopt re-bases the queues with SMMUEN kept 1 and never writes STRTAB_BASE or
+/// STRTAB_BASE_CFG (IGNORED while SMMUEN = 1, reference §3), then invalidates
+/// everything.
+#[test]
+fn adopt_rebases_queues_with_smmuen_kept_and_never_touches_the_stream_table_base() {
+    let mut cfg = SmmuV3Config::new(BASE);
+    cfg.hyp = true;
+    let mut rig = Rig::new(cfg);
+    let (mut unit, doms) = setup(&mut rig, StrtabFmt::TwoLevel, Stage::S1, Granule::K4, 1);
+    let (_, sid) = rig.add_master(iommu_core::RequesterId::new(0, 1, 0, 0));
+    rig.hw(|hw| unit.attach(hw, sid, doms[0].0)).unwrap();
+    let mut kho = KhoOut::new();
+    preserve_guest(&mut kho, &doms);
+    let sel = Selection {
+        domains: vec![doms[0].0],
+        masters: vec![sid],
+    };
+    rig.hw(|hw| unit.prepare(hw, &mut kho, &sel)).unwrap();
+    rig.hw(|hw| unit.freeze(hw)).unwrap();
+    let blob = rig.kexec(&mut kho);
+    let preserved = iommu_core::kho::read_preserved(&*rig.machine.mem(), blob).unwrap();
+    let (r, w) = logged(&mut rig, |hw| {
+        Unit::adopt_with_preserved(hw, &ucfg(StrtabFmt::TwoLevel), blob, preserved)
+    });
+    let (u, _) = r.unwrap_or_else(|f| panic!("{}", f.error));
+    assert!(!w
+        .iter()
+        .any(|&(o, _)| o == regs::STRTAB_BASE || o == regs::STRTAB_BASE_CFG));
+    let cr0: Vec<u64> = w.iter().filter(|w| w.0 == regs::CR0).map(|w| w.1).collect();
+    assert!(
+        cr0.iter().all(|v| v & CR0::SMMUEN::SET.value as u64 != 0),
+        "{cr0:?}"
+    );
+    assert_eq!(cr0, [0b0001, 0b1001, 0b1101]);
+    let n = u.command_queue().pos;
+    assert_eq!(
+        commands(&rig, &u, 0, n),
+        [
+            Opcode::CfgiSteRange,
+            Opcode::TlbiNsnhAll,
+            Opcode::TlbiEl2All,
+            Opcode::Sync
+        ]
+    );
+    assert!(rig.machine.unit(BASE).unwrap().diagnostics().is_empty());
+}
+
+/// 8-bit ASIDs and VMIDs (IDR0.ASID16 = VMID16 = 0): 255 domains each, ID 0 never
+/// handed out, all distinct, then a typed error.
+#[test]
+fn eight_bit_asids_and_vmids_run_out_with_a_typed_error() {
+    for stage in [Stage::S1, Stage::S2] {
+        let mut cfg = SmmuV3Config::new(BASE);
+        cfg.asid16 = false;
+        cfg.vmid16 = false;
+        let mut rig = Rig::new(cfg);
+        let mut unit = rig
+            .hw(|hw| Unit::init(hw, &ucfg(StrtabFmt::Linear)))
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..255 {
+            let d = rig
+                .hw(|hw| unit.create_domain(hw, stage, Granule::K4))
+                .unwrap();
+            let d = unit.domain(d).unwrap();
+            let id = if stage.s1() { d.asid } else { d.vmid };
+            assert!(id != 0 && seen.insert(id), "{stage}: ID {id}");
+        }
+        let e = rig
+            .hw(|hw| unit.create_domain(hw, stage, Granule::K4))
+            .unwrap_err();
+        let what = if stage.s1() { "ASID" } else { "VMID" };
+        assert_eq!(e.kind, ErrorKind::OutOfIds { what });
+    }
+}
