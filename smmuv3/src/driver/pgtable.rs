@@ -104,7 +104,8 @@ impl Unit {
             };
             let done = done || (mapped(a) && mapped(a + size.bytes() - 1));
             if !done {
-                let tables = self.map_in(
+                // Stage-2 tables are walked by PA: nothing more to map for them.
+                self.map_in(
                     hw,
                     did,
                     f,
@@ -118,8 +119,6 @@ impl Unit {
                 if let Some(d) = self.domains.get_mut(&did.0) {
                     d.identity.insert(a);
                 }
-                // Stage-2 tables are walked by PA: nothing more to map for them.
-                let _ = tables;
             }
             a += size.bytes();
         }

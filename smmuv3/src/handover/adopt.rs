@@ -768,11 +768,9 @@ impl Unit {
             }
         }
         for d in self.domains.values_mut() {
+            // A nested domain's stage-2 identity map is found again by `map` (it
+            // translates before mapping), so nothing is rebuilt here.
             d.state = DomainState::Live;
-            if let (Some((f1, _)), true) = (d.s1, d.s2.is_some()) {
-                // Nested: what stage 2 maps identically is known from its walk.
-                let _ = f1;
-            }
         }
         for m in self.masters.values_mut() {
             m.preserved = false;
