@@ -202,4 +202,82 @@ mod tests {
         assert_eq!(k, UpdateKind::Hitless);
         assert_eq!(plan(a, a, ste_used).0, UpdateKind::Unchanged);
     }
+
+    fn nested(ctx: u64, ttb: u64, vmid: u16) -> Ste {
+        let mut s = s2_ste(ttb, vmid);
+        let s1 = s1_ste(ctx);
+        s.set_config(Config::Nested);
+        s.set_s1_context_ptr(ctx);
+        s.set_s1dss(S1Dss::Ssid0);
+        s.set_s1cir(s1.s1cir());
+        s
+    }
+
+    /// Whether `e` and `t` differ in the bits the SMMU uses reading `e`.
+    fn differs_in_used(e: &[u64; 8], t: &[u64; 8]) -> bool {
+        let u = ste_used(e);
+        (0..8).any(|i| (e[i] ^ t[i]) & u[i] != 0)
+    }
+
+    /// Linux `arm-smmu-v3-test.c` `arm_smmu_v3_test_ste_expect_transition`, over every
+    /// pair of a set of STEs: replaying the plan one qword store at a time, every entry
+    /// the SMMU could fetch is, in its used bits, the old or the new entry, or (only in a
+    /// breaking update) invalid; the CMD_SYNC count is the number of steps: at most 3
+    /// for hitless, exactly 3 for breaking.
+    #[test]
+    fn every_transition_passes_only_through_old_new_or_invalid() {
+        let mut abort = Ste::default();
+        abort.set_v(true);
+        let mut bypass = abort;
+        bypass.set_config(Config::Bypass);
+        let mut s1_bypass_dss = s1_ste(0x1000);
+        s1_bypass_dss.set_s1dss(S1Dss::Bypass);
+        let set = [
+            Ste::default(),
+            abort,
+            bypass,
+            s1_ste(0x1000),
+            s1_ste(0x2000),
+            s1_bypass_dss,
+            s2_ste(0x3000, 1),
+            s2_ste(0x4000, 2),
+            nested(0x1000, 0x3000, 1),
+            nested(0x5000, 0x3000, 1),
+        ];
+        for old in &set {
+            for new in &set {
+                let (o, n) = (old.qwords(), new.qwords());
+                let (kind, steps) = plan(o, n, ste_used);
+                let mut cur = o;
+                let mut went_invalid = false;
+                for step in &steps {
+                    for &(i, v) in step {
+                        cur[i] = v;
+                        let ok = !differs_in_used(&cur, &o) || !differs_in_used(&cur, &n);
+                        let invalid = cur[0] & 1 == 0;
+                        went_invalid |= invalid && !ok;
+                        assert!(
+                            ok || (invalid && kind == UpdateKind::Breaking),
+                            "{old:?} -> {new:?}: torn {cur:x?} ({kind:?})"
+                        );
+                    }
+                }
+                assert_eq!(cur, n, "the plan ends at the target");
+                match kind {
+                    UpdateKind::Unchanged => assert_eq!(o, n),
+                    UpdateKind::Plain => assert_eq!(steps.len(), 1),
+                    UpdateKind::Hitless => assert!(steps.len() <= 3 && !went_invalid),
+                    UpdateKind::Breaking => assert_eq!(steps.len(), 3),
+                }
+            }
+        }
+        // Named cases (Linux's test expectations): S1 -> S2 and S2 -> S1 break;
+        // abort <-> bypass and S1 CD-table switches are hitless.
+        let k = |a: &Ste, b: &Ste| plan(a.qwords(), b.qwords(), ste_used).0;
+        assert_eq!(k(&set[3], &set[6]), UpdateKind::Breaking);
+        assert_eq!(k(&set[6], &set[3]), UpdateKind::Breaking);
+        assert_eq!(k(&abort, &bypass), UpdateKind::Hitless);
+        assert_eq!(k(&set[3], &set[4]), UpdateKind::Hitless);
+        assert_eq!(k(&set[6], &abort), UpdateKind::Hitless);
+    }
 }

@@ -189,7 +189,9 @@ impl Unit {
         let cr0 = hw.regs.read32(regs::CR0);
         let strtab_base = hw.regs.read64(regs::STRTAB_BASE);
         let strtab_cfg = hw.regs.read32(regs::STRTAB_BASE_CFG);
-        report.registers_read += 3;
+        let cr1 = hw.regs.read32(regs::CR1);
+        let cr2 = hw.regs.read32(regs::CR2);
+        report.registers_read += 5;
         let two = IDR0::ST_LEVEL.read(u.idr0) == 1;
         let eff = StrtabCfg::effective(strtab_cfg, IDR1::SIDSIZE.read(u.idr1), two);
         let base = PhysAddr(strtab_base & regs::field_mask64(regs::STRTAB_BASE::ADDR));
@@ -213,6 +215,8 @@ impl Unit {
                     strtab_cfg as u64,
                     rec.strtab_base_cfg as u64,
                 ),
+                ("CR1", cr1 as u64, rec.cr1 as u64),
+                ("CR2", cr2 as u64, rec.cr2 as u64),
             ] {
                 if live != r {
                     return Err(K::Register {
