@@ -807,7 +807,10 @@ impl Unit {
         sid: u32,
         target: Ste,
     ) -> Result<UpdateKind, Error> {
-        let at = self.ste_addr(hw, sid, true)?.expect("allocated");
+        // With `alloc`, `ste_addr` allocates the L2 table or fails: never `None`.
+        let Some(at) = self.ste_addr(hw, sid, true)? else {
+            return Err(self.err(ErrorKind::NoSuchMaster { sid }));
+        };
         let cur: [u64; 8] = read_qwords(&*hw.mem, at).map_err(self.mem_err("STE"))?;
         let (kind, steps) = entry::plan(cur, target.qwords(), entry::ste_used);
         for step in steps {

@@ -160,18 +160,8 @@ impl Unit {
             perms,
             Attrs::default(),
         );
-        r.map(|m| m.tables).map_err(|e| {
-            Error::new(
-                unit,
-                ErrorKind::Map {
-                    did,
-                    iova,
-                    len,
-                    size,
-                    why: format!("{e}"),
-                },
-            )
-        })
+        r.map(|m| m.tables)
+            .map_err(|e| refused(unit, did, iova, len, size, e))
     }
 
     /// Unmaps `[iova, iova + len)` of stage-1 or stage-2 domain `did` (the stage that
@@ -186,7 +176,9 @@ impl Unit {
     ) -> Result<u64, Error> {
         let unit = self.base;
         self.domain_mut_checked(did)?;
-        let d = self.domains.get_mut(&did.0).expect("checked");
+        let Some(d) = self.domains.get_mut(&did.0) else {
+            return Err(Error::new(unit, ErrorKind::NoSuchDomain { did }));
+        };
         let (f, root) =
             d.s1.or(d.s2)
                 .ok_or(Error::new(unit, ErrorKind::NoSuchDomain { did }))?;
@@ -206,34 +198,48 @@ impl Unit {
             len,
             Partial::Refuse,
         )
-        .map_err(|e| {
-            Error::new(
-                unit,
-                ErrorKind::Map {
-                    did,
-                    iova,
-                    len,
-                    size: PageSize::SIZE_4K,
-                    why: format!("{e}"),
-                },
-            )
-        })?;
+        .map_err(|e| refused(unit, did, iova, len, granule_page(f.granule().bytes()), e))?;
         let tlbi = if s1 {
             Cmd::tlbi(Opcode::TlbiNhAsid, vmid, asid)
         } else {
             Cmd::tlbi(Opcode::TlbiS12Vmall, vmid, 0)
         };
         self.issue(hw, &[tlbi, cmdq::sync()])?;
-        let d = self.domains.get_mut(&did.0).expect("checked above");
-        for t in &u.freed {
-            let bytes = t.bytes.max(PAGE);
-            for i in 0..bytes / PAGE {
-                iommu_core::pool::remove_page(&mut d.tables, PhysAddr(t.addr.0 + i * PAGE));
+        // Invalidated: the tables left empty go back.
+        if let Some(d) = self.domains.get_mut(&did.0) {
+            let mut alloc = DomainTables {
+                unit,
+                pages: &mut *hw.pages,
+                tables: &mut d.tables,
+                counters: &mut self.counters,
+            };
+            for t in &u.freed {
+                alloc.free_unlinked(t.addr, t.bytes);
             }
-            free_block(&mut *hw.pages, &mut self.counters, t.addr, bytes);
         }
         Ok(u.bytes)
     }
+}
+
+/// A map or unmap the generic algorithm refused, as a driver error.
+fn refused(
+    unit: PhysAddr,
+    did: DomainId,
+    iova: Iova,
+    len: u64,
+    size: PageSize,
+    why: impl core::fmt::Display,
+) -> Error {
+    Error::new(
+        unit,
+        ErrorKind::Map {
+            did,
+            iova,
+            len,
+            size,
+            why: format!("{why}"),
+        },
+    )
 }
 
 /// The page size of a granule.

@@ -175,7 +175,7 @@ impl Unit {
         });
         let (kr, record_pa) = match read {
             Ok((r, Some(pa))) => (r, pa),
-            Ok((_, None)) => unreachable_client(&u, hw)?,
+            Ok((_, None)) => no_client(&u, hw)?,
             Err(e) => return Err(u.refuse(hw, u.herr2(K::Kho(e)), Vec::new())),
         };
         let rec = match Record::decode(&kr.payload) {
@@ -799,8 +799,9 @@ fn inc_pages(r: &Record) -> PageSet {
     s
 }
 
-/// `read_client_record` succeeded, so the client exists: never reached.
-fn unreachable_client<T>(u: &Unit, hw: &mut Hw<'_>) -> Result<T, Box<AdoptFailure>> {
+/// The blob holds no record of this SMMU (`read_client_record` reports that first;
+/// this covers a blob that changed in between).
+fn no_client<T>(u: &Unit, hw: &mut Hw<'_>) -> Result<T, Box<AdoptFailure>> {
     Err(u.refuse(
         hw,
         u.herr2(K::State {
