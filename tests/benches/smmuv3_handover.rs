@@ -9,7 +9,7 @@
 //! Run with `cargo bench -p tests --bench smmuv3_handover`. The default run is short
 //! (four combinations, 10 samples); `SMMUV3_BENCH=full` runs 1/16/256 domains with
 //! 1 GiB and 16 GiB mapped in 4 KiB pages, 2 MiB blocks and 64 KiB pages (64 KiB
-//! granule); `SMMUV3_BENCH=1:16:4K,256:1:64K` runs the listed `domains:GiB:page`
+//! granule), and 256 GiB in 2 MiB blocks; `SMMUV3_BENCH=1:16:4K,256:1:64K` runs the listed `domains:GiB:page`
 //! combinations. "Mapped" is the total over all domains (stage 1, a 2-level stream
 //! table); each domain maps an equal share and has one master. Sizes and work counts
 //! are printed to stderr (criterion measures times only).
@@ -94,6 +94,7 @@ fn combos() -> Vec<Combo> {
                     v.push(c(d, t, p));
                 }
             }
+            v.push(c(d, 256, m2));
         }
         v
     } else {

@@ -246,14 +246,16 @@ impl Smmuv3 {
             let t = self.tables_for(len, ps).checked_mul(self.table_cost())?;
             per_domain = per_domain.checked_add(t.checked_mul(stages)?)?;
         }
+        // A CD table (and its L2 table when 2-level) is a block of the granule each.
         let cd_pages = match self.strtab {
             Strtab::Linear => 1,
             Strtab::TwoLevel => 2,
-        } * masters.len() as u64;
+        } * masters.len() as u64
+            * self.table_cost();
         if mode == Mode::Nested {
             // Stage 2 also maps every stage-1 table and CD table page: at worst a
             // chain of tables each.
-            let s1_tables = per_domain / 2 / self.table_cost() + cd_pages;
+            let s1_tables = (per_domain / 2 + cd_pages) / self.table_cost();
             let levels = (IA_BITS - 4).div_ceil(self.granule.stride()) as u64;
             per_domain =
                 per_domain.checked_add(s1_tables.checked_mul(levels * self.table_cost())?)?;
@@ -559,5 +561,37 @@ mod tests {
         assert_eq!(a(Granule::K16).page_sizes()[1].bytes(), 32 << 20);
         assert_eq!(a(Granule::K64).page_sizes()[1].bytes(), 512 << 20);
         assert_eq!(a(Granule::K4).page_sizes()[2].bytes(), 1 << 30);
+    }
+
+    /// The pools are sized part by part: a linear stream table of 2^16 STEs is 1024
+    /// pages, counted with the slack of its size alignment (2047); a 2-level one is its
+    /// L1 page and one 16 KiB L2 table (with slack, 7 pages) per L1 index used; nested
+    /// needs more than stage 1 alone; the parts add up to the old pool.
+    #[test]
+    fn pool_needs_count_every_part() {
+        let s = Scenario::default_scenario();
+        let lin = Smmuv3::default();
+        let two = Smmuv3 {
+            strtab: Strtab::TwoLevel,
+            granule: Granule::K4,
+        };
+        let part = |a: &Smmuv3, m, what: &str| {
+            a.pool_needs(&s, m)
+                .unwrap()
+                .old_parts
+                .iter()
+                .find(|p| p.1 == what)
+                .unwrap()
+                .0
+        };
+        assert_eq!(part(&lin, Mode::S1, "stream table"), 2047);
+        // Devices on buses 0x00 and 0x3b, the unpreserved one on 0xf0: three L1 indexes.
+        assert_eq!(part(&two, Mode::S1, "stream table"), 1 + 3 * 7);
+        assert_eq!(part(&two, Mode::S1, "CD tables"), 2 * 5);
+        assert!(part(&lin, Mode::Nested, "domain tables") > part(&lin, Mode::S1, "domain tables"));
+        for m in Mode::ALL {
+            let n = lin.pool_needs(&s, m).unwrap();
+            assert_eq!(n.old_parts.iter().map(|p| p.0).sum::<u64>(), n.old);
+        }
     }
 }
