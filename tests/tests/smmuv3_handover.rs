@@ -425,6 +425,13 @@ fn corrupted_after_kexec(what: Corrupt, strtab: StrtabFmt) {
         .chain(v.blocked.iter().copied())
         .collect();
     assert_eq!(blocked, vec![o.sids[0]], "{:?} {v:?}", rep.blocked);
+    // The reports say which master and why.
+    let text = format!("{rep}\n{v}");
+    let named = format!("blocked StreamID {:#x}", o.sids[0]);
+    assert!(
+        text.contains(&named) || text.contains("refused domain 1"),
+        "{text}"
+    );
     let a = o.agents[0];
     let (iova, _, _) = o.domains[0].1[0];
     assert!(o.rig.blocked(&a, iova), "A must abort, never bypass");

@@ -810,3 +810,54 @@ fn no_client<T>(u: &Unit, hw: &mut Hw<'_>) -> Result<T, Box<AdoptFailure>> {
         Vec::new(),
     ))
 }
+
+impl core::fmt::Display for AdoptReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "adopt: {} domains, {} masters, {} blocked, work {} registers + {} entries, record {} bytes",
+            self.domains,
+            self.masters,
+            self.blocked.len(),
+            self.registers_read,
+            self.entries_read,
+            self.record_bytes
+        )?;
+        for b in &self.blocked {
+            write!(f, "\n  blocked StreamID {:#x}: {}", b.sid, b.error)?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "verify: {} domains, {} table pages, {} leaf-target runs checked, {} domains refused, {} unknown entries blocked",
+            self.domains,
+            self.tables,
+            self.leaf_targets_checked,
+            self.failures.len(),
+            self.unknown_entries_blocked
+        )?;
+        for (d, e) in &self.failures {
+            write!(f, "\n  refused domain {}: {e}", d.0)?;
+        }
+        for e in &self.unverified_runs {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Display for FinishReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "finish: {} domains and {} masters live, {} pages freed, {} record-run pages kept \
+             (not verified as structures), {} record pages released",
+            self.domains, self.masters, self.pages_freed, self.pages_kept, self.record_pages_freed
+        )
+    }
+}

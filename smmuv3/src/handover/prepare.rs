@@ -378,3 +378,23 @@ fn mem(err: iommu_core::mem::MemError) -> crate::driver::ErrorKind {
         err,
     }
 }
+
+impl core::fmt::Display for PrepareReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "prepare: {} domains, {} masters, {} pages pinned, {} leaf-target runs checked, record {} bytes",
+            self.domains, self.masters, self.pages_pinned, self.leaf_targets_checked, self.record_bytes
+        )
+    }
+}
+
+impl core::fmt::Display for FreezeReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "freeze: {} masters aborted, {} entries and commands written",
+            self.masters_aborted, self.entries_written
+        )
+    }
+}
