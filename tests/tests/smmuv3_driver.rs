@@ -194,3 +194,31 @@ fn eight_bit_asids_and_vmids_run_out_with_a_typed_error() {
         assert_eq!(e.kind, ErrorKind::OutOfIds { what });
     }
 }
+
+/// Detach makes the master abort (the model caches the STE: only the driver's CFGI_STE
+/// makes the change visible); destroy refuses a domain with a master, then frees every
+/// table page and gives the ASID back.
+#[test]
+fn detach_aborts_and_destroy_frees_every_table_page() {
+    let mut rig = Rig::new(SmmuV3Config::new(BASE));
+    let (mut unit, doms) = setup(&mut rig, StrtabFmt::TwoLevel, Stage::S1, Granule::K4, 1);
+    let (did, maps) = doms[0].clone();
+    let (a, sid) = rig.add_master(iommu_core::RequesterId::new(0, 1, 0, 0));
+    rig.hw(|hw| unit.attach(hw, sid, did)).unwrap();
+    let (iova, pa, _) = maps[0];
+    rig.dma(&a, iova, pa, 1).unwrap();
+    let e = rig.hw(|hw| unit.destroy_domain(hw, did)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::MasterImmutable { sid });
+    rig.hw(|hw| unit.detach(hw, sid)).unwrap();
+    assert!(rig.blocked(&a, iova));
+    let asid = unit.domain(did).unwrap().asid;
+    let pages = unit.domain(did).unwrap().tables.page_count();
+    let freed = rig.pool.freed();
+    rig.hw(|hw| unit.destroy_domain(hw, did)).unwrap();
+    assert_eq!(rig.pool.freed() - freed, pages);
+    assert!(unit.domain(did).is_none() && !unit.asid_in_use(asid));
+    let d = rig
+        .hw(|hw| unit.create_domain(hw, Stage::S1, Granule::K4))
+        .unwrap();
+    assert_eq!(unit.domain(d).unwrap().asid, asid, "a destroyed domain's ASID is free");
+}

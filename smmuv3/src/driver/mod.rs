@@ -29,6 +29,7 @@ pub use error::{Error, ErrorKind};
 pub use iommu_core::pool::{remove_page, PageAllocator, PagePool};
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 use iommu_core::kho::FrameAllocator;
 use iommu_core::mem::{MemError, PhysMem};
 use iommu_core::pageset::PageSet;
@@ -961,6 +962,63 @@ impl Unit {
             }
         }
         Ok(kind)
+    }
+
+    /// Detaches StreamID `sid`: its STE aborts (a hitless update, CFGI_STE + CMD_SYNC),
+    /// then its CD table is freed.
+    pub fn detach(&mut self, hw: &mut Hw<'_>, sid: u32) -> Result<(), Error> {
+        let m = match self.masters.get(&sid) {
+            None => return Err(self.err(ErrorKind::NoSuchMaster { sid })),
+            Some(m) if m.preserved || self.frozen => {
+                return Err(self.err(ErrorKind::MasterImmutable { sid }))
+            }
+            Some(m) => m.clone(),
+        };
+        let mut abort = Ste::default();
+        abort.set_v(true);
+        abort.set_config(Config::Abort);
+        self.write_ste(hw, sid, abort)?;
+        self.masters.remove(&sid);
+        if let Some(t) = m.cd {
+            for p in t.blocks() {
+                free_block(&mut *hw.pages, &mut self.counters, p, t.bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys domain `did` (no master may be attached): invalidates its TLB entries
+    /// (TLBI_NH_ASID / TLBI_S12_VMALL, CMD_SYNC), frees every table page and releases
+    /// its ASID and VMID.
+    pub fn destroy_domain(&mut self, hw: &mut Hw<'_>, did: DomainId) -> Result<(), Error> {
+        self.domain_mut_checked(did)?;
+        if let Some(m) = self.masters.values().find(|m| m.domain == did) {
+            return Err(self.err(ErrorKind::MasterImmutable { sid: m.sid }));
+        }
+        let Some(d) = self.domains.get(&did.0) else {
+            return Err(self.err(ErrorKind::NoSuchDomain { did }));
+        };
+        let mut cmds = Vec::new();
+        if d.s1.is_some() {
+            cmds.push(Cmd::tlbi(Opcode::TlbiNhAsid, d.vmid, d.asid));
+        }
+        if d.s2.is_some() {
+            cmds.push(Cmd::tlbi(Opcode::TlbiS12Vmall, d.vmid, 0));
+        }
+        cmds.push(cmdq::sync());
+        self.issue(hw, &cmds)?;
+        if let Some(d) = self.domains.remove(&did.0) {
+            for (p, order) in d.tables.iter() {
+                free_block(&mut *hw.pages, &mut self.counters, p, PAGE << order);
+            }
+            if d.s1.is_some() {
+                self.asids.remove(&d.asid);
+            }
+            if d.s2.is_some() {
+                self.vmids.remove(&d.vmid);
+            }
+        }
+        Ok(())
     }
 
     /// A CD table for master `sid` of stage-1 domain `d` holding its CD as CD 0.
