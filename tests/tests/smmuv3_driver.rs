@@ -220,5 +220,26 @@ fn detach_aborts_and_destroy_frees_every_table_page() {
     let d = rig
         .hw(|hw| unit.create_domain(hw, Stage::S1, Granule::K4))
         .unwrap();
-    assert_eq!(unit.domain(d).unwrap().asid, asid, "a destroyed domain's ASID is free");
+    assert_eq!(
+        unit.domain(d).unwrap().asid,
+        asid,
+        "a destroyed domain's ASID is free"
+    );
+}
+
+/// A translation fault is recorded (CD.R = 1) in the event queue and read back once:
+/// F_TRANSLATION naming the StreamID and the input address.
+#[test]
+fn poll_events_reads_a_translation_fault_once() {
+    use smmuv3::hw::event::EventType;
+    let mut rig = Rig::new(SmmuV3Config::new(BASE));
+    let (mut unit, doms) = setup(&mut rig, StrtabFmt::Linear, Stage::S1, Granule::K4, 1);
+    let (a, sid) = rig.add_master(iommu_core::RequesterId::new(0, 1, 0, 0));
+    rig.hw(|hw| unit.attach(hw, sid, doms[0].0)).unwrap();
+    assert!(rig.blocked(&a, 0x7000));
+    let ev = rig.hw(|hw| unit.poll_events(hw)).unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].event_type(), Some(EventType::FTranslation));
+    assert_eq!((ev[0].sid() as u32, ev[0].input_addr()), (sid, 0x7000));
+    assert!(rig.hw(|hw| unit.poll_events(hw)).unwrap().is_empty());
 }

@@ -40,7 +40,8 @@ use zerocopy::IntoBytes;
 use crate::format::{Caps, Vmsa};
 use crate::hw::cd::{Cd, L1Cd};
 use crate::hw::cmd::{Cmd, Opcode};
-use crate::hw::regs::{self, CR0, CR1, CR2, GBPA, IDR0, IDR1};
+use crate::hw::event::Event;
+use crate::hw::regs::{self, QueuePos, CR0, CR1, CR2, GBPA, IDR0, IDR1, Q_PROD};
 use crate::hw::ste::{Config, L1Std, S1Dss, S1Fmt, Ste, SteSlot, StrtabCfg, StrtabFmt};
 use crate::hw::Granule;
 pub use crate::record::Stage;
@@ -962,6 +963,28 @@ impl Unit {
             }
         }
         Ok(kind)
+    }
+
+    /// Reads the event records the SMMU wrote since the last call (EVENTQ_PROD back to
+    /// the driver's EVENTQ_CONS), consumes them, and acknowledges an overflow
+    /// (EVENTQ_CONS.OVACKFLG copies EVENTQ_PROD.OVFLG; reference §9). At most one
+    /// queue's worth of records is read.
+    pub fn poll_events(&mut self, hw: &mut Hw<'_>) -> Result<Vec<Event>, Error> {
+        let q = self.eventq;
+        let prod_reg = hw.regs.read32(regs::EVENTQ_PROD);
+        let prod = QueuePos::from_reg(q.log2size, prod_reg);
+        let mut cons = QueuePos::from_reg(q.log2size, q.pos);
+        let mut out = Vec::new();
+        while !prod.empty(cons) && out.len() < 1 << q.log2size {
+            let at = PhysAddr(q.base.0 + cons.index() as u64 * cmdq::EVENT_BYTES);
+            let r: [u64; 4] = read_qwords(&*hw.mem, at).map_err(self.mem_err("event record"))?;
+            out.push(Event::from_qwords(r));
+            cons = cons.next();
+        }
+        let ovf = prod_reg & Q_PROD::OVFLG::SET.value;
+        self.eventq.pos = cons.value;
+        hw.regs.write32(regs::EVENTQ_CONS, cons.value | ovf);
+        Ok(out)
     }
 
     /// Detaches StreamID `sid`: its STE aborts (a hitless update, CFGI_STE + CMD_SYNC),
