@@ -527,3 +527,84 @@ proptest! {
         full_handover(strtab, stage, g);
     }
 }
+
+/// Replaces the SMMU's record in `o.kho` with `edit` applied (a well-formed record with
+/// a valid checksum), kexecs and adopts: the SMMU must be refused, every master
+/// aborting. Returns the refusal.
+fn adopt_edited(edit: impl FnOnce(&mut smmuv3::record::Record)) -> HandoverErrorKind {
+    let (mut o, mut unit) = old_kernel(StrtabFmt::Linear, Stage::S2, Granule::K4, false);
+    prepare_and_freeze(&mut o, &mut unit);
+    let mut rec = unit.handover_record().unwrap().clone();
+    edit(&mut rec);
+    let pinned = unit.pinned_pages().unwrap().clone();
+    let name = smmuv3::record::client_name(BASE);
+    o.kho.remove_client(&name);
+    assert!(o.kho.add_client(
+        name,
+        smmuv3::record::COMPATIBLE.into(),
+        rec.encode(),
+        pinned
+    ));
+    let blob = o.rig.kexec(&mut o.kho);
+    let f = o.rig.adopt(&ucfg(StrtabFmt::Linear), blob).unwrap_err();
+    for i in 0..3 {
+        let a = o.agents[i];
+        assert!(
+            o.rig.blocked(&a, IOVA),
+            "master {i} must abort: {}",
+            f.error
+        );
+    }
+    f.error.kind
+}
+
+/// A record whose ID registers differ from the live ones is refused, naming the
+/// register and both values.
+#[test]
+fn record_with_other_id_registers_refuses_the_smmu() {
+    let mut live = 0;
+    let k = adopt_edited(|r| {
+        live = r.idr0;
+        r.idr0 ^= 1 << 12;
+    });
+    assert_eq!(
+        k,
+        HandoverErrorKind::Register {
+            register: "IDR0",
+            live: live as u64,
+            record: (live ^ 1 << 12) as u64
+        }
+    );
+}
+
+/// A record run over memory nobody preserved is refused before any run is trusted.
+#[test]
+fn record_run_outside_the_preserved_set_refuses_the_smmu() {
+    let k = adopt_edited(|r| r.pages.push((PhysAddr(7 << 30), 2)));
+    assert!(
+        matches!(k, HandoverErrorKind::RecordRunNotPreserved { start, pages: 2, .. } if start == PhysAddr(7 << 30)),
+        "{k:?}"
+    );
+}
+
+/// A leaf mapping memory no KHO client preserves is refused at prepare.
+#[test]
+fn leaf_target_not_preserved_is_refused_at_prepare() {
+    let (mut o, mut unit) = old_kernel(StrtabFmt::Linear, Stage::S1, Granule::K4, false);
+    // Guest memory of domain 0 only: domain 1's targets are not preserved.
+    preserve_guest(&mut o.kho, &o.domains[..1]);
+    let sel = Selection {
+        domains: vec![o.domains[0].0, o.domains[1].0],
+        masters: vec![o.sids[0], o.sids[1]],
+    };
+    let kho = &mut o.kho;
+    let e = o.rig.hw(|hw| unit.prepare(hw, kho, &sel)).unwrap_err();
+    let (iova, pa, _) = o.domains[1].1[0];
+    assert!(
+        matches!(e.kind, HandoverErrorKind::LeafTargetNotPreserved { did, iova: i, pa: p, .. }
+            if did == o.domains[1].0 && i == iova && p == PhysAddr(pa)),
+        "{e}"
+    );
+    // Nothing was added: the domains stay mutable.
+    assert!(unit.handover_record().is_none());
+}
