@@ -243,3 +243,59 @@ fn poll_events_reads_a_translation_fault_once() {
     assert_eq!((ev[0].sid() as u32, ev[0].input_addr()), (sid, 0x7000));
     assert!(rig.hw(|hw| unit.poll_events(hw)).unwrap().is_empty());
 }
+
+/// The CD and STEs the driver writes, qword by qword, against the fields Linux sets
+/// (`arm_smmu_make_s1_cd`, `arm_smmu_make_cdtable_ste`, `arm_smmu_make_s2_domain_ste`)
+/// at the positions of reference §5 and §6. Linux also sets STE.SHCFG = incoming and
+/// STE.S2PTW for stage 2; this driver leaves both 0 (the attributes are the
+/// transaction's and stage-1 walks may target any memory type), so they differ there.
+#[test]
+fn cd_and_ste_known_answers() {
+    let mut rig = Rig::new(SmmuV3Config::new(BASE));
+    let mut unit = rig
+        .hw(|hw| Unit::init(hw, &ucfg(StrtabFmt::Linear)))
+        .unwrap();
+    let s1 = rig
+        .hw(|hw| unit.create_domain(hw, Stage::S1, Granule::K4))
+        .unwrap();
+    let s2 = rig
+        .hw(|hw| unit.create_domain(hw, Stage::S2, Granule::K64))
+        .unwrap();
+    let d1 = unit.domain(s1).unwrap().clone();
+    let d2 = unit.domain(s2).unwrap().clone();
+    let ttb = d1.s1.unwrap().1 .0;
+    let cd = unit.make_cd(&d1).qwords();
+    // T0SZ 16 | TG0 4K (0) << 6 | IR0 WBWA (1) << 8 | OR0 (1) << 10 | SH0 ISH (3) << 12
+    // | EPD1 << 30 | V << 31 | IPS 48 bits (5) << 32 | AA64 << 41 | R << 45 | A << 46
+    // | ASET << 47 | ASID (1) << 48.
+    assert_eq!(cd[0], 0x0001_e205_c000_3510);
+    assert_eq!(cd[1], ttb);
+    assert_eq!(cd[2], 0);
+    assert_eq!(
+        cd[3], 0xf404_ff44,
+        "MAIR: Linux io-pgtable-arm attributes 0..3"
+    );
+    // Stage-1 STE with a linear CD table at 0x1_2345_6000.
+    let t = smmuv3::driver::CdTable {
+        base: PhysAddr(0x1_2345_6000),
+        fmt: smmuv3::hw::ste::S1Fmt::Linear,
+        cdmax: 0,
+        l2: None,
+        bytes: 4096,
+    };
+    let ste = unit.make_ste(&d1, Some(&t)).qwords();
+    // V | Config S1_TRANS (0b101) << 1 | S1ContextPtr.
+    assert_eq!(ste[0], 0x1_2345_6000 | 0b1011);
+    // S1DSS SSID0 (2) | S1CIR WBRA (1) << 2 | S1COR (1) << 4 | S1CSH ISH (3) << 6.
+    assert_eq!(ste[1], 0xd6);
+    assert_eq!(&ste[2..], &[0; 6]);
+    // Stage-2 STE, 64 KiB granule: V | Config S2_TRANS (0b110) << 1; qword 2: S2VMID 1
+    // | S2T0SZ 16 << 32 | S2SL0 2 << 38 | S2IR0 1 << 40 | S2OR0 1 << 42 | S2SH0 3 << 44
+    // | S2TG 64K (1) << 46 | S2PS 48 bits (5) << 48 | S2AA64 << 51 | S2R << 58.
+    let s2ttb = d2.s2.unwrap().1 .0;
+    let ste = unit.make_ste(&d2, None).qwords();
+    assert_eq!(ste[0], 0b1101);
+    assert_eq!(ste[1], 0);
+    assert_eq!(ste[2], 0x040d_7590_0000_0001);
+    assert_eq!(ste[3], s2ttb);
+}
