@@ -608,3 +608,28 @@ fn leaf_target_not_preserved_is_refused_at_prepare() {
     // Nothing was added: the domains stay mutable.
     assert!(unit.handover_record().is_none());
 }
+
+/// Freeze disables the event queue, whose pages are not preserved: a preserved master
+/// faulting between the kexec and adopt must not have the SMMU write an event record
+/// into the old queue page (memory the new kernel owns). Adopt's fresh queue records
+/// the next fault.
+#[test]
+fn no_event_record_lands_in_unpreserved_memory_across_the_kexec() {
+    let (mut o, mut unit) = old_kernel(StrtabFmt::Linear, Stage::S1, Granule::K4, false);
+    let old_queue = unit.event_queue().base;
+    prepare_and_freeze(&mut o, &mut unit);
+    let blob = o.rig.kexec(&mut o.kho);
+    drop(unit);
+    let a = o.agents[0];
+    assert!(o.rig.blocked(&a, 0x7000), "no mapping at 0x7000");
+    let mut rec = [0u8; 32];
+    assert!(
+        o.rig.machine.mem().read(old_queue, &mut rec).is_err(),
+        "the old event queue page must stay untouched (poison)"
+    );
+    let (mut unit, _) = o.rig.adopt(&ucfg(StrtabFmt::Linear), blob).expect("adopt");
+    assert!(o.rig.blocked(&a, 0x7000));
+    let ev = o.rig.hw(|hw| unit.poll_events(hw)).unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].sid() as u32, o.sids[0]);
+}

@@ -12,7 +12,7 @@ use super::{
 use crate::driver::{read_qwords, DomainState, Hw, Unit, ENTRY_BYTES, PAGE};
 use crate::format::Vmsa;
 use crate::hw::cmd::{Cmd, Opcode};
-use crate::hw::regs;
+use crate::hw::regs::{self, CR0};
 use crate::hw::ste::{Config, Ste, StrtabFmt};
 use crate::record::{Record, RecordDomain, RecordMaster, COMPATIBLE};
 
@@ -275,7 +275,8 @@ impl Unit {
     /// Old kernel, after `prepare`: GBPA.ABORT first, then every master not preserved
     /// aborts (STE Config = abort, hitless, CFGI_STE + CMD_SYNC), then the TLB entries
     /// of every domain not preserved are invalidated (TLBI_NH_ASID, TLBI_S12_VMALL,
-    /// CMD_SYNC). Preserved domains and masters stay as they are; the SMMU stays on.
+    /// CMD_SYNC), then the event queue is disabled (its pages are not preserved).
+    /// Preserved domains and masters stay as they are; translation stays on.
     pub fn freeze(&mut self, hw: &mut Hw<'_>) -> Result<FreezeReport, HandoverError> {
         let Some(out) = &self.outgoing else {
             return Err(self.herr(K::State {
@@ -346,19 +347,30 @@ impl Unit {
         }
         cmds.push(crate::driver::sync_cmd());
         self.issue(hw, &cmds)?;
+        // The event queue's pages are not preserved: from here the SMMU must not write
+        // event records into memory the next kernel may reuse. EVENTQEN = 0 (events
+        // are discarded until adopt enables a fresh queue); SMMUEN and CMDQEN stay.
+        self.ctrl(hw, (CR0::SMMUEN::SET + CR0::CMDQEN::SET).value)?;
         self.frozen = true;
-        report.entries_written += self.counters().commands - before;
+        report.entries_written += self.counters().commands - before + 1;
         Ok(report)
     }
 
     /// Old kernel, after `prepare` (and before the kexec): withdraws the record from
     /// `kho` and makes the preserved domains and masters mutable again. After `freeze`
     /// the masters made to abort stay aborted (attach them again).
-    pub fn cancel(&mut self, _hw: &mut Hw<'_>, kho: &mut KhoOut) -> Result<(), HandoverError> {
+    pub fn cancel(&mut self, hw: &mut Hw<'_>, kho: &mut KhoOut) -> Result<(), HandoverError> {
         if self.outgoing.take().is_none() {
             return Err(self.herr(K::State {
                 why: "cancel without prepare",
             }));
+        }
+        if self.frozen {
+            // The event queue again (freeze disabled it).
+            self.ctrl(
+                hw,
+                (CR0::SMMUEN::SET + CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value,
+            )?;
         }
         kho.remove_client(&client_name(self.base));
         for d in self.domains.values_mut() {
