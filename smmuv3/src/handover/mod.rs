@@ -12,7 +12,10 @@
 //! record ([`crate::record`]) to a [`KhoOut`]; preserved domains and masters become
 //! immutable. `freeze` sets GBPA.ABORT, then makes the STE of every master not
 //! preserved abort (a hitless update: only qword 0's used bits change), with
-//! CFGI_STE + CMD_SYNC, and invalidates the TLB entries of the domains not preserved.
+//! CFGI_STE + CMD_SYNC, makes the L1 descriptors of L2 stream tables no preserved
+//! master uses invalid, invalidates the TLB entries of the domains not preserved, and
+//! disables the event queue (its pages are not preserved, so the SMMU must not write
+//! event records into them once the next kernel owns that memory).
 //!
 //! New kernel ([`Unit::adopt`](crate::driver::Unit::adopt),
 //! [`Unit::verify`](crate::driver::Unit::verify),
