@@ -83,7 +83,17 @@ fn prepare_and_freeze(o: &mut Old, unit: &mut Unit) {
     };
     let kho = &mut o.kho;
     o.rig.hw(|hw| unit.prepare(hw, kho, &sel)).expect("prepare");
-    o.rig.hw(|hw| unit.freeze(hw)).expect("freeze");
+    let before = unit.counters();
+    let f = o.rig.hw(|hw| unit.freeze(hw)).expect("freeze");
+    let after = unit.counters();
+    // U's STE goes to abort hitlessly (one qword's used bits change); nothing breaks.
+    assert_eq!(f.masters_aborted, 1);
+    assert_eq!(
+        after.updates[1] - before.updates[1],
+        1,
+        "one hitless update"
+    );
+    assert_eq!(after.updates[2], before.updates[2], "no breaking update");
 }
 
 fn dma_ok(o: &mut Old, i: usize) -> Result<(), String> {
