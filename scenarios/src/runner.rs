@@ -440,14 +440,21 @@ fn run_mode<A: Arch>(
     let extra_iova = layout.extra_iova;
     let did = preserved_dids[0];
     let spare = plans[0].mappings[0];
+    // The arch's smallest page (4 KiB, or a 16/64 KiB granule's page).
+    let extra = arch
+        .page_sizes()
+        .iter()
+        .copied()
+        .min_by_key(|p| p.bytes())
+        .unwrap_or(PageSize::SIZE_4K);
     match arch.map(
         &mut unit,
         cx(&mut run.machine, base, &mut pool),
         did,
         extra_iova,
         spare.pa,
-        4096,
-        PageSize::SIZE_4K,
+        extra.bytes(),
+        extra,
         Perms::RW,
     ) {
         Ok(()) => {
@@ -455,7 +462,7 @@ fn run_mode<A: Arch>(
             mappings.push(MappingSpec {
                 iova: extra_iova,
                 pa: spare.pa,
-                len: 4096,
+                len: extra.bytes(),
                 perms: Perms::RW,
             });
             for (_, w) in run.workloads.iter_mut().filter(|(dom, _)| *dom == 0) {

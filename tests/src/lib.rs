@@ -2,4 +2,5 @@
 //! library holds what they share.
 #![warn(missing_docs)]
 
+pub mod smmuv3_rig;
 pub mod vtd_prog;

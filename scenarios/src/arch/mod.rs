@@ -13,6 +13,7 @@
 //! and `scalable-fs`.
 
 pub mod amdvi;
+pub mod smmuv3;
 pub mod vtd;
 
 use crate::config::{ConfigError, Scenario};
