@@ -447,6 +447,14 @@ fn corrupted_after_kexec(what: Corrupt, strtab: StrtabFmt) {
     assert!(o.rig.blocked(&a, iova), "A must abort, never bypass");
     assert!(o.rig.blocked(&a, 0x1000), "not even at an unmapped IOVA");
     dma_ok(&mut o, 1).expect("B carries on");
+    // Finish: A's structures that verification established (its CD table, when its
+    // domain was refused at verify) are freed; what it did not establish is kept.
+    let table = matches!(what, Corrupt::Table);
+    let f = o.rig.hw(|hw| unit.finish(hw)).expect("finish");
+    assert!(f.pages_kept > 0, "{f}");
+    assert_eq!(f.pages_freed > 0, table, "{f}");
+    assert!(o.rig.blocked(&a, iova));
+    dma_ok(&mut o, 1).expect("B carries on after finish");
 }
 
 #[test]

@@ -84,7 +84,8 @@ pub struct VerifyReport {
 pub struct FinishReport {
     /// The verification `finish` had to do itself (if `verify` did not run).
     pub verify: VerifyReport,
-    /// Pinned pages freed (none are unreferenced after a clean adopt).
+    /// Structure pages verification established that nothing references any more
+    /// (the CD tables and L2 stream tables of blocked masters), freed.
     pub pages_freed: u64,
     /// Pages of the record's runs kept, never freed (not established as structures).
     pub pages_kept: u64,
@@ -727,7 +728,8 @@ impl Unit {
 
     /// New kernel: ends the handover. Verifies first if `verify` did not run; domains
     /// and masters become live (map, unmap, attach allowed again); the IDs of refused
-    /// domains are released; the KHO record's pages are freed. Pages of the record's
+    /// domains are released; established structure pages no longer referenced (CD
+    /// tables of blocked masters) and the KHO record's pages are freed. Pages of the record's
     /// runs that verification did not establish as structures are kept, never freed.
     pub fn finish(&mut self, hw: &mut Hw<'_>) -> Result<FinishReport, HandoverError> {
         if self.incoming.is_none() {
@@ -745,6 +747,29 @@ impl Unit {
             }));
         };
         report.pages_kept = inc_pages(&inc.record).difference(&inc.known).page_count();
+        // Structure pages verification established that nothing references any more
+        // (CD tables and L2 stream tables of blocked masters) go back; only those.
+        let mut referenced = PageSet::new();
+        let _ = referenced.insert_range(
+            PhysAddr(self.strtab_base.0 & !(PAGE - 1)),
+            self.strtab_bytes.max(PAGE) / PAGE,
+        );
+        let l2_pages = (ENTRY_BYTES << self.strtab.split).max(PAGE) / PAGE;
+        for &l2 in self.l2.values() {
+            let _ = referenced.insert_range(l2, l2_pages);
+        }
+        for m in self.masters.values() {
+            for (p, bytes) in m.cd.iter().flat_map(|t| t.blocks().map(|p| (p, t.bytes))) {
+                let _ = referenced.insert_range(p, bytes / PAGE);
+            }
+        }
+        for d in self.domains.values() {
+            referenced = referenced.union(&d.tables);
+        }
+        for (p, order) in inc.known.difference(&referenced).iter() {
+            crate::driver::free_block(&mut *hw.pages, &mut self.counters, p, PAGE << order);
+            report.pages_freed += 1 << order;
+        }
         let record_pages = (inc.record_bytes + RECORD_HEADER_SIZE as u64).div_ceil(PAGE);
         let first = PhysAddr(inc.record_pa.0 & !(PAGE - 1));
         for i in 0..record_pages {

@@ -28,7 +28,9 @@
 //! everything (CFGI_ALL, TLBI_NSNH_ALL, TLBI_EL2_ALL with IDR0.HYP, CMD_SYNC), and
 //! compares each preserved master's STE and CD with the record. `verify` walks every
 //! adopted domain's tables and checks every table page and leaf target. `finish`
-//! makes everything mutable again and frees the KHO record's pages.
+//! makes everything mutable again, frees the structure pages verification established
+//! that nothing references any more (those of blocked masters) and the KHO record's
+//! pages.
 //!
 //! Failure policy (fail closed, never bypass): a master whose STE, CD, CD table or
 //! domain tables cannot be trusted is blocked (its STE made to abort, or its L1
