@@ -7,7 +7,13 @@
 //! iommu-live run-new   --mode M --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
 //! iommu-live status    [--iommu BASE]
 //! iommu-live dump      --mem BASE:SIZE [--iommu BASE]
+//! iommu-live amdvi-run-old --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF [--iommu BASE]
+//! iommu-live amdvi-run-new --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
+//! iommu-live amdvi-status [--iommu BASE]
 //! ```
+//!
+//! The `amdvi-` subcommands do the same with the `amdvi` driver and handover (see
+//! the `amdvi` module); `start-dma` serves both.
 //!
 //! `run-old` (old kernel): bring-up, two domains, mappings (4K, 2M, 1G where the unit
 //! allows, read-only, a high IOVA), attach, DMA checked byte for byte, then loads the
@@ -28,7 +34,7 @@ use iommu_core::kho::{self, KhoOut};
 use iommu_core::mem::PhysMem;
 use iommu_core::pgtable::Perms;
 use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId};
-use iommu_live::args::{self, ArgError, Command, RunOptions};
+use iommu_live::args::{self, ArgError, Command, RunOptions, Target};
 use iommu_live::devmem::Registers;
 use iommu_live::edu::{Direction, Edu, BUFFER_SIZE};
 use iommu_live::layout::{buf, iova, pattern, BUFFERS_BYTES, PAGE};
@@ -39,6 +45,9 @@ use std::process::ExitCode;
 use vtd::driver::{DomainKind, Fault, Unit, UnitConfig};
 use vtd::handover::Selection;
 use vtd::hw::regs::{self, GSTS};
+
+#[path = "iommu-live/amdvi.rs"]
+mod amdvi;
 
 /// Polls of an `edu` transfer (1 ms apart): a transfer takes about 100 ms of virtual
 /// time; TCG on a loaded host may stretch that.
@@ -58,9 +67,19 @@ fn main() -> ExitCode {
         Err(e) => return usage(&e),
     };
     let r = match cmd.name.as_str() {
-        "run-old" => RunOptions::parse(&cmd, false).map(run_old),
+        "run-old" => RunOptions::parse(&cmd, false, false).map(run_old),
         "start-dma" => args::parse_start_dma(&cmd).map(start_dma),
-        "run-new" => RunOptions::parse(&cmd, true).map(run_new),
+        "run-new" => RunOptions::parse(&cmd, true, false).map(run_new),
+        "amdvi-run-old" => RunOptions::parse(&cmd, false, true).map(amdvi::run_old),
+        "amdvi-run-new" => RunOptions::parse(&cmd, true, true).map(amdvi::run_new),
+        "amdvi-status" => cmd
+            .only(&["iommu"])
+            .and_then(|()| {
+                cmd.get("iommu")
+                    .map(|v| args::parse_u64("--iommu", v))
+                    .transpose()
+            })
+            .map(amdvi::status),
         "status" => cmd
             .only(&["iommu"])
             .and_then(|()| args::iommu_base(&cmd))
@@ -73,7 +92,9 @@ fn main() -> ExitCode {
         _ => Err(ArgError {
             option: "subcommand".into(),
             value: cmd.name.clone(),
-            problem: "expected run-old, start-dma, run-new, status or dump".into(),
+            problem: "expected run-old, start-dma, run-new, status, dump, amdvi-run-old, \
+                      amdvi-run-new or amdvi-status"
+                .into(),
         }),
     };
     match r {
@@ -93,7 +114,10 @@ fn usage(e: &ArgError) -> ExitCode {
          --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
          iommu-live start-dma --preserved BDF\n       \
          iommu-live status [--iommu BASE]\n       \
-         iommu-live dump --mem BASE:SIZE [--iommu BASE]"
+         iommu-live dump --mem BASE:SIZE [--iommu BASE]\n       \
+         iommu-live amdvi-run-old|amdvi-run-new --mode v1|v2 --mem BASE:SIZE \
+         --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
+         iommu-live amdvi-status [--iommu BASE]"
     );
     ExitCode::from(2)
 }
@@ -279,29 +303,38 @@ fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) ->
     Ok(())
 }
 
+/// The VT-d mode, domain kind and register base of `c`.
+fn vtd_target(c: &RunOptions) -> Step<(vtd::driver::Mode, DomainKind, u64)> {
+    match c.target {
+        Target::Vtd { mode, kind } => Ok((mode, kind, c.iommu.unwrap_or(args::DEFAULT_IOMMU_BASE))),
+        Target::AmdVi { .. } => Err("an AMD-Vi mode given to a VT-d subcommand".into()),
+    }
+}
+
 /// `run-old`: everything of the old kernel up to `freeze`.
 fn run_old(c: RunOptions) -> Step {
     let l = c.layout;
-    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
+    let (mode, kind, iommu) = vtd_target(&c)?;
+    let mut p = Platform::devmem(iommu, l).map_err(|e| e.to_string())?;
     let mut a = Dev::open(c.preserved)?;
     let mut b = Dev::open(c.other)?;
     for off in (0..BUFFERS_BYTES).step_by(PAGE as usize) {
         zero_page(&mut p, l.buf(off))?;
     }
 
-    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let cfg = UnitConfig::new(PhysAddr(iommu), mode);
     let mut unit = Unit::init(&mut p.hw(), &cfg).map_err(|e| format!("bring-up: {e}"))?;
     let gsts = translation_on(&mut p.regs, "bring-up")?;
     pass(format!(
         "bring-up {} at {:#x}: CAP {:#x} ECAP {:#x} GSTS {gsts:#x} (translation on)",
         c.mode_name,
-        c.iommu,
+        iommu,
         unit.cap(),
         unit.ecap()
     ));
-    let d1 = new_domain(&mut unit, &mut p, c.kind)?;
-    let d2 = new_domain(&mut unit, &mut p, c.kind)?;
-    pass(format!("domains {d1} (preserved) and {d2} ({:?})", c.kind));
+    let d1 = new_domain(&mut unit, &mut p, kind)?;
+    let d2 = new_domain(&mut unit, &mut p, kind)?;
+    pass(format!("domains {d1} (preserved) and {d2} ({:?})", kind));
 
     let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
     for (did, v, pa, ps, perms) in [
@@ -421,7 +454,8 @@ fn start_dma(rid: RequesterId) -> Step {
 fn run_new(c: RunOptions) -> Step {
     let l = c.layout;
     let blob = PhysAddr(c.blob.expect("run-new parses --blob"));
-    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
+    let (mode, kind, iommu) = vtd_target(&c)?;
+    let mut p = Platform::devmem(iommu, l).map_err(|e| e.to_string())?;
     let preserved = kho::read_preserved_in(&p.mem, blob, &[(PhysAddr(l.base), l.size)])
         .map_err(|e| format!("KHO blob at {blob}: {e}"))?;
     pass(format!(
@@ -430,7 +464,7 @@ fn run_new(c: RunOptions) -> Step {
     ));
     p.exclude(&preserved);
 
-    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let cfg = UnitConfig::new(PhysAddr(iommu), mode);
     let (mut unit, r) = Unit::adopt_with_preserved(&mut p.hw(), &cfg, blob, preserved)
         .map_err(|f| format!("adopt: {}", f.error))?;
     if !r.blocked.is_empty() || !r.refused_domains.is_empty() || r.domains != 1 || r.devices != 1 {
@@ -515,7 +549,7 @@ fn run_new(c: RunOptions) -> Step {
     )?;
     let what = "after finish: DMA through a new mapping of the adopted domain";
     store_check(&p, &mut a, iova::NEW, l.buf(buf::NEW), &p4, what)?;
-    let d3 = new_domain(&mut unit, &mut p, c.kind)?;
+    let d3 = new_domain(&mut unit, &mut p, kind)?;
     map(
         &mut unit,
         &mut p,
