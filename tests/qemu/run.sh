@@ -123,12 +123,10 @@ for w in \$(cat /proc/cmdline); do
     esac
 done
 args="--mode \$mode --mem \$mem --preserved $dev_a --other $dev_b"
-# VT-d: run-old, run-new, status, dump; AMD-Vi: amdvi-run-old, amdvi-run-new,
-# amdvi-status (no live dump yet).
-pre= dump="iommu-live dump --mem \$mem"
-if [ "\$arch" = amdvi ]; then
-    pre=amdvi- dump=true
-fi
+# VT-d: run-old, run-new, status, dump; AMD-Vi: the same with the prefix amdvi-.
+pre=
+[ "\$arch" = amdvi ] && pre=amdvi-
+dump="iommu-live \${pre}dump --mem \$mem"
 if [ -z "\$blob" ]; then
     echo "== old kernel (\$mode)"
     iommu-live \${pre}status
@@ -220,6 +218,7 @@ else
         "prepare:"
         "KHO blob written"
         "freeze:"
+        "dump: iommu-inspect/dump/v2"
         "kexec loaded"
         "DMA in flight:"
     )
@@ -235,6 +234,7 @@ else
         "finish:"
         "after finish: DMA through a new mapping of the adopted domain"
         "after finish: the other device's DMA read and write through its new domain"
+        "dump: iommu-inspect/dump/v2"
     )
     events_old=(
         "no event so far"
@@ -307,6 +307,11 @@ for mode in $modes; do
         # The base read from the unit's PCI capability block is QEMU's AMDVI_BASE_ADDR.
         grep -qF "capability block gives the register base 0xfed80000" <<<"$old_part" \
             || { echo "missing: the base 0xfed80000 from the amd-iommu capability block"; missing=1; }
+        # The live dumps show the preserved device's DTE translating in this mode.
+        for part in "$old_part" "$new_part"; do
+            grep -A4 -F "\"bdf\": \"$dev_a\"" <<<"$part" | grep -qF "\"translation\": \"$mode\"" \
+                || { echo "missing: $dev_a translating ($mode) in a live dump"; missing=1; }
+        done
     else
         # The live dumps name the preserved device in both kernels.
         for part in "$old_part" "$new_part"; do

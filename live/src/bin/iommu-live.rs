@@ -10,6 +10,7 @@
 //! iommu-live amdvi-run-old --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF [--iommu BASE]
 //! iommu-live amdvi-run-new --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
 //! iommu-live amdvi-status [--iommu BASE]
+//! iommu-live amdvi-dump   --mem BASE:SIZE [--iommu BASE]
 //! ```
 //!
 //! The `amdvi-` subcommands do the same with the `amdvi` driver and handover (see
@@ -72,6 +73,14 @@ fn main() -> ExitCode {
         "run-new" => RunOptions::parse(&cmd, true, false).map(run_new),
         "amdvi-run-old" => RunOptions::parse(&cmd, false, true).map(amdvi::run_old),
         "amdvi-run-new" => RunOptions::parse(&cmd, true, true).map(amdvi::run_new),
+        "amdvi-dump" => cmd
+            .only(&["mem", "iommu"])
+            .and_then(|()| args::parse_range("--mem", cmd.need("mem")?))
+            .and_then(|r| {
+                let iommu = cmd.get("iommu");
+                Ok((r, iommu.map(|v| args::parse_u64("--iommu", v)).transpose()?))
+            })
+            .map(amdvi::dump),
         "amdvi-status" => cmd
             .only(&["iommu"])
             .and_then(|()| {
@@ -93,7 +102,7 @@ fn main() -> ExitCode {
             option: "subcommand".into(),
             value: cmd.name.clone(),
             problem: "expected run-old, start-dma, run-new, status, dump, amdvi-run-old, \
-                      amdvi-run-new or amdvi-status"
+                      amdvi-run-new, amdvi-status or amdvi-dump"
                 .into(),
         }),
     };
@@ -117,7 +126,8 @@ fn usage(e: &ArgError) -> ExitCode {
          iommu-live dump --mem BASE:SIZE [--iommu BASE]\n       \
          iommu-live amdvi-run-old|amdvi-run-new --mode v1|v2 --mem BASE:SIZE \
          --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
-         iommu-live amdvi-status [--iommu BASE]"
+         iommu-live amdvi-status [--iommu BASE]\n       \
+         iommu-live amdvi-dump --mem BASE:SIZE [--iommu BASE]"
     );
     ExitCode::from(2)
 }
@@ -598,11 +608,8 @@ fn status(base: u64) -> Step {
 /// the unit described by its live CAP, ECAP and RTADDR (GSTS is the inspector's
 /// assumption, TES and RTPS set, and the JSON says `registers_assumed`).
 fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
-    use inspector::dump::{self, OutputFormat};
-    use inspector::image::{Image, OpenAs};
-    use inspector::model::{Filter, LoadOptions, Loaded};
+    use inspector::model::LoadOptions;
     use inspector::vtd::UnitOverride;
-    use iommu_live::devmem::Window;
 
     let mut r = Registers::devmem(iommu).map_err(|e| e.to_string())?;
     translation_on(&mut r, "dump")?;
@@ -611,6 +618,31 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         r.read64(regs::ECAP),
         r.read64(regs::RTADDR),
     );
+    let opts = LoadOptions {
+        open: inspector::image::OpenAs::Raw { base },
+        unit: UnitOverride {
+            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
+            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
+            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
+            cap: Some(cap),
+            ecap: Some(ecap),
+            base: Some(iommu),
+        },
+        ..LoadOptions::default()
+    };
+    let what = format!("the unit at {iommu:#x} (RTADDR {rtaddr:#x})");
+    dump_range(base, size, &opts, &what)
+}
+
+/// Dumps the reserved range `base..base + size` as a raw image with `opts` (which
+/// describe the unit from its live registers) in `iommu-inspect`'s JSON, and checks
+/// the output carries the dump schema; `what` names the unit in the PASS line.
+fn dump_range(base: u64, size: u64, opts: &inspector::model::LoadOptions, what: &str) -> Step {
+    use inspector::dump::{self, OutputFormat};
+    use inspector::image::{Image, OpenAs};
+    use inspector::model::{Filter, Loaded};
+    use iommu_live::devmem::Window;
+
     let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
     // The copy is as large as the range: refused with an error, not an abort, when the
     // memory is not there.
@@ -623,19 +655,7 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         .map_err(|e| format!("dump: reading the reserved range: {e}"))?;
     let image = Image::from_bytes("/dev/mem", bytes, OpenAs::Raw { base })
         .map_err(|e| format!("dump: {e}"))?;
-    let opts = LoadOptions {
-        open: OpenAs::Raw { base },
-        unit: UnitOverride {
-            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
-            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
-            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
-            cap: Some(cap),
-            ecap: Some(ecap),
-            base: Some(iommu),
-        },
-        ..LoadOptions::default()
-    };
-    let loaded = Loaded::from_image(image, &opts).map_err(|e| format!("dump: {e}"))?;
+    let loaded = Loaded::from_image(image, opts).map_err(|e| format!("dump: {e}"))?;
     let mut out = Vec::new();
     dump::dump(&loaded, &Filter::default(), OutputFormat::Json, &mut out)
         .map_err(|e| format!("dump: {e}"))?;
@@ -648,7 +668,7 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         ));
     }
     pass(format!(
-        "dump: {} of the unit at {iommu:#x} (RTADDR {rtaddr:#x}), {} bytes of JSON",
+        "dump: {} of {what}, {} bytes of JSON",
         dump::DUMP_SCHEMA,
         out.len()
     ));

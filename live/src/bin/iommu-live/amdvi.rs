@@ -416,3 +416,30 @@ pub fn status(given: Option<u64>) -> Step {
     ));
     Ok(())
 }
+
+/// `amdvi-dump`: the live unit through `iommu-inspect`'s dump: a copy of the reserved
+/// range as a raw image, the unit described by its live Device Table Base, EFR and
+/// CONTROL registers.
+pub fn dump(((base, size), given): ((u64, u64), Option<u64>)) -> Step {
+    use inspector::amdvi::AmdViOverride;
+    use inspector::image::OpenAs;
+    use inspector::model::LoadOptions;
+
+    let iommu = unit_base(given)?;
+    let mut r = Registers::devmem_sized(iommu, regs::MMIO_WINDOW).map_err(|e| e.to_string())?;
+    let control = enabled(&mut r, "dump")?;
+    let (devtab, efr) = (r.read64(regs::DEV_TAB_BASE), r.read64(regs::EFR));
+    let opts = LoadOptions {
+        open: OpenAs::Raw { base },
+        amdvi: AmdViOverride {
+            devtab: Some(devtab),
+            efr: Some(efr),
+            control: Some(control),
+            base: Some(iommu),
+            ..AmdViOverride::default()
+        },
+        ..LoadOptions::default()
+    };
+    let what = format!("the AMD-Vi unit at {iommu:#x} (Device Table Base {devtab:#x})");
+    super::dump_range(base, size, &opts, &what)
+}
