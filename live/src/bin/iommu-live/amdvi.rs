@@ -7,17 +7,16 @@
 //! check that needs an event prints `NOT-CHECKABLE ON QEMU:` when the log is empty
 //! instead of passing; events that are there are checked.
 
-use super::{expect_page, list, load, pass, store_check, write_page, zero_page, Dev, Step};
+use super::checks::{self, map_pass, Driver, Expected, Mapping};
+use super::{list, pass, zero_page, Step};
 use amdvi::driver::{DomainKind, Unit, UnitConfig};
 use amdvi::handover::Selection;
-use amdvi::hw::event::Event;
+use amdvi::hw::event::{Event, EventFlags};
 use amdvi::hw::regs::{self, CONTROL, EFR};
-use iommu_core::kho::{self, KhoOut};
-use iommu_core::pgtable::Perms;
-use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId};
+use iommu_core::{DomainId, Iova, PhysAddr, RegisterAccess, RequesterId};
 use iommu_live::args::{RunOptions, Target};
 use iommu_live::devmem::Registers;
-use iommu_live::layout::{buf, iova, pattern, BUFFERS_BYTES, PAGE};
+use iommu_live::layout::{BUFFERS_BYTES, PAGE};
 use iommu_live::pci::{find_amd_iommu, SYSFS_PCI_DEVICES};
 use iommu_live::platform::Platform;
 use std::path::Path;
@@ -76,89 +75,88 @@ fn enabled(regs: &mut Registers, what: &str) -> Step<u64> {
     }
 }
 
-/// Reads the event log: every event must be an IO_PAGE_FAULT of one of `expected`
-/// (device, address, write) and each of those must be there; an empty log is reported
-/// as not checkable.
-fn expect_events(
-    unit: &mut Unit,
-    p: &mut Platform,
-    expected: &[(RequesterId, u64, bool)],
-    what: &str,
-) -> Step {
-    let (events, overflow) = unit.poll_events(&mut p.amdvi_hw());
-    if overflow {
-        return Err(format!("{what}: the event log overflowed"));
+impl Driver for Unit {
+    type Kind = DomainKind;
+
+    fn new_domain(&mut self, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
+        self.create_domain(&mut p.amdvi_hw(), kind)
+            .map_err(|e| format!("domain: {e}"))
     }
-    if events.is_empty() {
-        not_checkable(what);
-        return Ok(());
+
+    fn map(&mut self, p: &mut Platform, m: Mapping) -> Step {
+        let (did, iova, pa, ps, perms) = m;
+        let r = Unit::map(
+            self,
+            &mut p.amdvi_hw(),
+            did,
+            Iova(iova),
+            PhysAddr(pa),
+            ps.bytes(),
+            ps,
+            perms,
+        );
+        map_pass(m, r.map_err(|e| e.to_string()))
     }
-    let names = list(&events, |e| format!("{e:?}"));
-    let matches = |e: &Event, &(rid, addr, write): &(RequesterId, u64, bool)| match e {
-        Event::IoPageFault {
-            device_id,
-            address,
-            flags,
-            ..
-        } => {
-            *device_id == rid.sid()
-                && address & !(PAGE - 1) == addr & !(PAGE - 1)
-                && flags.has(amdvi::hw::event::EventFlags::RW) == write
+
+    fn attach(&mut self, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
+        let id = rid.sid();
+        Unit::attach(self, &mut p.amdvi_hw(), id, did)
+            .map_err(|e| format!("attach {rid} (DeviceID {id:#x}) to {did}: {e}"))?;
+        pass(format!("attach {rid} (DeviceID {id:#x}) to {did}"));
+        Ok(())
+    }
+
+    /// Reads the event log: every event must be an IO_PAGE_FAULT of one of `expected`
+    /// and each of those must be there; an empty log is reported as not checkable.
+    fn expect_faults(&mut self, p: &mut Platform, expected: &[Expected], what: &str) -> Step {
+        let (events, overflow) = self.poll_events(&mut p.amdvi_hw());
+        if overflow {
+            return Err(format!("{what}: the event log overflowed"));
         }
-        _ => false,
-    };
-    if let Some(e) = events
-        .iter()
-        .find(|e| !expected.iter().any(|x| matches(e, x)))
-    {
-        return Err(format!("{what}: unexpected event {e:?} (all: {names:?})"));
+        if events.is_empty() {
+            not_checkable(what);
+            return Ok(());
+        }
+        let names = list(&events, |e| format!("{e:?}"));
+        let matches = |e: &Event, &(rid, addr, write): &Expected| match e {
+            Event::IoPageFault {
+                device_id,
+                address,
+                flags,
+                ..
+            } => {
+                *device_id == rid.sid()
+                    && address & !(PAGE - 1) == addr & !(PAGE - 1)
+                    && flags.has(EventFlags::RW) == write
+            }
+            _ => false,
+        };
+        if let Some(e) = events
+            .iter()
+            .find(|e| !expected.iter().any(|x| matches(e, x)))
+        {
+            return Err(format!("{what}: unexpected event {e:?} (all: {names:?})"));
+        }
+        if let Some((rid, addr, _)) = expected
+            .iter()
+            .find(|x| !events.iter().any(|e| matches(e, x)))
+        {
+            return Err(format!(
+                "{what}: no IO_PAGE_FAULT logged for {rid} at {addr:#x} (logged: {names:?})"
+            ));
+        }
+        pass(format!("{what}: events {names:?}"));
+        Ok(())
     }
-    if let Some((rid, addr, _)) = expected
-        .iter()
-        .find(|x| !events.iter().any(|e| matches(e, x)))
-    {
-        return Err(format!(
-            "{what}: no IO_PAGE_FAULT logged for {rid} at {addr:#x} (logged: {names:?})"
+
+    fn finish(&mut self, p: &mut Platform) -> Step {
+        let fin = Unit::finish(self, &mut p.amdvi_hw()).map_err(|e| format!("finish: {e}"))?;
+        pass(format!(
+            "finish: {} pages freed, {} kept",
+            fin.pages_freed, fin.pages_kept
         ));
+        Ok(())
     }
-    pass(format!("{what}: events {names:?}"));
-    Ok(())
-}
-
-fn new_domain(unit: &mut Unit, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
-    unit.create_domain(&mut p.amdvi_hw(), kind)
-        .map_err(|e| format!("domain: {e}"))
-}
-
-fn map(
-    unit: &mut Unit,
-    p: &mut Platform,
-    (did, iova, pa, ps, perms): (DomainId, u64, u64, PageSize, Perms),
-) -> Step {
-    unit.map(
-        &mut p.amdvi_hw(),
-        did,
-        Iova(iova),
-        PhysAddr(pa),
-        ps.bytes(),
-        ps,
-        perms,
-    )
-    .map_err(|e| format!("map {did} IOVA {iova:#x} -> {pa:#x} ({ps}): {e}"))?;
-    let access = if perms.write {
-        "read/write"
-    } else {
-        "read-only"
-    };
-    pass(format!("map {did} IOVA {iova:#x} -> {pa:#x} {ps} {access}"));
-    Ok(())
-}
-
-fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
-    unit.attach(&mut p.amdvi_hw(), rid.sid(), did)
-        .map_err(|e| format!("attach {rid} (DeviceID {:#x}) to {did}: {e}", rid.sid()))?;
-    pass(format!("attach {rid} (DeviceID {:#x}) to {did}", rid.sid()));
-    Ok(())
 }
 
 /// `amdvi-run-old`: everything of the old kernel up to `freeze`.
@@ -178,8 +176,6 @@ pub fn run_old(c: RunOptions) -> Step {
         );
         return Err("v2 needs EFR.GTSup and a defined EFR.GATS".into());
     }
-    let mut a = Dev::open(c.preserved)?;
-    let mut b = Dev::open(c.other)?;
     for off in (0..BUFFERS_BYTES).step_by(PAGE as usize) {
         zero_page(&mut p, l.buf(off))?;
     }
@@ -198,61 +194,9 @@ pub fn run_old(c: RunOptions) -> Step {
     } else {
         unit.default_v1()
     };
-    let d1 = new_domain(&mut unit, &mut p, kind)?;
-    let d2 = new_domain(&mut unit, &mut p, kind)?;
-    pass(format!("domains {d1} (preserved) and {d2} ({kind:?})"));
+    let d1 = checks::old_kernel(&mut unit, &mut p, &c, kind)?;
 
-    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
-    for m in [
-        (d1, iova::SRC, l.buf(buf::SRC), small, rw),
-        (d1, iova::DST, l.buf(buf::DST), small, rw),
-        (d1, iova::INFLIGHT, l.buf(buf::INFLIGHT), small, rw),
-        (d1, iova::RO, l.buf(buf::RO), small, Perms::R),
-        (d1, iova::HIGH, l.buf(buf::HIGH), small, rw),
-        (d1, iova::BIG, l.buf(buf::BIG), PageSize::SIZE_2M, rw),
-        (d2, iova::GIG, l.gig, PageSize::SIZE_1G, rw),
-    ] {
-        map(&mut unit, &mut p, m)?;
-    }
-    attach(&mut unit, &mut p, c.preserved, d1)?;
-    attach(&mut unit, &mut p, c.other, d2)?;
-
-    let p1 = pattern(1);
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p1)?;
-    let what = "DMA read then write through 4K pages";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p1, what)?;
-    let off = 0x12_3000;
-    let what = "DMA write through the 2M page";
-    let (big_iova, big_pa) = (iova::BIG + off, l.buf(buf::BIG) + off);
-    store_check(&p, &mut a, big_iova, big_pa, &p1, what)?;
-    let what = "DMA write through the high IOVA";
-    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p1, what)?;
-
-    let p2 = pattern(2);
-    write_page(&mut p, l.buf(buf::RO), &p2)?;
-    expect_events(&mut unit, &mut p, &[], "no event so far")?;
-    let what = "DMA write to the read-only page changed nothing";
-    store_check(&p, &mut a, iova::RO, l.buf(buf::RO), &p2, what)?;
-    let what = "DMA write to the read-only page logged an IO_PAGE_FAULT";
-    expect_events(&mut unit, &mut p, &[(c.preserved, iova::RO, true)], what)?;
-    a.read(iova::RO)?;
-    let what = "DMA read through the read-only page";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p2, what)?;
-
-    b.read(l.gig_iova(buf::SRC))?;
-    let what = "other device: DMA through the 1G page";
-    let (o_iova, o_pa) = (l.gig_iova(buf::OTHER), l.buf(buf::OTHER));
-    store_check(&p, &mut b, o_iova, o_pa, &p1, what)?;
-    expect_events(&mut unit, &mut p, &[], "no other event")?;
-
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &pattern(3))?;
-    zero_page(&mut p, l.buf(buf::INFLIGHT))?;
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    pass("in-flight pattern loaded into the preserved device");
-
-    let mut kho = KhoOut::new();
-    kho.preserve_range(PhysAddr(l.buffers), BUFFERS_BYTES / PAGE)
-        .map_err(|e| format!("preserving the buffers: {e}"))?;
+    let mut kho = checks::kho_with_buffers(&c)?;
     let sel = Selection {
         domains: vec![d1],
         devices: vec![c.preserved.sid()],
@@ -264,12 +208,7 @@ pub fn run_old(c: RunOptions) -> Step {
         "prepare: {} domain, {} device, {} pages pinned, {} leaves, {} record bytes",
         r.domains, r.devices, r.pinned_pages, r.leaves, r.record_bytes
     ));
-    let blob = {
-        let Platform { mem, pool, .. } = &mut p;
-        kho.finalize(mem, pool)
-            .map_err(|e| format!("KHO blob: {e}"))?
-    };
-    pass(format!("KHO blob written at {blob}"));
+    let blob = checks::write_blob(&mut p, &mut kho)?;
     let f = unit
         .freeze(&mut p.amdvi_hw())
         .map_err(|e| format!("freeze: {e}"))?;
@@ -284,16 +223,8 @@ pub fn run_old(c: RunOptions) -> Step {
 
 /// `amdvi-run-new`: the new kernel's side.
 pub fn run_new(c: RunOptions) -> Step {
-    let l = c.layout;
-    let blob = PhysAddr(c.blob.ok_or("run-new without --blob")?);
     let (mut p, base) = platform(&c)?;
-    let preserved = kho::read_preserved_in(&p.mem, blob, &[(PhysAddr(l.base), l.size)])
-        .map_err(|e| format!("KHO blob at {blob}: {e}"))?;
-    pass(format!(
-        "KHO blob at {blob}: {} pages preserved",
-        preserved.page_count()
-    ));
-    p.exclude(&preserved);
+    let (blob, preserved) = checks::read_blob(&mut p, &c)?;
 
     let cfg = UnitConfig::new(PhysAddr(base), 0, LAST_DEVICE_ID);
     let (mut unit, r) = Unit::adopt_with_preserved(&mut p.amdvi_hw(), &cfg, blob, preserved)
@@ -315,7 +246,7 @@ pub fn run_new(c: RunOptions) -> Step {
         let names = list(&r.stale_events, |e| format!("{e:?}"));
         return Err(format!("events logged across the kexec: {names:?}"));
     }
-    not_checkable("no event logged across the kexec");
+    not_checkable("no fault recorded across the kexec");
     let control = enabled(&mut p.regs, "adopt")?;
     pass(format!("translation stayed on: CONTROL {control:#x}"));
 
@@ -340,57 +271,7 @@ pub fn run_new(c: RunOptions) -> Step {
         .ok_or("adopt: no domain")?;
     let kind = unit.domain(did).map(|d| d.kind).ok_or("adopt: no domain")?;
 
-    let mut a = Dev::open(c.preserved)?;
-    let mut b = Dev::open(c.other)?;
-    a.wait("in-flight DMA")?;
-    let what = "DMA in flight across the kexec landed through the handed-over tables";
-    expect_page(&p, l.buf(buf::INFLIGHT), &pattern(3), what)?;
-
-    let p4 = pattern(4);
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p4)?;
-    let what = "DMA read then write through the adopted tables";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p4, what)?;
-    let what = "DMA write through the adopted high IOVA";
-    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p4, what)?;
-    expect_events(&mut unit, &mut p, &[], "no event from the preserved device")?;
-
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    let (addr, zero) = (l.gig_iova(buf::OTHER), [0u8; PAGE as usize]);
-    let what = "unpreserved device: its DMA write changed nothing";
-    store_check(&p, &mut b, addr, l.buf(buf::OTHER), &zero, what)?;
-    let what = "unpreserved device: its DMA logged an IO_PAGE_FAULT";
-    expect_events(&mut unit, &mut p, &[(c.other, addr, true)], what)?;
-
-    let fin = unit
-        .finish(&mut p.amdvi_hw())
-        .map_err(|e| format!("finish: {e}"))?;
-    pass(format!(
-        "finish: {} pages freed, {} kept",
-        fin.pages_freed, fin.pages_kept
-    ));
-
-    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
-    map(
-        &mut unit,
-        &mut p,
-        (did, iova::NEW, l.buf(buf::NEW), small, rw),
-    )?;
-    let what = "after finish: DMA through a new mapping of the adopted domain";
-    store_check(&p, &mut a, iova::NEW, l.buf(buf::NEW), &p4, what)?;
-    let d3 = new_domain(&mut unit, &mut p, kind)?;
-    map(
-        &mut unit,
-        &mut p,
-        (d3, iova::NEW, l.buf(buf::OTHER), small, rw),
-    )?;
-    attach(&mut unit, &mut p, c.other, d3)?;
-    let p5 = pattern(5);
-    load(&mut p, &mut b, l.buf(buf::OTHER), iova::NEW, &p5)?;
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    let what = "after finish: the other device's DMA read and write through its new domain";
-    store_check(&p, &mut b, iova::NEW, l.buf(buf::OTHER), &p5, what)?;
-    expect_events(&mut unit, &mut p, &[], "no event after finish")?;
-    Ok(())
+    checks::new_kernel(&mut unit, &mut p, &c, did, kind)
 }
 
 /// `amdvi-status`: the unit's main registers.
