@@ -280,23 +280,7 @@ impl Driver for Unit {
         let matches = |f: &Fault, &(rid, addr, write): &Expected| {
             f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
         };
-        if let Some(f) = faults
-            .iter()
-            .find(|f| !expected.iter().any(|e| matches(f, e)))
-        {
-            return Err(format!("{what}: unexpected fault {f} (all: {names:?})"));
-        }
-        if let Some((rid, addr, write)) = expected
-            .iter()
-            .find(|e| !faults.iter().any(|f| matches(f, e)))
-        {
-            let kind = if *write { "write" } else { "read" };
-            return Err(format!(
-                "{what}: no fault recorded for {rid} {kind} at {addr:#x} (recorded: {names:?})"
-            ));
-        }
-        pass(format!("{what}: fault records {names:?}"));
-        Ok(())
+        checks::match_faults(&faults, &names, expected, matches, (what, "fault record"))
     }
 
     fn finish(&mut self, p: &mut Platform) -> Step {
@@ -390,19 +374,17 @@ fn run_new(c: RunOptions) -> Step {
     let cfg = UnitConfig::new(PhysAddr(iommu), mode);
     let (mut unit, r) = Unit::adopt_with_preserved(&mut p.hw(), &cfg, blob, preserved)
         .map_err(|f| format!("adopt: {}", f.error))?;
-    if !r.blocked.is_empty() || !r.refused_domains.is_empty() || r.domains != 1 || r.devices != 1 {
-        return Err(format!(
-            "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
-            r.domains,
-            r.devices,
-            list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
-            list(&r.refused_domains, |(d, e)| format!("{d}: {e}"))
-        ));
-    }
-    pass(format!(
-        "adopt {}: 1 domain, 1 device, {} registers and {} entries read",
-        c.mode_name, r.registers_read, r.entries_read
-    ));
+    checks::check_adopt(
+        &c.mode_name,
+        checks::Adopted {
+            domains: r.domains,
+            devices: r.devices,
+            blocked: list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
+            refused: list(&r.refused_domains, |(d, e)| format!("{d}: {e}")),
+            registers_read: r.registers_read,
+            entries_read: r.entries_read,
+        },
+    )?;
     if !r.stale_faults.is_empty() {
         let names = list(&r.stale_faults, |f| f.to_string());
         return Err(format!("faults recorded across the kexec: {names:?}"));
@@ -414,17 +396,11 @@ fn run_new(c: RunOptions) -> Step {
     let v = unit
         .verify(&mut p.hw())
         .map_err(|e| format!("verify: {e}"))?;
-    if !v.failures.is_empty() || !v.unverified_runs.is_empty() {
-        return Err(format!(
-            "verify: failures {:?}, unverified runs {:?}",
-            list(&v.failures, |(d, e)| format!("{d}: {e}")),
-            list(&v.unverified_runs, |e| e.to_string())
-        ));
-    }
-    pass(format!(
-        "verify: {} tables, {} leaves, {} leaf-target runs in preserved memory",
-        v.tables, v.leaves, v.leaf_targets_checked
-    ));
+    checks::check_verify(
+        list(&v.failures, |(d, e)| format!("{d}: {e}")),
+        list(&v.unverified_runs, |e| e.to_string()),
+        (v.tables, v.leaves, v.leaf_targets_checked),
+    )?;
     let did = unit
         .domains()
         .next()

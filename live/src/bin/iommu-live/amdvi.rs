@@ -131,22 +131,7 @@ impl Driver for Unit {
             }
             _ => false,
         };
-        if let Some(e) = events
-            .iter()
-            .find(|e| !expected.iter().any(|x| matches(e, x)))
-        {
-            return Err(format!("{what}: unexpected event {e:?} (all: {names:?})"));
-        }
-        if let Some((rid, addr, _)) = expected
-            .iter()
-            .find(|x| !events.iter().any(|e| matches(e, x)))
-        {
-            return Err(format!(
-                "{what}: no IO_PAGE_FAULT logged for {rid} at {addr:#x} (logged: {names:?})"
-            ));
-        }
-        pass(format!("{what}: events {names:?}"));
-        Ok(())
+        checks::match_faults(&events, &names, expected, matches, (what, "event"))
     }
 
     fn finish(&mut self, p: &mut Platform) -> Step {
@@ -229,19 +214,17 @@ pub fn run_new(c: RunOptions) -> Step {
     let cfg = UnitConfig::new(PhysAddr(base), 0, LAST_DEVICE_ID);
     let (mut unit, r) = Unit::adopt_with_preserved(&mut p.amdvi_hw(), &cfg, blob, preserved)
         .map_err(|f| format!("adopt: {}", f.error))?;
-    if !r.blocked.is_empty() || !r.refused_domains.is_empty() || r.domains != 1 || r.devices != 1 {
-        return Err(format!(
-            "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
-            r.domains,
-            r.devices,
-            list(&r.blocked, |b| format!("{:#x}: {}", b.device_id, b.error)),
-            list(&r.refused_domains, |(d, e)| format!("{d}: {e}"))
-        ));
-    }
-    pass(format!(
-        "adopt {}: 1 domain, 1 device, {} registers and {} entries read",
-        c.mode_name, r.registers_read, r.entries_read
-    ));
+    checks::check_adopt(
+        &c.mode_name,
+        checks::Adopted {
+            domains: r.domains,
+            devices: r.devices,
+            blocked: list(&r.blocked, |b| format!("{:#x}: {}", b.device_id, b.error)),
+            refused: list(&r.refused_domains, |(d, e)| format!("{d}: {e}")),
+            registers_read: r.registers_read,
+            entries_read: r.entries_read,
+        },
+    )?;
     if !r.stale_events.is_empty() {
         let names = list(&r.stale_events, |e| format!("{e:?}"));
         return Err(format!("events logged across the kexec: {names:?}"));
@@ -253,17 +236,11 @@ pub fn run_new(c: RunOptions) -> Step {
     let v = unit
         .verify(&mut p.amdvi_hw())
         .map_err(|e| format!("verify: {e}"))?;
-    if !v.failures.is_empty() || !v.unverified_runs.is_empty() {
-        return Err(format!(
-            "verify: failures {:?}, unverified runs {:?}",
-            list(&v.failures, |(d, e)| format!("{d}: {e}")),
-            list(&v.unverified_runs, |e| e.to_string())
-        ));
-    }
-    pass(format!(
-        "verify: {} tables, {} leaves, {} leaf-target runs in preserved memory",
-        v.tables, v.leaves, v.leaf_targets_checked
-    ));
+    checks::check_verify(
+        list(&v.failures, |(d, e)| format!("{d}: {e}")),
+        list(&v.unverified_runs, |e| e.to_string()),
+        (v.tables, v.leaves, v.leaf_targets_checked),
+    )?;
     let did = unit
         .domains()
         .next()

@@ -217,3 +217,82 @@ pub fn read_blob(
     p.exclude(&preserved);
     Ok((blob, preserved))
 }
+
+/// What `adopt` reported, named for the checks.
+pub struct Adopted {
+    /// Domains adopted.
+    pub domains: usize,
+    /// Devices adopted.
+    pub devices: usize,
+    /// Devices left blocked, with the reason.
+    pub blocked: Vec<String>,
+    /// Domains refused, with the reason.
+    pub refused: Vec<String>,
+    /// Registers read.
+    pub registers_read: u64,
+    /// Entries read.
+    pub entries_read: u64,
+}
+
+/// `adopt` must have taken the one domain and the one device, blocking nothing.
+pub fn check_adopt(mode: &str, r: Adopted) -> Step {
+    if !r.blocked.is_empty() || !r.refused.is_empty() || r.domains != 1 || r.devices != 1 {
+        return Err(format!(
+            "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
+            r.domains, r.devices, r.blocked, r.refused
+        ));
+    }
+    pass(format!(
+        "adopt {mode}: 1 domain, 1 device, {} registers and {} entries read",
+        r.registers_read, r.entries_read
+    ));
+    Ok(())
+}
+
+/// `verify` must have found nothing wrong: `failures` and `unverified` empty.
+pub fn check_verify(
+    failures: Vec<String>,
+    unverified: Vec<String>,
+    (tables, leaves, runs): (u64, u64, u64),
+) -> Step {
+    if !failures.is_empty() || !unverified.is_empty() {
+        return Err(format!(
+            "verify: failures {failures:?}, unverified runs {unverified:?}"
+        ));
+    }
+    pass(format!(
+        "verify: {tables} tables, {leaves} leaves, {runs} leaf-target runs in preserved memory"
+    ));
+    Ok(())
+}
+
+/// Matches what a unit recorded (`records`, named by `names`, in the unit's words
+/// `kind`) against `expected`: every record must match one, and each must be matched.
+pub fn match_faults<F>(
+    records: &[F],
+    names: &[String],
+    expected: &[Expected],
+    matches: impl Fn(&F, &Expected) -> bool,
+    (what, kind): (&str, &str),
+) -> Step {
+    if let Some(i) = records
+        .iter()
+        .position(|f| !expected.iter().any(|e| matches(f, e)))
+    {
+        return Err(format!(
+            "{what}: unexpected {kind} {} (all: {names:?})",
+            names[i]
+        ));
+    }
+    if let Some((rid, addr, write)) = expected
+        .iter()
+        .find(|e| !records.iter().any(|f| matches(f, e)))
+    {
+        let access = if *write { "write" } else { "read" };
+        return Err(format!(
+            "{what}: no {kind} for {rid} {access} at {addr:#x} (recorded: {names:?})"
+        ));
+    }
+    pass(format!("{what}: {kind}s {names:?}"));
+    Ok(())
+}
