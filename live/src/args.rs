@@ -202,19 +202,36 @@ pub fn iommu_base(cmd: &Command) -> Result<u64, ArgError> {
     Ok(base)
 }
 
-/// The options of `run-old` and `run-new`.
+/// Which unit `run-old` and `run-new` drive, in which mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// VT-d (`--mode legacy|scalable-ss|scalable-fs`).
+    Vtd {
+        /// The driver's table mode.
+        mode: Mode,
+        /// The kind of the domains.
+        kind: DomainKind,
+    },
+    /// AMD-Vi (`--mode v1|v2`): host (v1) or guest (v2, through a GCR3 table) tables.
+    AmdVi {
+        /// v2 (guest) domains.
+        v2: bool,
+    },
+}
+
+/// The options of `run-old` and `run-new` (VT-d) and of `amdvi-run-old` and
+/// `amdvi-run-new`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOptions {
-    /// The driver's table mode.
-    pub mode: Mode,
-    /// The kind of the domains.
-    pub kind: DomainKind,
-    /// The mode's name (`legacy`, `scalable-ss`, `scalable-fs`).
+    /// The unit and its mode.
+    pub target: Target,
+    /// The mode's name (`legacy`, `scalable-ss`, `scalable-fs`, `v1`, `v2`).
     pub mode_name: String,
     /// The reserved range, split.
     pub layout: Layout,
-    /// The unit's register base.
-    pub iommu: u64,
+    /// The unit's register base: `--iommu`, else for VT-d [`DEFAULT_IOMMU_BASE`]; for
+    /// AMD-Vi `None` (the caller finds it in the IOMMU's PCI capability block).
+    pub iommu: Option<u64>,
     /// The device whose domain is preserved.
     pub preserved: RequesterId,
     /// The device that is not preserved.
@@ -225,25 +242,37 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// Parses the options of `run-old` (`new` false) or `run-new` (`new` true, which
-    /// also needs `--blob`).
-    pub fn parse(cmd: &Command, new: bool) -> Result<Self, ArgError> {
+    /// also needs `--blob`), for VT-d (`amdvi` false) or AMD-Vi.
+    pub fn parse(cmd: &Command, new: bool, amdvi: bool) -> Result<Self, ArgError> {
         let mut known = vec!["mode", "mem", "iommu", "preserved", "other"];
         if new {
             known.push("blob");
         }
         cmd.only(&known)?;
         let m = cmd.need("mode")?;
-        let (mode, kind) = match m {
-            "legacy" => (Mode::Legacy, DomainKind::SecondStage),
-            "scalable-ss" => (Mode::Scalable, DomainKind::SecondStage),
-            "scalable-fs" => (Mode::Scalable, DomainKind::FirstStage),
-            _ => {
+        let target = match (amdvi, m) {
+            (false, "legacy") => Target::Vtd {
+                mode: Mode::Legacy,
+                kind: DomainKind::SecondStage,
+            },
+            (false, "scalable-ss") => Target::Vtd {
+                mode: Mode::Scalable,
+                kind: DomainKind::SecondStage,
+            },
+            (false, "scalable-fs") => Target::Vtd {
+                mode: Mode::Scalable,
+                kind: DomainKind::FirstStage,
+            },
+            (true, "v1") => Target::AmdVi { v2: false },
+            (true, "v2") => Target::AmdVi { v2: true },
+            (false, _) => {
                 return Err(ArgError::new(
                     "--mode",
                     m,
                     "expected legacy, scalable-ss or scalable-fs",
                 ))
             }
+            (true, _) => return Err(ArgError::new("--mode", m, "expected v1 or v2")),
         };
         let (base, size) = parse_range("--mem", cmd.need("mem")?)?;
         let preserved = parse_bdf("--preserved", cmd.need("preserved")?)?;
@@ -270,12 +299,15 @@ impl RunOptions {
             }
             false => None,
         };
+        let iommu = match (amdvi, cmd.get("iommu")) {
+            (true, None) => None,
+            _ => Some(iommu_base(cmd)?),
+        };
         Ok(Self {
-            mode,
-            kind,
+            target,
             mode_name: m.into(),
             layout: Layout::new(base, size)?,
-            iommu: iommu_base(cmd)?,
+            iommu,
             preserved,
             other,
             blob,
@@ -375,13 +407,17 @@ mod tests {
         let old = RunOptions::parse(
             &Command::parse(&args(&format!("run-old {RUN}"))).unwrap(),
             false,
+            false,
         )
         .unwrap();
         assert_eq!(
-            (old.mode, old.kind),
-            (Mode::Scalable, DomainKind::FirstStage)
+            old.target,
+            Target::Vtd {
+                mode: Mode::Scalable,
+                kind: DomainKind::FirstStage
+            }
         );
-        assert_eq!(old.iommu, DEFAULT_IOMMU_BASE);
+        assert_eq!(old.iommu, Some(DEFAULT_IOMMU_BASE));
         assert_eq!(old.layout, Layout::new(0x3000_0000, 64 << 20).unwrap());
         assert_eq!(old.other, RequesterId::new(0, 0, 5, 0));
         assert_eq!(old.blob, None);
@@ -389,15 +425,36 @@ mod tests {
             "run-new {RUN} --blob 0x3000d000 --iommu 0xfed91000"
         )))
         .unwrap();
-        let new = RunOptions::parse(&new, true).unwrap();
-        assert_eq!((new.blob, new.iommu), (Some(0x3000_d000), 0xfed9_1000));
+        let new = RunOptions::parse(&new, true, false).unwrap();
+        assert_eq!(
+            (new.blob, new.iommu),
+            (Some(0x3000_d000), Some(0xfed9_1000))
+        );
+    }
+
+    #[test]
+    fn amdvi_run_options_take_its_modes_and_find_the_base_later() {
+        let run = "--mem 0x30000000:64M --preserved 00:04.0 --other 00:05.0";
+        let parse = |s: &str| RunOptions::parse(&Command::parse(&args(s)).unwrap(), false, true);
+        let v2 = parse(&format!("amdvi-run-old --mode v2 {run}")).unwrap();
+        assert_eq!((v2.target, v2.iommu), (Target::AmdVi { v2: true }, None));
+        let v1 = parse(&format!("amdvi-run-old --mode v1 {run} --iommu 0xfed80000")).unwrap();
+        assert_eq!(
+            (v1.target, v1.iommu),
+            (Target::AmdVi { v2: false }, Some(0xfed8_0000))
+        );
+        let e = parse(&format!("amdvi-run-old --mode legacy {run}")).unwrap_err();
+        assert_eq!(
+            (e.option.as_str(), e.problem.as_str()),
+            ("--mode", "expected v1 or v2")
+        );
     }
 
     #[test]
     fn run_options_refuse_what_cannot_work() {
         let parse = |extra: &str, new: bool| {
             let c = Command::parse(&args(&format!("run {extra}"))).unwrap();
-            RunOptions::parse(&c, new).unwrap_err()
+            RunOptions::parse(&c, new, false).unwrap_err()
         };
         assert_eq!(
             parse(&format!("{RUN} --blob 0x3000d000"), false).option,

@@ -271,7 +271,13 @@ impl Registers {
 
     /// Maps the 4 KiB register window of a unit at `base` from `/dev/mem`.
     pub fn devmem(base: u64) -> Result<Self, MapError> {
-        Window::devmem("IOMMU registers", base, PAGE).map(Self::new)
+        Self::devmem_sized(base, PAGE)
+    }
+
+    /// Maps a register window of `size` bytes at `base` from `/dev/mem` (AMD-Vi's is
+    /// 16 KiB: its ring pointers are at 0x2000).
+    pub fn devmem_sized(base: u64, size: u64) -> Result<Self, MapError> {
+        Window::devmem("IOMMU registers", base, size).map(Self::new)
     }
 
     /// The window.

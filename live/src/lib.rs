@@ -7,9 +7,10 @@
 //!   MMIO window;
 //! - [`layout`]: how the reserved range is split between the page pool (every table
 //!   page and the KHO blob) and the DMA buffers of the checks;
-//! - [`pci`]: a PCI function through sysfs (command register, BAR0 mapping);
+//! - [`pci`]: a PCI function through sysfs (command register, BAR0 mapping, the AMD
+//!   IOMMU's capability block and the register base it gives);
 //! - [`edu`]: QEMU's `edu` device and its DMA engine;
-//! - [`platform`]: the three lent to the `vtd` driver for each call;
+//! - [`platform`]: the three lent to the `vtd` or `amdvi` driver for each call;
 //! - [`args`]: the command line of the `iommu-live` binary.
 //!
 //! Every `unsafe` block of the project's Linux side is in this crate, in [`devmem`] (the

@@ -76,6 +76,80 @@ pub fn parse_bar0(resource: &str) -> Option<(u64, u64)> {
     Some((start, end - start + 1))
 }
 
+/// Offset of the status register (PCI Local Bus spec 3.0, §6.2.3; Linux `PCI_STATUS`).
+pub const PCI_STATUS: usize = 0x06;
+/// Status register: a capabilities list is present (bit 4; Linux `PCI_STATUS_CAP_LIST`).
+pub const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Offset of the capabilities pointer (Linux `PCI_CAPABILITY_LIST`).
+pub const PCI_CAPABILITY_LIST: usize = 0x34;
+/// Capability ID of the AMD IOMMU capability block ("Secure Device", 0Fh; AMD I/O
+/// Virtualization Technology spec §3.7 "IOMMU Capability Block"; QEMU
+/// `AMDVI_CAPAB_ID_SEC`).
+pub const CAP_ID_SECURE_DEVICE: u8 = 0x0f;
+/// The IOMMU capability header's CapType (bits 18:16) for an IOMMU (011b; QEMU
+/// `AMDVI_CAPAB_INIT_TYPE` is `3 << 16`).
+pub const CAP_TYPE_IOMMU: u32 = 0b011;
+
+/// The offset of the first capability `id` in configuration space `cfg`, following
+/// the list from [`PCI_CAPABILITY_LIST`]; at most 48 entries are followed (the most a
+/// 256-byte space can hold), so a looping list ends.
+pub fn find_capability(cfg: &[u8], id: u8) -> Option<usize> {
+    let status = u16::from_le_bytes([*cfg.get(PCI_STATUS)?, *cfg.get(PCI_STATUS + 1)?]);
+    if status & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut at = (*cfg.get(PCI_CAPABILITY_LIST)? & !3) as usize;
+    for _ in 0..48 {
+        if at < 0x40 {
+            return None;
+        }
+        if *cfg.get(at)? == id {
+            return Some(at);
+        }
+        at = (*cfg.get(at + 1)? & !3) as usize;
+    }
+    None
+}
+
+/// The MMIO base an AMD IOMMU's capability block in `cfg` gives: the IOMMU Base
+/// Address Low register (block offset 04h: bits 31:14 of the base, bit 0 Enable) and
+/// High register (08h: bits 63:32) (AMD I/O Virtualization Technology spec §3.7).
+/// `None` without a capability block of CapType IOMMU.
+pub fn amd_iommu_capability_base(cfg: &[u8]) -> Option<u64> {
+    let at = find_capability(cfg, CAP_ID_SECURE_DEVICE)?;
+    let dword = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            cfg.get(at + off..at + off + 4)?.try_into().ok()?,
+        ))
+    };
+    if (dword(0)? >> 16) & 0b111 != CAP_TYPE_IOMMU {
+        return None;
+    }
+    Some((dword(8)? as u64) << 32 | (dword(4)? & 0xffff_c000) as u64)
+}
+
+/// Looks through every function under `root` for an AMD IOMMU capability block;
+/// returns the first function that has one, with the base its block gives.
+pub fn find_amd_iommu(root: &Path) -> Result<Option<(RequesterId, u64)>, String> {
+    let dir = std::fs::read_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(rid) = crate::args::parse_bdf("sysfs", &name) else {
+            continue;
+        };
+        let cfg = PciFunction::new(root, rid)
+            .config()
+            .map_err(|e| e.to_string())?;
+        if let Some(base) = amd_iommu_capability_base(&cfg) {
+            return Ok(Some((rid, base)));
+        }
+    }
+    Ok(None)
+}
+
 /// A PCI function in sysfs.
 #[derive(Clone, Debug)]
 pub struct PciFunction {
@@ -100,6 +174,12 @@ impl PciFunction {
     fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> PciError {
         let rid = self.rid;
         move |error| PciError::Io { rid, path, error }
+    }
+
+    /// Reads the configuration space sysfs shows (256 bytes for root, 64 for others).
+    pub fn config(&self) -> Result<Vec<u8>, PciError> {
+        let path = self.dir.join("config");
+        std::fs::read(&path).map_err(self.io(path))
     }
 
     /// Reads the command register.
@@ -182,6 +262,53 @@ mod tests {
         assert_eq!(f.enable().unwrap(), 0x46);
         let back = std::fs::read(dir.join("config")).unwrap();
         assert_eq!(&back[..6], &[0x34, 0x12, 0xe8, 0x11, 0x46, 0]);
+    }
+
+    /// A configuration space shaped as QEMU's amd-iommu builds it (`amdvi_pci_realize`:
+    /// the IOMMU block first, then MSI), base 0xfed80000 (QEMU `AMDVI_BASE_ADDR`).
+    fn amd_iommu_config(low: u32, high: u32) -> Vec<u8> {
+        let mut cfg = vec![0u8; 256];
+        cfg[..4].copy_from_slice(&[0x22, 0x10, 0x19, 0x14]);
+        cfg[PCI_STATUS] = STATUS_CAP_LIST as u8;
+        cfg[PCI_CAPABILITY_LIST] = 0x40;
+        cfg[0x40..0x44].copy_from_slice(&(0x0f_u32 | 0x54 << 8 | 3 << 16).to_le_bytes());
+        cfg[0x44..0x48].copy_from_slice(&low.to_le_bytes());
+        cfg[0x48..0x4c].copy_from_slice(&high.to_le_bytes());
+        cfg[0x54] = 0x05; // MSI, the end of the list
+        cfg
+    }
+
+    #[test]
+    fn the_amd_iommu_base_comes_from_its_capability_block() {
+        let cfg = amd_iommu_config(0xfed8_0001, 0);
+        assert_eq!(find_capability(&cfg, 0x05), Some(0x54));
+        assert_eq!(amd_iommu_capability_base(&cfg), Some(0xfed8_0000));
+        let high = amd_iommu_config(0xfed8_0000, 0x1);
+        assert_eq!(amd_iommu_capability_base(&high), Some(0x1_fed8_0000));
+        // Not an IOMMU block (CapType 0), no capability list, a list that loops.
+        let mut other = amd_iommu_config(0xfed8_0000, 0);
+        other[0x42] = 0;
+        assert_eq!(amd_iommu_capability_base(&other), None);
+        let mut none = amd_iommu_config(0xfed8_0000, 0);
+        none[PCI_STATUS] = 0;
+        assert_eq!(amd_iommu_capability_base(&none), None);
+        let mut looping = amd_iommu_config(0, 0);
+        looping[0x40] = 0x09;
+        looping[0x55] = 0x40;
+        assert_eq!(find_capability(&looping, 0x0f), None);
+        // Cut short: no panic.
+        assert_eq!(amd_iommu_capability_base(&cfg[..0x46]), None);
+
+        let root = tempfile::tempdir().unwrap();
+        for (name, cfg) in [("0000:00:01.0", vec![0u8; 64]), ("0000:00:02.0", cfg)] {
+            std::fs::create_dir(root.path().join(name)).unwrap();
+            std::fs::write(root.path().join(name).join("config"), cfg).unwrap();
+        }
+        std::fs::write(root.path().join("not-a-function"), b"").unwrap();
+        assert_eq!(
+            find_amd_iommu(root.path()).unwrap(),
+            Some((RequesterId::new(0, 0, 2, 0), 0xfed8_0000))
+        );
     }
 
     #[test]

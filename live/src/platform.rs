@@ -1,6 +1,6 @@
 //! One IOMMU unit on a running Linux: its registers, the reserved range as physical
-//! memory, and the page pool over the range's first half, lent to the `vtd` driver as
-//! a [`Hw`] for each call.
+//! memory, and the page pool over the range's first half, lent to the `vtd` or the
+//! `amdvi` driver as its `Hw` for each call.
 
 use crate::devmem::{MapError, Registers, Window};
 use crate::layout::Layout;
@@ -23,10 +23,15 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Maps the unit's registers at `iommu_base` and the reserved range of `layout`
-    /// from `/dev/mem`.
+    /// Maps the unit's 4 KiB register window at `iommu_base` and the reserved range of
+    /// `layout` from `/dev/mem`.
     pub fn devmem(iommu_base: u64, layout: Layout) -> Result<Self, MapError> {
-        let regs = Registers::devmem(iommu_base)?;
+        Self::devmem_sized(iommu_base, crate::devmem::PAGE, layout)
+    }
+
+    /// [`Platform::devmem`] with a register window of `regs_size` bytes.
+    pub fn devmem_sized(iommu_base: u64, regs_size: u64, layout: Layout) -> Result<Self, MapError> {
+        let regs = Registers::devmem_sized(iommu_base, regs_size)?;
         let mem = Window::devmem("reserved range", layout.base, layout.size)?;
         Ok(Self::new(regs, mem, layout))
     }
@@ -46,9 +51,18 @@ impl Platform {
         self.pool.exclude(preserved);
     }
 
-    /// What the driver needs for one call.
+    /// What the `vtd` driver needs for one call.
     pub fn hw(&mut self) -> Hw<'_> {
         Hw {
+            regs: &mut self.regs,
+            mem: &mut self.mem,
+            pages: &mut self.pool,
+        }
+    }
+
+    /// What the `amdvi` driver needs for one call.
+    pub fn amdvi_hw(&mut self) -> amdvi::driver::Hw<'_> {
+        amdvi::driver::Hw {
             regs: &mut self.regs,
             mem: &mut self.mem,
             pages: &mut self.pool,

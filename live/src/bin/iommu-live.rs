@@ -7,7 +7,14 @@
 //! iommu-live run-new   --mode M --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
 //! iommu-live status    [--iommu BASE]
 //! iommu-live dump      --mem BASE:SIZE [--iommu BASE]
+//! iommu-live amdvi-run-old --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF [--iommu BASE]
+//! iommu-live amdvi-run-new --mode v1|v2 --mem BASE:SIZE --preserved BDF --other BDF --blob ADDR [--iommu BASE]
+//! iommu-live amdvi-status [--iommu BASE]
+//! iommu-live amdvi-dump   --mem BASE:SIZE [--iommu BASE]
 //! ```
+//!
+//! The `amdvi-` subcommands do the same with the `amdvi` driver and handover (see
+//! the `amdvi` module); `start-dma` serves both.
 //!
 //! `run-old` (old kernel): bring-up, two domains, mappings (4K, 2M, 1G where the unit
 //! allows, read-only, a high IOVA), attach, DMA checked byte for byte, then loads the
@@ -24,14 +31,12 @@
 //! Every check prints `PASS: <what>`; the first failure prints `FAIL: <what>` and the
 //! exit status is 1 (2 for a command-line error).
 
-use iommu_core::kho::{self, KhoOut};
 use iommu_core::mem::PhysMem;
-use iommu_core::pgtable::Perms;
-use iommu_core::{DomainId, Iova, PageSize, PhysAddr, RegisterAccess, RequesterId};
-use iommu_live::args::{self, ArgError, Command, RunOptions};
+use iommu_core::{DomainId, Iova, PhysAddr, RegisterAccess, RequesterId};
+use iommu_live::args::{self, ArgError, Command, RunOptions, Target};
 use iommu_live::devmem::Registers;
 use iommu_live::edu::{Direction, Edu, BUFFER_SIZE};
-use iommu_live::layout::{buf, iova, pattern, BUFFERS_BYTES, PAGE};
+use iommu_live::layout::{iova, BUFFERS_BYTES, PAGE};
 use iommu_live::pci::{PciFunction, SYSFS_PCI_DEVICES};
 use iommu_live::platform::Platform;
 use std::path::Path;
@@ -39,6 +44,13 @@ use std::process::ExitCode;
 use vtd::driver::{DomainKind, Fault, Unit, UnitConfig};
 use vtd::handover::Selection;
 use vtd::hw::regs::{self, GSTS};
+
+#[path = "iommu-live/amdvi.rs"]
+mod amdvi;
+#[path = "iommu-live/checks.rs"]
+mod checks;
+
+use checks::{map_pass, Driver, Expected, Mapping};
 
 /// Polls of an `edu` transfer (1 ms apart): a transfer takes about 100 ms of virtual
 /// time; TCG on a loaded host may stretch that.
@@ -58,9 +70,27 @@ fn main() -> ExitCode {
         Err(e) => return usage(&e),
     };
     let r = match cmd.name.as_str() {
-        "run-old" => RunOptions::parse(&cmd, false).map(run_old),
+        "run-old" => RunOptions::parse(&cmd, false, false).map(run_old),
         "start-dma" => args::parse_start_dma(&cmd).map(start_dma),
-        "run-new" => RunOptions::parse(&cmd, true).map(run_new),
+        "run-new" => RunOptions::parse(&cmd, true, false).map(run_new),
+        "amdvi-run-old" => RunOptions::parse(&cmd, false, true).map(amdvi::run_old),
+        "amdvi-run-new" => RunOptions::parse(&cmd, true, true).map(amdvi::run_new),
+        "amdvi-dump" => cmd
+            .only(&["mem", "iommu"])
+            .and_then(|()| args::parse_range("--mem", cmd.need("mem")?))
+            .and_then(|r| {
+                let iommu = cmd.get("iommu");
+                Ok((r, iommu.map(|v| args::parse_u64("--iommu", v)).transpose()?))
+            })
+            .map(amdvi::dump),
+        "amdvi-status" => cmd
+            .only(&["iommu"])
+            .and_then(|()| {
+                cmd.get("iommu")
+                    .map(|v| args::parse_u64("--iommu", v))
+                    .transpose()
+            })
+            .map(amdvi::status),
         "status" => cmd
             .only(&["iommu"])
             .and_then(|()| args::iommu_base(&cmd))
@@ -73,7 +103,9 @@ fn main() -> ExitCode {
         _ => Err(ArgError {
             option: "subcommand".into(),
             value: cmd.name.clone(),
-            problem: "expected run-old, start-dma, run-new, status or dump".into(),
+            problem: "expected run-old, start-dma, run-new, status, dump, amdvi-run-old, \
+                      amdvi-run-new, amdvi-status or amdvi-dump"
+                .into(),
         }),
     };
     match r {
@@ -93,7 +125,11 @@ fn usage(e: &ArgError) -> ExitCode {
          --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
          iommu-live start-dma --preserved BDF\n       \
          iommu-live status [--iommu BASE]\n       \
-         iommu-live dump --mem BASE:SIZE [--iommu BASE]"
+         iommu-live dump --mem BASE:SIZE [--iommu BASE]\n       \
+         iommu-live amdvi-run-old|amdvi-run-new --mode v1|v2 --mem BASE:SIZE \
+         --preserved BDF --other BDF [--blob ADDR (run-new)] [--iommu BASE]\n       \
+         iommu-live amdvi-status [--iommu BASE]\n       \
+         iommu-live amdvi-dump --mem BASE:SIZE [--iommu BASE]"
     );
     ExitCode::from(2)
 }
@@ -207,170 +243,86 @@ fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
     items.iter().map(f).collect()
 }
 
-/// Reads the unit's fault records; every one must be one of `expected` (requester,
-/// address, write), and each of those must be there.
-fn expect_faults(
-    unit: &mut Unit,
-    p: &mut Platform,
-    expected: &[(RequesterId, u64, bool)],
-    what: &str,
-) -> Step {
-    let faults = unit.poll_faults(&mut p.hw());
-    let names = list(&faults, |f| f.to_string());
-    let matches = |f: &Fault, &(rid, addr, write): &(RequesterId, u64, bool)| {
-        f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
-    };
-    if let Some(f) = faults
-        .iter()
-        .find(|f| !expected.iter().any(|e| matches(f, e)))
-    {
-        return Err(format!("{what}: unexpected fault {f} (all: {names:?})"));
+impl Driver for Unit {
+    type Kind = DomainKind;
+
+    fn new_domain(&mut self, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
+        self.create_domain(&mut p.hw(), kind)
+            .map_err(|e| format!("domain: {e}"))
     }
-    if let Some((rid, addr, write)) = expected
-        .iter()
-        .find(|e| !faults.iter().any(|f| matches(f, e)))
-    {
-        let kind = if *write { "write" } else { "read" };
-        return Err(format!(
-            "{what}: no fault recorded for {rid} {kind} at {addr:#x} (recorded: {names:?})"
+
+    fn map(&mut self, p: &mut Platform, m: Mapping) -> Step {
+        let (did, iova, pa, ps, perms) = m;
+        let r = Unit::map(
+            self,
+            &mut p.hw(),
+            did,
+            Iova(iova),
+            PhysAddr(pa),
+            ps.bytes(),
+            ps,
+            perms,
+        );
+        map_pass(m, r.map_err(|e| e.to_string()))
+    }
+
+    fn attach(&mut self, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
+        Unit::attach(self, &mut p.hw(), rid, did)
+            .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
+        pass(format!("attach {rid} to {did}"));
+        Ok(())
+    }
+
+    /// Reads the unit's fault records.
+    fn expect_faults(&mut self, p: &mut Platform, expected: &[Expected], what: &str) -> Step {
+        let faults = self.poll_faults(&mut p.hw());
+        let names = list(&faults, |f| f.to_string());
+        let matches = |f: &Fault, &(rid, addr, write): &Expected| {
+            f.rid == rid && f.addr == addr & !(PAGE - 1) && f.write == write
+        };
+        checks::match_faults(&faults, &names, expected, matches, (what, "fault record"))
+    }
+
+    fn finish(&mut self, p: &mut Platform) -> Step {
+        let fin = Unit::finish(self, &mut p.hw()).map_err(|e| format!("finish: {e}"))?;
+        pass(format!(
+            "finish: {} pages freed, {} kept",
+            fin.pages_freed, fin.pages_kept
         ));
+        Ok(())
     }
-    pass(format!("{what}: fault records {names:?}"));
-    Ok(())
 }
 
-fn new_domain(unit: &mut Unit, p: &mut Platform, kind: DomainKind) -> Step<DomainId> {
-    unit.create_domain(&mut p.hw(), kind)
-        .map_err(|e| format!("domain: {e}"))
-}
-
-fn map(
-    unit: &mut Unit,
-    p: &mut Platform,
-    did: DomainId,
-    iova: u64,
-    pa: u64,
-    ps: PageSize,
-    perms: Perms,
-) -> Step {
-    unit.map(
-        &mut p.hw(),
-        did,
-        Iova(iova),
-        PhysAddr(pa),
-        ps.bytes(),
-        ps,
-        perms,
-    )
-    .map_err(|e| format!("map {did} IOVA {iova:#x} -> {pa:#x} ({ps}): {e}"))?;
-    let access = if perms.write {
-        "read/write"
-    } else {
-        "read-only"
-    };
-    pass(format!("map {did} IOVA {iova:#x} -> {pa:#x} {ps} {access}"));
-    Ok(())
-}
-
-fn attach(unit: &mut Unit, p: &mut Platform, rid: RequesterId, did: DomainId) -> Step {
-    unit.attach(&mut p.hw(), rid, did)
-        .map_err(|e| format!("attach {rid} to {did}: {e}"))?;
-    pass(format!("attach {rid} to {did}"));
-    Ok(())
+/// The VT-d mode, domain kind and register base of `c`.
+fn vtd_target(c: &RunOptions) -> Step<(vtd::driver::Mode, DomainKind, u64)> {
+    match c.target {
+        Target::Vtd { mode, kind } => Ok((mode, kind, c.iommu.unwrap_or(args::DEFAULT_IOMMU_BASE))),
+        Target::AmdVi { .. } => Err("an AMD-Vi mode given to a VT-d subcommand".into()),
+    }
 }
 
 /// `run-old`: everything of the old kernel up to `freeze`.
 fn run_old(c: RunOptions) -> Step {
     let l = c.layout;
-    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
-    let mut a = Dev::open(c.preserved)?;
-    let mut b = Dev::open(c.other)?;
+    let (mode, kind, iommu) = vtd_target(&c)?;
+    let mut p = Platform::devmem(iommu, l).map_err(|e| e.to_string())?;
     for off in (0..BUFFERS_BYTES).step_by(PAGE as usize) {
         zero_page(&mut p, l.buf(off))?;
     }
 
-    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let cfg = UnitConfig::new(PhysAddr(iommu), mode);
     let mut unit = Unit::init(&mut p.hw(), &cfg).map_err(|e| format!("bring-up: {e}"))?;
     let gsts = translation_on(&mut p.regs, "bring-up")?;
     pass(format!(
         "bring-up {} at {:#x}: CAP {:#x} ECAP {:#x} GSTS {gsts:#x} (translation on)",
         c.mode_name,
-        c.iommu,
+        iommu,
         unit.cap(),
         unit.ecap()
     ));
-    let d1 = new_domain(&mut unit, &mut p, c.kind)?;
-    let d2 = new_domain(&mut unit, &mut p, c.kind)?;
-    pass(format!("domains {d1} (preserved) and {d2} ({:?})", c.kind));
+    let d1 = checks::old_kernel(&mut unit, &mut p, &c, kind)?;
 
-    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
-    for (did, v, pa, ps, perms) in [
-        (d1, iova::SRC, l.buf(buf::SRC), small, rw),
-        (d1, iova::DST, l.buf(buf::DST), small, rw),
-        (d1, iova::INFLIGHT, l.buf(buf::INFLIGHT), small, rw),
-        (d1, iova::RO, l.buf(buf::RO), small, Perms::R),
-        (d1, iova::HIGH, l.buf(buf::HIGH), small, rw),
-        (d1, iova::BIG, l.buf(buf::BIG), PageSize::SIZE_2M, rw),
-        (d2, iova::GIG, l.gig, PageSize::SIZE_1G, rw),
-    ] {
-        map(&mut unit, &mut p, did, v, pa, ps, perms)?;
-    }
-    attach(&mut unit, &mut p, c.preserved, d1)?;
-    attach(&mut unit, &mut p, c.other, d2)?;
-
-    // DMA through every kind of mapping, checked byte for byte.
-    let p1 = pattern(1);
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p1)?;
-    let what = "DMA read then write through 4K pages";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p1, what)?;
-    let off = 0x12_3000;
-    let what = "DMA write through the 2M page";
-    store_check(
-        &p,
-        &mut a,
-        iova::BIG + off,
-        l.buf(buf::BIG) + off,
-        &p1,
-        what,
-    )?;
-    let what = "DMA write through the high IOVA";
-    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p1, what)?;
-
-    // The write first: QEMU's VT-d records a fault only when it walks the tables, and a
-    // read of the page before would leave a read-only IOTLB entry that denies the write
-    // without a fault record (hardware would record one either way).
-    let p2 = pattern(2);
-    write_page(&mut p, l.buf(buf::RO), &p2)?;
-    expect_faults(&mut unit, &mut p, &[], "no fault so far")?;
-    let what = "DMA write to the read-only page changed nothing";
-    store_check(&p, &mut a, iova::RO, l.buf(buf::RO), &p2, what)?;
-    let what = "DMA write to the read-only page faulted";
-    expect_faults(&mut unit, &mut p, &[(c.preserved, iova::RO, true)], what)?;
-    a.read(iova::RO)?;
-    let what = "DMA read through the read-only page";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p2, what)?;
-
-    b.read(l.gig_iova(buf::SRC))?;
-    let what = "other device: DMA through the 1G page";
-    store_check(
-        &p,
-        &mut b,
-        l.gig_iova(buf::OTHER),
-        l.buf(buf::OTHER),
-        &p1,
-        what,
-    )?;
-    expect_faults(&mut unit, &mut p, &[], "no other fault")?;
-
-    // The pattern the in-flight DMA will write, loaded into the preserved device.
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &pattern(3))?;
-    zero_page(&mut p, l.buf(buf::INFLIGHT))?;
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    pass("in-flight pattern loaded into the preserved device");
-
-    let mut kho = KhoOut::new();
-    kho.preserve_range(PhysAddr(l.buffers), BUFFERS_BYTES / PAGE)
-        .map_err(|e| format!("preserving the buffers: {e}"))?;
+    let mut kho = checks::kho_with_buffers(&c)?;
     let sel = Selection {
         domains: vec![d1],
         devices: vec![c.preserved],
@@ -382,12 +334,7 @@ fn run_old(c: RunOptions) -> Step {
         "prepare: {} domain, {} device, {} pages pinned, {} leaves, {} record bytes",
         r.domains, r.devices, r.pinned_pages, r.leaves, r.record_bytes
     ));
-    let blob = {
-        let Platform { mem, pool, .. } = &mut p;
-        kho.finalize(mem, pool)
-            .map_err(|e| format!("KHO blob: {e}"))?
-    };
-    pass(format!("KHO blob written at {blob}"));
+    let blob = checks::write_blob(&mut p, &mut kho)?;
     let f = unit
         .freeze(&mut p.hw())
         .map_err(|e| format!("freeze: {e}"))?;
@@ -420,32 +367,24 @@ fn start_dma(rid: RequesterId) -> Step {
 /// `run-new`: the new kernel's side.
 fn run_new(c: RunOptions) -> Step {
     let l = c.layout;
-    let blob = PhysAddr(c.blob.expect("run-new parses --blob"));
-    let mut p = Platform::devmem(c.iommu, l).map_err(|e| e.to_string())?;
-    let preserved = kho::read_preserved_in(&p.mem, blob, &[(PhysAddr(l.base), l.size)])
-        .map_err(|e| format!("KHO blob at {blob}: {e}"))?;
-    pass(format!(
-        "KHO blob at {blob}: {} pages preserved",
-        preserved.page_count()
-    ));
-    p.exclude(&preserved);
+    let (mode, kind, iommu) = vtd_target(&c)?;
+    let mut p = Platform::devmem(iommu, l).map_err(|e| e.to_string())?;
+    let (blob, preserved) = checks::read_blob(&mut p, &c)?;
 
-    let cfg = UnitConfig::new(PhysAddr(c.iommu), c.mode);
+    let cfg = UnitConfig::new(PhysAddr(iommu), mode);
     let (mut unit, r) = Unit::adopt_with_preserved(&mut p.hw(), &cfg, blob, preserved)
         .map_err(|f| format!("adopt: {}", f.error))?;
-    if !r.blocked.is_empty() || !r.refused_domains.is_empty() || r.domains != 1 || r.devices != 1 {
-        return Err(format!(
-            "adopt: {} domains, {} devices, blocked {:?}, refused {:?}",
-            r.domains,
-            r.devices,
-            list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
-            list(&r.refused_domains, |(d, e)| format!("{d}: {e}"))
-        ));
-    }
-    pass(format!(
-        "adopt {}: 1 domain, 1 device, {} registers and {} entries read",
-        c.mode_name, r.registers_read, r.entries_read
-    ));
+    checks::check_adopt(
+        &c.mode_name,
+        checks::Adopted {
+            domains: r.domains,
+            devices: r.devices,
+            blocked: list(&r.blocked, |b| format!("{}: {}", b.rid, b.error)),
+            refused: list(&r.refused_domains, |(d, e)| format!("{d}: {e}")),
+            registers_read: r.registers_read,
+            entries_read: r.entries_read,
+        },
+    )?;
     if !r.stale_faults.is_empty() {
         let names = list(&r.stale_faults, |f| f.to_string());
         return Err(format!("faults recorded across the kexec: {names:?}"));
@@ -457,82 +396,18 @@ fn run_new(c: RunOptions) -> Step {
     let v = unit
         .verify(&mut p.hw())
         .map_err(|e| format!("verify: {e}"))?;
-    if !v.failures.is_empty() || !v.unverified_runs.is_empty() {
-        return Err(format!(
-            "verify: failures {:?}, unverified runs {:?}",
-            list(&v.failures, |(d, e)| format!("{d}: {e}")),
-            list(&v.unverified_runs, |e| e.to_string())
-        ));
-    }
-    pass(format!(
-        "verify: {} tables, {} leaves, {} leaf-target runs in preserved memory",
-        v.tables, v.leaves, v.leaf_targets_checked
-    ));
+    checks::check_verify(
+        list(&v.failures, |(d, e)| format!("{d}: {e}")),
+        list(&v.unverified_runs, |e| e.to_string()),
+        (v.tables, v.leaves, v.leaf_targets_checked),
+    )?;
     let did = unit
         .domains()
         .next()
         .map(|d| d.id)
         .ok_or("adopt: no domain")?;
 
-    let mut a = Dev::open(c.preserved)?;
-    let mut b = Dev::open(c.other)?;
-    a.wait("in-flight DMA")?;
-    let what = "DMA in flight across the kexec landed through the handed-over tables";
-    expect_page(&p, l.buf(buf::INFLIGHT), &pattern(3), what)?;
-
-    let p4 = pattern(4);
-    load(&mut p, &mut a, l.buf(buf::SRC), iova::SRC, &p4)?;
-    let what = "DMA read then write through the adopted tables";
-    store_check(&p, &mut a, iova::DST, l.buf(buf::DST), &p4, what)?;
-    let what = "DMA write through the adopted high IOVA";
-    store_check(&p, &mut a, iova::HIGH, l.buf(buf::HIGH), &p4, what)?;
-    expect_faults(&mut unit, &mut p, &[], "no fault from the preserved device")?;
-
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    let (addr, zero) = (l.gig_iova(buf::OTHER), [0u8; PAGE as usize]);
-    let what = "unpreserved device: its DMA write changed nothing";
-    store_check(&p, &mut b, addr, l.buf(buf::OTHER), &zero, what)?;
-    let what = "unpreserved device: its DMA faulted";
-    expect_faults(&mut unit, &mut p, &[(c.other, addr, true)], what)?;
-
-    let fin = unit
-        .finish(&mut p.hw())
-        .map_err(|e| format!("finish: {e}"))?;
-    pass(format!(
-        "finish: {} pages freed, {} kept",
-        fin.pages_freed, fin.pages_kept
-    ));
-
-    let (small, rw) = (PageSize::SIZE_4K, Perms::RW);
-    map(
-        &mut unit,
-        &mut p,
-        did,
-        iova::NEW,
-        l.buf(buf::NEW),
-        small,
-        rw,
-    )?;
-    let what = "after finish: DMA through a new mapping of the adopted domain";
-    store_check(&p, &mut a, iova::NEW, l.buf(buf::NEW), &p4, what)?;
-    let d3 = new_domain(&mut unit, &mut p, c.kind)?;
-    map(
-        &mut unit,
-        &mut p,
-        d3,
-        iova::NEW,
-        l.buf(buf::OTHER),
-        small,
-        rw,
-    )?;
-    attach(&mut unit, &mut p, c.other, d3)?;
-    let p5 = pattern(5);
-    load(&mut p, &mut b, l.buf(buf::OTHER), iova::NEW, &p5)?;
-    zero_page(&mut p, l.buf(buf::OTHER))?;
-    let what = "after finish: the other device's DMA read and write through its new domain";
-    store_check(&p, &mut b, iova::NEW, l.buf(buf::OTHER), &p5, what)?;
-    expect_faults(&mut unit, &mut p, &[], "no fault after finish")?;
-    Ok(())
+    checks::new_kernel(&mut unit, &mut p, &c, did, kind)
 }
 
 /// `status`: the unit's main registers.
@@ -564,11 +439,8 @@ fn status(base: u64) -> Step {
 /// the unit described by its live CAP, ECAP and RTADDR (GSTS is the inspector's
 /// assumption, TES and RTPS set, and the JSON says `registers_assumed`).
 fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
-    use inspector::dump::{self, OutputFormat};
-    use inspector::image::{Image, OpenAs};
-    use inspector::model::{Filter, LoadOptions, Loaded};
+    use inspector::model::LoadOptions;
     use inspector::vtd::UnitOverride;
-    use iommu_live::devmem::Window;
 
     let mut r = Registers::devmem(iommu).map_err(|e| e.to_string())?;
     translation_on(&mut r, "dump")?;
@@ -577,6 +449,31 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         r.read64(regs::ECAP),
         r.read64(regs::RTADDR),
     );
+    let opts = LoadOptions {
+        open: inspector::image::OpenAs::Raw { base },
+        unit: UnitOverride {
+            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
+            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
+            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
+            cap: Some(cap),
+            ecap: Some(ecap),
+            base: Some(iommu),
+        },
+        ..LoadOptions::default()
+    };
+    let what = format!("the unit at {iommu:#x} (RTADDR {rtaddr:#x})");
+    dump_range(base, size, &opts, &what)
+}
+
+/// Dumps the reserved range `base..base + size` as a raw image with `opts` (which
+/// describe the unit from its live registers) in `iommu-inspect`'s JSON, and checks
+/// the output carries the dump schema; `what` names the unit in the PASS line.
+fn dump_range(base: u64, size: u64, opts: &inspector::model::LoadOptions, what: &str) -> Step {
+    use inspector::dump::{self, OutputFormat};
+    use inspector::image::{Image, OpenAs};
+    use inspector::model::{Filter, Loaded};
+    use iommu_live::devmem::Window;
+
     let w = Window::devmem("reserved range", base, size).map_err(|e| e.to_string())?;
     // The copy is as large as the range: refused with an error, not an abort, when the
     // memory is not there.
@@ -589,19 +486,7 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         .map_err(|e| format!("dump: reading the reserved range: {e}"))?;
     let image = Image::from_bytes("/dev/mem", bytes, OpenAs::Raw { base })
         .map_err(|e| format!("dump: {e}"))?;
-    let opts = LoadOptions {
-        open: OpenAs::Raw { base },
-        unit: UnitOverride {
-            rtaddr: Some(regs::RTADDR::RTA.read(rtaddr) << 12),
-            mode: Some(regs::Ttm::from_bits(regs::RTADDR::TTM.read(rtaddr))),
-            haw: Some(regs::CAP::MGAW.read(cap) as u32 + 1),
-            cap: Some(cap),
-            ecap: Some(ecap),
-            base: Some(iommu),
-        },
-        ..LoadOptions::default()
-    };
-    let loaded = Loaded::from_image(image, &opts).map_err(|e| format!("dump: {e}"))?;
+    let loaded = Loaded::from_image(image, opts).map_err(|e| format!("dump: {e}"))?;
     let mut out = Vec::new();
     dump::dump(&loaded, &Filter::default(), OutputFormat::Json, &mut out)
         .map_err(|e| format!("dump: {e}"))?;
@@ -614,7 +499,7 @@ fn dump(((base, size), iommu): ((u64, u64), u64)) -> Step {
         ));
     }
     pass(format!(
-        "dump: {} of the unit at {iommu:#x} (RTADDR {rtaddr:#x}), {} bytes of JSON",
+        "dump: {} of {what}, {} bytes of JSON",
         dump::DUMP_SCHEMA,
         out.len()
     ));
