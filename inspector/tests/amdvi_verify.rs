@@ -324,3 +324,65 @@ fn snapshots_of_the_runner_dump_diff_and_verify() {
         }
     }
 }
+
+#[test]
+fn leaf_target_outside_preserved_memory_is_reported() {
+    let dir = handover(Mode::V1);
+    let path = snap(dir.path(), Mode::V1, "before-kexec");
+    let l = Loaded::open(&path, &LoadOptions::default()).unwrap();
+    let blob = verify_loaded(&l).blob.unwrap();
+    let preserved = read_preserved(&l.image, blob).unwrap();
+    let u = amdvi_unit(&l);
+    let t = u.entries.iter().find_map(|e| e.tree).unwrap();
+    // A level-1 table of the tree and its first present entry (PR, bit 0).
+    let tables = inspector::arch::ArchUnit::tree_tables(u, &l.image, t);
+    let table = tables
+        .iter()
+        .find(|x| x.level == 1)
+        .expect("a level-1 table");
+    let mut page = [0u8; 4096];
+    iommu_core::mem::PhysMem::read(&l.image, table.addr, &mut page).unwrap();
+    let i = (0..512)
+        .find(|i| page[8 * i] & 1 == 1)
+        .expect("a present PTE");
+    let pte_at = table.addr.0 + 8 * i as u64;
+    // A page of RAM nobody preserved: the v1 PTE's address field is bits 51:12
+    // (reference amdvi.md §7.2).
+    let target = (0..)
+        .map(|k| PhysAddr((1 << 32) + (1 << 30) - 4096 * (k + 1)))
+        .find(|p| !preserved.contains(*p))
+        .unwrap();
+    let l = patched(&path, pte_at, 8, |b| {
+        let pte = u64::from_le_bytes(b.try_into().unwrap());
+        let addr = 0x000f_ffff_ffff_f000u64;
+        b.copy_from_slice(&((pte & !addr) | target.0).to_le_bytes());
+    });
+    let r = verify_loaded(&l);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.kind == "leaf-not-preserved")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert_eq!(f.unit, "iommu0");
+    assert_eq!(f.addr, Some(target));
+    // The CLI on the same image: exit status 1, the finding in text and JSON.
+    let file = dir.path().join("leaf.elf");
+    std::fs::write(&file, l.image.bytes()).unwrap();
+    for json in [false, true] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iommu-inspect"));
+        c.arg("verify").arg(&file);
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("leaf-not-preserved"), "{out}");
+        assert!(out.contains(&format!("{:#x}", target.0)), "{out}");
+    }
+}
