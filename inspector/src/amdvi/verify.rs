@@ -115,10 +115,12 @@ fn check_unit(image: &Image, u: &AmdViState, record: Option<&Record>, cx: &mut C
     // Interrupt-remapping tables of the recorded devices are pinned by the record too.
     if let Some(r) = record {
         for d in &r.devices {
+            // 16-byte entries (reference amdvi.md, interrupt remapping); the decoder
+            // holds the count to the DTE's 2^IntTabLen. One range insert, however long.
             if let Some((root, n)) = d.irt {
-                for page in pages_of(root, n.saturating_mul(16).max(1)) {
-                    let _ = reached.insert(page, 0);
-                }
+                let first = PhysAddr(root.0 & !0xfff);
+                let pages = (root.0 - first.0).saturating_add(n.saturating_mul(16));
+                let _ = reached.insert_range(first, pages.div_ceil(4096).max(1));
             }
         }
     }
@@ -189,8 +191,9 @@ fn check_unit(image: &Image, u: &AmdViState, record: Option<&Record>, cx: &mut C
 const MAX_LEAF_RUNS: usize = 1 << 20;
 
 /// Every leaf target of the unit's tables must be preserved memory (what the handover's
-/// `verify` checks: a DMA target freed by the new kernel is corruption). Each run costs
-/// at most the preserved pages it can hold plus one lookup.
+/// `verify` checks: a DMA target freed by the new kernel is corruption). Each run is
+/// compared as aligned blocks (`PageSet` range operations), so the cost follows the
+/// number of blocks, not the bytes a leaf maps.
 fn check_leaves(
     u: &AmdViState,
     leaves: &[(usize, iommu_core::pgtable::Mapping)],
@@ -199,26 +202,30 @@ fn check_leaves(
     let Some(set) = cx.preserved() else {
         return;
     };
-    let count = set.page_count();
     for (t, m) in leaves {
-        let pages = m.size.div_ceil(4096);
-        if let Some(miss) = first_missing(set, count, PhysAddr(m.pa.0 & !0xfff), pages) {
-            let tree = &u.trees[*t];
-            let who = u
-                .entries
-                .iter()
-                .find(|e| e.tree == Some(*t))
-                .map_or(String::new(), |e| format!(" of DeviceID {:#06x}", e.devid));
-            cx.add(
-                "leaf-not-preserved",
-                Some(miss),
-                format!(
-                    "IOVA {:#x}+{:#x} -> {} in the table at {}{who}: target page {miss} is \
-                     not in the KHO preserved set",
-                    m.iova.0, m.size, m.pa, tree.root
-                ),
-            );
-        }
+        let first = PhysAddr(m.pa.0 & !0xfff);
+        let pages = (m.pa.0 - first.0 + m.size).div_ceil(4096);
+        let mut run = PageSet::new();
+        let miss = match run.insert_range(first, pages) {
+            Ok(()) if run.is_subset(set) => continue,
+            Ok(()) => run.difference(set).iter().next().map_or(first, |b| b.0),
+            Err(_) => first,
+        };
+        let tree = &u.trees[*t];
+        let who = u
+            .entries
+            .iter()
+            .find(|e| e.tree == Some(*t))
+            .map_or(String::new(), |e| format!(" of DeviceID {:#06x}", e.devid));
+        cx.add(
+            "leaf-not-preserved",
+            Some(miss),
+            format!(
+                "IOVA {:#x}+{:#x} -> {} in the table at {}{who}: target page {miss} is \
+                 not in the KHO preserved set",
+                m.iova.0, m.size, m.pa, tree.root
+            ),
+        );
     }
 }
 
