@@ -27,8 +27,9 @@
 //!   (GuestPagingMode 0/1: 4 or 5 levels). Trees are keyed by (format, root, levels,
 //!   DTE IR/IW: the DTE's permissions are ANDed into the mappings). `translate` reads
 //!   the DTE, the GCR3 entries and each level as [`Step`]s and ends in an event code;
-//!   `verify` returns [`InspectError::NoRecordSupport`] (the `iommu-amdvi-v1` record
-//!   is not read yet); `linux`: debugfs `devtbl`.
+//!   `verify` reads the unit's `iommu-amdvi-v1` record (KHO client
+//!   `iommu-amdvi-<base>`) and checks it against the registers and the device table
+//!   ([`crate::amdvi::verify`]); `linux`: debugfs `devtbl`.
 //! - **SMMUv3.** [`Arch::load`] takes the notes of kind
 //!   [`crate::image::UNIT_KIND_SMMUV3`] (or `--smmu-strtab`) and reads `IDR0/1/5`,
 //!   `CR0`, `GBPA`, `STRTAB_BASE`, `STRTAB_BASE_CFG` (FMT linear or 2-level, LOG2SIZE,

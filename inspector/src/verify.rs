@@ -6,7 +6,8 @@
 //! [`DEFAULT_SCAN_LIMIT`] bytes of memory (never an unbounded scan by default); its
 //! preserved-memory map gives the pages that survive a kexec, and its clients the
 //! handover record of each unit (VT-d: client `iommu-vtd-<base>`, decoded with
-//! `vtd::record`, in [`crate::vtd::verify`]). A record may also come from a file.
+//! `vtd::record`, in [`crate::vtd::verify`]; AMD-Vi: client `iommu-amdvi-<base>`, decoded
+//! with `amdvi::record`, in [`crate::amdvi::verify`]). A record may also come from a file.
 //!
 //! Checked, for every unit: every structure page (root table, context tables, PASID
 //! directories and tables) and every page-table page reachable from the live root is in
@@ -60,7 +61,10 @@ pub struct Finding {
     /// `record-mismatch`, `record`, `adopt-refuses` (a state or record `adopt` refuses),
     /// `run-not-preserved` (a record page run outside the preserved set), `run-not-table`
     /// (record run pages that are not structures or tables of the unit), `unit-state`
-    /// (the root pointer not latched).
+    /// (the root pointer not latched); AMD-Vi adds `register-mismatch` (a register
+    /// differs from the record header), `dte-mismatch` (a recorded DTE differs from the
+    /// live one, bit for bit), `domain-id-shared` (one DomainID over different tables)
+    /// and `leaf-not-preserved` (a leaf's target outside the preserved set).
     pub kind: &'static str,
     /// Address concerned.
     pub addr: Option<PhysAddr>,

@@ -604,13 +604,21 @@ fn diff_detects_a_changed_pte_and_a_changed_dte() {
     assert!(t.contains("r--"), "IW cleared shows in the mappings:\n{t}");
 }
 
-/// `verify` of an image with an AMD-Vi unit: the typed "no record support yet" error
-/// naming the unit and the record.
+/// `verify` of an image with an AMD-Vi unit but no KHO blob and no record: the typed
+/// error saying where the handover state could come from (the checks on real handover
+/// images are in `amdvi_verify.rs`).
 #[test]
-fn verify_says_amdvi_records_are_not_read_yet() {
+fn verify_without_a_kho_blob_is_a_typed_error() {
     let r = rig();
     let l = r.load("v.elf");
-    plugin::assert_no_record_support(&l, "iommu0", "AMD-Vi", "iommu-amdvi-0xfed80000");
+    let e = inspector::verify::verify(
+        &l,
+        &inspector::verify::VerifyOptions::default(),
+        &mut inspector::progress::Progress::hidden(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, InspectError::KhoBlob(_)), "{e}");
+    assert!(e.to_string().contains("--record FILE"), "{e}");
 }
 
 /// The first `len` bytes of the rig's memory as a raw image.
@@ -775,7 +783,7 @@ fn cli_dump_linux_walk_and_errors() {
         ) && out.contains("1 AMD-Vi unit)"),
         "{out}"
     );
-    // verify: exit 2, the record is not read yet.
+    // verify: exit 2, an empty record file is not an `iommu-amdvi-v1` record.
     let empty = dir.path().join("record.bin");
     std::fs::write(&empty, b"").unwrap();
     let (code, _, err) = plugin::cli(&[
@@ -785,10 +793,7 @@ fn cli_dump_linux_walk_and_errors() {
         empty.to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("no record support for AMD-Vi units yet"),
-        "{err}"
-    );
+    assert!(err.contains("record payload offset 0x0"), "{err}");
     let short = dir.path().join("short.raw");
     std::fs::write(&short, vec![0u8; 0x1000]).unwrap();
     let (code, _, err) = plugin::cli(&[

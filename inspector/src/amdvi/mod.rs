@@ -13,6 +13,7 @@
 //! PAGE_TAB_HARDWARE_ERROR (0x4).
 
 pub mod unit;
+pub mod verify;
 pub mod walk;
 
 use crate::arch::{Arch, ArchUnit};

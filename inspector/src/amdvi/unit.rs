@@ -446,12 +446,8 @@ impl ArchUnit for AmdViState {
         super::walk::translate(self, image, rid, pasid, iova, write)
     }
 
-    fn verify(&self, _image: &Image, _ck: &mut Checker<'_>) -> Result<(), InspectError> {
-        Err(InspectError::NoRecordSupport {
-            unit: self.name.clone(),
-            arch: "AMD-Vi",
-            record: format!("iommu-amdvi-{:#x}", self.base.0),
-        })
+    fn verify(&self, image: &Image, ck: &mut Checker<'_>) -> Result<(), InspectError> {
+        super::verify::verify_unit(self, image, ck)
     }
 
     /// Linux's debugfs `iommu/amd/devtbl` (drivers/iommu/amd/debugfs.c `dump_dte`): a
